@@ -1,0 +1,1 @@
+"""Pure data: media types, digests, descriptors, documents, platforms, references."""
