@@ -47,8 +47,10 @@ class Descriptor:
     def __post_init__(self) -> None:
         if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 0:
             raise MalformedDocument(f"descriptor {self.digest}: invalid size {self.size!r}")
-        if not isinstance(self.media_type, MediaType):
-            object.__setattr__(self, "media_type", MediaType(self.media_type))
+        # callers may pass a plain str; keep the predicates available whatever they pass
+        mt: object = self.media_type
+        if not isinstance(mt, MediaType):
+            object.__setattr__(self, "media_type", MediaType(str(mt)))
 
     @classmethod
     def from_json(cls, obj: Any) -> Descriptor:

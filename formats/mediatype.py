@@ -63,7 +63,7 @@ class MediaType(str):
     def is_layer(self) -> bool:
         """True for every OCI and Docker layer type, compressed, encrypted or not."""
         b = self.base
-        return b.startswith(_OCI_LAYER_PREFIX) or b.startswith(_DOCKER_LAYER_PREFIXES)
+        return b.startswith((_OCI_LAYER_PREFIX, *_DOCKER_LAYER_PREFIXES))
 
     def is_encrypted(self) -> bool:
         return self.is_layer() and self.base.endswith("+encrypted")
@@ -106,9 +106,7 @@ OCI_LAYER_NONDIST_ZSTD: Final = MediaType(
     "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
 )
 
-DOCKER_MANIFEST_LIST: Final = MediaType(
-    "application/vnd.docker.distribution.manifest.list.v2+json"
-)
+DOCKER_MANIFEST_LIST: Final = MediaType("application/vnd.docker.distribution.manifest.list.v2+json")
 DOCKER_MANIFEST: Final = MediaType("application/vnd.docker.distribution.manifest.v2+json")
 DOCKER_SCHEMA1_MANIFEST: Final = MediaType("application/vnd.docker.distribution.manifest.v1+json")
 DOCKER_SCHEMA1_SIGNED_MANIFEST: Final = MediaType(
