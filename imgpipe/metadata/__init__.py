@@ -1,1 +1,62 @@
-"""imgpipe."""
+"""Metadata: images, content labels, leases and snapshot records in SQLite; garbage
+collection by mark and sweep over containerd's GC labels.
+
+``MetadataDB`` is the database (:mod:`.db`), the ``LABEL_*`` constants and child-label
+helpers are containerd's vocabulary (:mod:`.labels`), and ``collect`` runs a collection
+against a content store (:mod:`.gc`).
+"""
+
+from .db import (
+    DEFAULT_BUSY_TIMEOUT,
+    DEFAULT_LEASE_EXPIRY,
+    LEASE_KINDS,
+    SCHEMA_VERSION,
+    SNAPSHOT_KINDS,
+    ImageRecord,
+    Lease,
+    LeaseRecord,
+    MetadataDB,
+    SnapshotRecord,
+)
+from .gc import INGEST_EXPIRY, GCContent, GCResult, collect
+from .labels import (
+    LABEL_DISTRIBUTION_SOURCE,
+    LABEL_GC_EXPIRE,
+    LABEL_GC_FLAT,
+    LABEL_GC_REF_CONTENT,
+    LABEL_GC_REF_SNAPSHOT,
+    LABEL_GC_ROOT,
+    LABEL_UNCOMPRESSED,
+    MAX_LABEL_SIZE,
+    index_child_labels,
+    manifest_child_labels,
+    validate_labels,
+)
+
+__all__ = [
+    "DEFAULT_BUSY_TIMEOUT",
+    "DEFAULT_LEASE_EXPIRY",
+    "INGEST_EXPIRY",
+    "LABEL_DISTRIBUTION_SOURCE",
+    "LABEL_GC_EXPIRE",
+    "LABEL_GC_FLAT",
+    "LABEL_GC_REF_CONTENT",
+    "LABEL_GC_REF_SNAPSHOT",
+    "LABEL_GC_ROOT",
+    "LABEL_UNCOMPRESSED",
+    "LEASE_KINDS",
+    "MAX_LABEL_SIZE",
+    "SCHEMA_VERSION",
+    "SNAPSHOT_KINDS",
+    "GCContent",
+    "GCResult",
+    "ImageRecord",
+    "Lease",
+    "LeaseRecord",
+    "MetadataDB",
+    "SnapshotRecord",
+    "collect",
+    "index_child_labels",
+    "manifest_child_labels",
+    "validate_labels",
+]
