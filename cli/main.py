@@ -1,2 +1,82 @@
-def main() -> int:
-    return 0
+"""The ``imgpipe`` command: argument parsing, dispatch, and one error line per failure.
+
+Each verb lives in its own small module (``cli/cmd_*.py``) with a ``register`` function
+that adds its subparser and binds ``func``. Heavy imports happen inside the verbs, so
+``imgpipe --version`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Sequence
+
+from . import cmd_content, cmd_images, cmd_transfer
+from .exitcodes import EXIT_USAGE, exit_code_for
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("imgpipe")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imgpipe",
+        description="containerd's image pipeline: pull, verify, store, inspect and export images.",
+    )
+    parser.add_argument("--version", action="version", version=f"imgpipe {_version()}")
+    parser.add_argument(
+        "--root",
+        metavar="DIR",
+        help="state directory (default: $IMGPIPE_ROOT, /var/lib/imgpipe as root, "
+        "else $XDG_DATA_HOME/imgpipe)",
+    )
+    parser.add_argument("--debug", action="store_true", help="print tracebacks on errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only results")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    cmd_transfer.register(sub)
+    cmd_images.register(sub)
+    cmd_content.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except (KeyboardInterrupt, Exception) as exc:
+        if args.debug:
+            traceback.print_exc()
+        message = str(exc) or type(exc).__name__
+        if isinstance(exc, OSError) and exc.strerror:
+            message = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+        if isinstance(exc, KeyboardInterrupt):
+            message = "interrupted"
+        elif not _is_expected(exc):
+            message = f"internal error ({type(exc).__name__}): {message}"
+        # one line, whatever the message held
+        print(f"imgpipe: error: {' '.join(message.split())}", file=sys.stderr)
+        return exit_code_for(exc)
+
+
+def _is_expected(exc: BaseException) -> bool:
+    from imgpipe.errors import ImgpipeError
+
+    return isinstance(exc, ImgpipeError | OSError)
+
+
+def usage_error(message: str) -> int:
+    print(f"imgpipe: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""The high-level functions: thin compositions of stages, what the CLI calls.
+
+Each function takes ``store=`` (an open :class:`Store`, reused across calls by a script
+that does many things) or ``root=`` (opened and closed for the call). Progress goes to
+``observer``; nothing here prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from imgpipe.content import Info, VerifyProblem
+from imgpipe.formats.config import ImageConfig, parse_config
+from imgpipe.formats.descriptor import Descriptor
+from imgpipe.formats.digest import Digest
+from imgpipe.formats.manifest import MAX_DOCUMENT_SIZE, Index, Manifest
+from imgpipe.formats.platform import Platform
+from imgpipe.formats.reference import TransportRef, parse_transport
+from imgpipe.metadata import ImageRecord
+from imgpipe.metadata.gc import GCResult, collect
+from imgpipe.pipeline import Context, LoadImage, Observer, Pipeline, normalize_name
+from imgpipe.store import Store
+
+__all__ = [
+    "ImageDetails",
+    "ManifestDetails",
+    "content_list",
+    "content_remove",
+    "content_verify",
+    "gc",
+    "images",
+    "inspect",
+    "normalize_name",
+    "pull",
+    "push",
+    "remove_image",
+    "tag",
+]
+
+Root = str | os.PathLike[str] | None
+
+
+@contextlib.contextmanager
+def _opened(store: Store | None, root: Root) -> Iterator[Store]:
+    if store is not None:
+        yield store
+        return
+    with Store(root) as s:
+        yield s
+
+
+def _as_transport(ref: str | TransportRef) -> TransportRef:
+    return ref if isinstance(ref, TransportRef) else parse_transport(ref)
+
+
+def pull(
+    source: str | TransportRef,
+    *,
+    name: str | None = None,
+    platform: str | Platform | None = None,
+    all_platforms: bool = False,
+    store: Store | None = None,
+    root: Root = None,
+    observer: Observer | None = None,
+) -> ImageRecord:
+    """Import an image into the store, verifying every blob, and name it.
+
+    ``platform`` picks one manifest of an index (default: this host's); ``all_platforms``
+    keeps them all. Raises NotFound, DigestMismatch, SizeMismatch, MalformedDocument,
+    Unsupported; on any error the store is left as it was.
+    """
+    ref = _as_transport(source)
+    plat = Platform.parse(platform) if isinstance(platform, str) else platform
+    pipeline = Pipeline.pull(name=name, platform=plat, all_platforms=all_platforms)
+    with _opened(store, root) as s:
+        rec: ImageRecord = pipeline.run(ref, store=s, observer=observer)
+        return rec
+
+
+def push(
+    name: str,
+    destination: str | TransportRef,
+    *,
+    store: Store | None = None,
+    root: Root = None,
+    observer: Observer | None = None,
+) -> Descriptor:
+    """Write the image ``name`` to ``destination`` (``oci:DIR[:TAG]``, ``oci-archive:...``)."""
+    ref = _as_transport(destination)
+    local = normalize_name(name)
+    with _opened(store, root) as s:
+        out: Descriptor = Pipeline.export(ref, image_name=local).run(
+            local, store=s, observer=observer
+        )
+        return out
+
+
+def images(*, store: Store | None = None, root: Root = None) -> list[ImageRecord]:
+    """Every named image, sorted by name."""
+    with _opened(store, root) as s:
+        return s.db.list_images()
+
+
+@dataclass(frozen=True)
+class ManifestDetails:
+    """One manifest of an image, with its config parsed."""
+
+    descriptor: Descriptor
+    manifest: Manifest
+    config: ImageConfig | None  # None when the config blob is not in the store
+    platform: Platform | None
+
+
+@dataclass(frozen=True)
+class ImageDetails:
+    """What ``imgpipe inspect`` shows."""
+
+    record: ImageRecord
+    index: Index | None
+    manifests: tuple[ManifestDetails, ...]
+
+
+def inspect(name: str, *, store: Store | None = None, root: Root = None) -> ImageDetails:
+    """The structure of a stored image: index, manifests present, configs, layers."""
+    local = normalize_name(name)
+    with _opened(store, root) as s:
+        rec = s.db.get_image(local)
+        ctx = Context(s)
+        plan = LoadImage().run(local, ctx)
+        index = plan.documents.get(rec.target.digest)
+        details = []
+        for desc in plan.manifests:
+            doc = plan.documents[desc.digest]
+            assert isinstance(doc, Manifest)
+            config = None
+            if s.content.exists(doc.config.digest) and doc.config.media_type.is_config():
+                config = parse_config(
+                    s.content.read_bytes(doc.config.digest, limit=MAX_DOCUMENT_SIZE)
+                )
+            plat = desc.platform or (config.platform() if config else None)
+            details.append(ManifestDetails(desc, doc, config, plat))
+        return ImageDetails(rec, index if isinstance(index, Index) else None, tuple(details))
+
+
+def tag(source: str, target: str, *, store: Store | None = None, root: Root = None) -> ImageRecord:
+    """Give the image ``source`` a second name ``target`` (both normalised)."""
+    with _opened(store, root) as s:
+        rec = s.db.get_image(normalize_name(source))
+        return s.db.put_image(normalize_name(target), rec.target, rec.labels)
+
+
+def remove_image(
+    name: str, *, prune: bool = True, store: Store | None = None, root: Root = None
+) -> GCResult | None:
+    """Forget the image ``name``; with ``prune`` (the default) collect what it alone held."""
+    with _opened(store, root) as s:
+        s.db.delete_image(normalize_name(name))
+        return collect(s.db, s.content) if prune else None
+
+
+def gc(*, dry_run: bool = False, store: Store | None = None, root: Root = None) -> GCResult:
+    """Remove every blob and stale ingest no image or live lease reaches."""
+    with _opened(store, root) as s:
+        return collect(s.db, s.content, dry_run=dry_run)
+
+
+def content_list(
+    *, store: Store | None = None, root: Root = None
+) -> list[tuple[Info, dict[str, str]]]:
+    """Every blob in the content store with its labels, sorted by digest."""
+    with _opened(store, root) as s:
+        return sorted(
+            ((info, s.db.content_labels(info.digest)) for info in s.content.walk()),
+            key=lambda p: str(p[0].digest),
+        )
+
+
+def content_verify(*, store: Store | None = None, root: Root = None) -> list[VerifyProblem]:
+    """Re-hash every blob; the ones whose bytes no longer match their name."""
+    with _opened(store, root) as s:
+        return list(s.content.verify())
+
+
+def content_remove(
+    digests: list[str], *, store: Store | None = None, root: Root = None
+) -> list[Digest]:
+    """Remove blobs by digest (NotFound for one that is not there); returns those removed."""
+    parsed = [Digest.parse(d) for d in digests]
+    with _opened(store, root) as s:
+        for d in parsed:
+            s.content.delete(d)
+        return parsed

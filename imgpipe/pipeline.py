@@ -1,0 +1,545 @@
+"""Stages and pipelines: the Python API everything else is built from.
+
+A *stage* is a small object with one job: ``run(item, ctx)`` takes the previous stage's
+output and returns its own. A :class:`Pipeline` runs stages in order inside one
+:class:`Context`, which carries the store, the lease that protects what the run writes
+from a concurrent ``gc``, the open transports, and the observer that receives progress
+events. Library code never prints: it emits :class:`Event` values to the observer.
+
+The built-in stages for moving images::
+
+    Resolve         TransportRef -> Resolved      open the source, find the root descriptor
+    FetchDocuments  Resolved     -> ImagePlan     fetch + verify index/manifests, pick platforms
+    FetchBlobs      ImagePlan    -> ImagePlan     fetch + verify configs and layers not yet stored
+    Record          ImagePlan    -> ImageRecord   name the image in the metadata database
+    LoadImage       str          -> ImagePlan     an image already in the store, by name
+    Export          ImagePlan    -> Descriptor    write every blob, then the root, to a sink
+
+``imgpipe.pull`` is ``Pipeline([Resolve(), FetchDocuments(), FetchBlobs(), Record(name)])``.
+A user stage goes anywhere its input type fits; for example a size check between
+FetchDocuments and FetchBlobs refuses an image before a single layer is downloaded::
+
+    class MaxSize:
+        name = "max-size"
+        def run(self, plan: ImagePlan, ctx: Context) -> ImagePlan:
+            if plan.total_size() > LIMIT:
+                raise imgpipe.ResourceLimit(f"image is {plan.total_size()} bytes")
+            return plan
+
+    Pipeline.pull(name="x").insert_after("fetch-documents", MaxSize()).run(ref, store=s)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Final, Protocol, TypeVar
+
+from imgpipe.content import VerifyingReader
+from imgpipe.formats.descriptor import Descriptor
+from imgpipe.formats.digest import Digest
+from imgpipe.formats.errors import InvalidArgument, InvalidReference, NotFound, ResourceLimit
+from imgpipe.formats.layout import ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME
+from imgpipe.formats.manifest import MAX_DOCUMENT_SIZE, Index, Manifest, parse_document
+from imgpipe.formats.platform import Platform, best_match, host_platform
+from imgpipe.formats.reference import TransportRef, parse_reference
+from imgpipe.metadata import ImageRecord, Lease
+from imgpipe.metadata.gc import collect
+from imgpipe.metadata.labels import index_child_labels, manifest_child_labels
+from imgpipe.store import Store
+from imgpipe.transports import ImageSink, ImageSource, open_sink, open_source
+
+__all__ = [
+    "Context",
+    "Event",
+    "EventKind",
+    "Export",
+    "FetchBlobs",
+    "FetchDocuments",
+    "ImagePlan",
+    "LoadImage",
+    "Observer",
+    "Pipeline",
+    "Record",
+    "Resolve",
+    "Resolved",
+    "Stage",
+    "normalize_name",
+    "suggested_name",
+    "walk_image",
+]
+
+
+class EventKind:
+    """The kinds of :class:`Event` the built-in stages emit."""
+
+    RESOLVED: Final = "resolved"  # the root descriptor is known
+    BLOB_EXISTS: Final = "blob.exists"  # already in the destination, skipped
+    BLOB_START: Final = "blob.start"  # transfer begins
+    BLOB_DONE: Final = "blob.done"  # transferred and verified
+    IMAGE_RECORDED: Final = "image.recorded"
+    EXPORTED: Final = "exported"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something a stage did, for progress display and machine-readable logs."""
+
+    kind: str
+    digest: Digest | None = None
+    media_type: str = ""
+    size: int = 0
+    detail: str = ""
+
+
+Observer = Callable[[Event], None]
+
+
+def _ignore(_event: Event) -> None:
+    pass
+
+
+class Context:
+    """What one pipeline run shares between its stages.
+
+    ``resources`` closes transports and other handles when the run ends, whatever
+    happened. ``lease`` protects every blob the run writes from a concurrent ``gc``.
+    ``created`` lists the blobs this run committed, so a failed run can take them back.
+    """
+
+    def __init__(self, store: Store, *, observer: Observer | None = None) -> None:
+        self.store = store
+        self.observer: Observer = observer or _ignore
+        self.resources = contextlib.ExitStack()
+        self.lease: Lease | None = None
+        self.source: ImageSource | None = None
+        self.created: list[Digest] = []
+
+    def emit(self, event: Event) -> None:
+        self.observer(event)
+
+    def protect(self, digest: Digest) -> None:
+        """Lease ``digest`` before it is written or relied on (see imgpipe.metadata.gc)."""
+        if self.lease is not None:
+            self.lease.add_content(digest)
+
+
+In_contra = TypeVar("In_contra", contravariant=True)
+Out_co = TypeVar("Out_co", covariant=True)
+
+
+class Stage(Protocol[In_contra, Out_co]):
+    """One step of a pipeline: a name and ``run(item, ctx) -> item``.
+
+    ``run`` may raise any ImgpipeError; the pipeline stops there, and what the run
+    committed is released (and removed by the pipeline unless something else holds it).
+    """
+
+    name: str
+
+    def run(self, item: In_contra, ctx: Context) -> Out_co: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """A source, the root descriptor it names, and the local name to record it under."""
+
+    ref: TransportRef
+    root: Descriptor
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    """An image's structure: the root, its parsed documents, and the blobs they reach.
+
+    ``manifests`` are the manifests selected (by platform, or all); ``blobs`` are their
+    configs and layers, each once, in manifest order.
+    """
+
+    root: Descriptor
+    documents: Mapping[Digest, Manifest | Index]
+    manifests: tuple[Descriptor, ...]
+    blobs: tuple[Descriptor, ...]
+    # document descriptors in parent-before-child order (root first)
+    document_descriptors: tuple[Descriptor, ...] = field(default=())
+    name: str = ""  # the local name (normalised), when known
+
+    def total_size(self) -> int:
+        """Bytes of every document and blob in the plan."""
+        return sum(d.size for d in self.document_descriptors) + sum(d.size for d in self.blobs)
+
+    def descriptors(self) -> Iterator[Descriptor]:
+        """Every descriptor, children before parents (the order to write them in)."""
+        yield from self.blobs
+        yield from reversed(self.document_descriptors)
+
+
+def _platform_choice(
+    index: Index, want: Platform | None, all_platforms: bool
+) -> tuple[Descriptor, ...]:
+    """The index entries to follow: all, or the best match for ``want``.
+
+    Entries without a platform are followed too, as containerd does: they are often
+    nested indexes or artifacts that apply to every platform.
+    """
+    if all_platforms:
+        return index.manifests
+    target = want or host_platform()
+    untyped = [d for d in index.manifests if d.platform is None]
+    typed = [d for d in index.manifests if d.platform is not None]
+    picked: list[Descriptor] = []
+    if typed:
+        best = best_match(target, [d.platform for d in typed if d.platform is not None])
+        if best is not None:
+            picked.append(typed[best])
+    if not picked and not untyped:
+        have = ", ".join(str(d.platform) for d in typed) or "none"
+        raise NotFound(f"no manifest for platform {target} in index {index.digest} (has: {have})")
+    return tuple(picked + untyped)
+
+
+def walk_image(
+    root: Descriptor,
+    read_document: Callable[[Descriptor], Manifest | Index | None],
+    *,
+    platform: Platform | None = None,
+    all_platforms: bool = False,
+) -> ImagePlan:
+    """Walk an image graph from ``root`` and return its plan.
+
+    ``read_document`` returns the parsed document for an index or manifest descriptor,
+    or None to skip that subtree (an export of content that is not all present).
+    """
+    documents: dict[Digest, Manifest | Index] = {}
+    doc_descs: list[Descriptor] = []
+    manifests: list[Descriptor] = []
+    blobs: dict[Digest, Descriptor] = {}
+
+    def visit(desc: Descriptor, depth: int) -> None:
+        if depth > _MAX_INDEX_DEPTH:
+            raise InvalidArgument(
+                f"image index nesting deeper than {_MAX_INDEX_DEPTH} at {desc.digest}"
+            )
+        if not (desc.media_type.is_index() or desc.media_type.is_manifest()):
+            blobs.setdefault(desc.digest, desc)
+            return
+        if desc.digest in documents:
+            return
+        doc = read_document(desc)
+        if doc is None:
+            return
+        documents[desc.digest] = doc
+        doc_descs.append(desc)
+        if isinstance(doc, Index):
+            for child in _platform_choice(doc, platform, all_platforms):
+                visit(child, depth + 1)
+        else:
+            manifests.append(desc)
+            for child in (doc.config, *doc.layers):
+                blobs.setdefault(child.digest, child)
+
+    visit(root, 0)
+    return ImagePlan(
+        root=root,
+        documents=documents,
+        manifests=tuple(manifests),
+        blobs=tuple(blobs.values()),
+        document_descriptors=tuple(doc_descs),
+    )
+
+
+# An index may point at indexes; real images nest one level (an index of per-platform
+# indexes is rare). The bound stops a hostile cycle of distinct documents.
+_MAX_INDEX_DEPTH: Final = 8
+
+
+def _store_blob(ctx: Context, source: ImageSource, desc: Descriptor) -> bool:
+    """Copy one blob from ``source`` into the store, verified. True if it was written."""
+    content = ctx.store.content
+    ctx.protect(desc.digest)
+    if content.exists(desc.digest):
+        ctx.emit(Event(EventKind.BLOB_EXISTS, desc.digest, desc.media_type, desc.size))
+        return False
+    ctx.emit(Event(EventKind.BLOB_START, desc.digest, desc.media_type, desc.size))
+    with source.open_blob(desc) as raw:
+        reader = VerifyingReader(raw, digest=desc.digest, size=desc.size)
+        written = content.ingest(
+            f"import-{desc.digest}",
+            reader,
+            digest=desc.digest,
+            size=desc.size,
+        )
+    if written:
+        ctx.created.append(desc.digest)
+    ctx.emit(Event(EventKind.BLOB_DONE, desc.digest, desc.media_type, desc.size))
+    return written
+
+
+def _read_stored_document(ctx: Context, desc: Descriptor) -> Manifest | Index:
+    if desc.size > MAX_DOCUMENT_SIZE:
+        raise ResourceLimit(
+            f"{desc.media_type} {desc.digest} is {desc.size} bytes; "
+            f"documents over {MAX_DOCUMENT_SIZE} bytes are refused"
+        )
+    raw = ctx.store.content.read_bytes(desc.digest, limit=MAX_DOCUMENT_SIZE)
+    return parse_document(raw, desc.media_type)
+
+
+def normalize_name(name: str) -> str:
+    """The stored form of an image name: ``alpine`` -> ``docker.io/library/alpine:latest``."""
+    return str(parse_reference(name))
+
+
+def suggested_name(ref: TransportRef, root: Descriptor) -> str:
+    """The local name for an image from ``ref`` when the caller gave none, or "".
+
+    As skopeo and containerd's importer do: the registry reference; else the layout's
+    tag; else the name the layout recorded for the image.
+    """
+    if ref.reference is not None:
+        return str(ref.reference)
+    for c in (
+        ref.tag,
+        root.annotations.get(ANNOTATION_IMAGE_NAME, ""),
+        root.annotations.get(ANNOTATION_REF_NAME, ""),
+    ):
+        if c:
+            try:
+                return normalize_name(c)
+            except InvalidReference:
+                continue
+    return ""
+
+
+class Resolve:
+    """Open the source a TransportRef names and find its root descriptor.
+
+    ``name`` (normalised) is what Record will call the image; without it the name comes
+    from the source (see :func:`suggested_name`).
+    """
+
+    name = "resolve"
+
+    def __init__(self, *, name: str | None = None) -> None:
+        self.image_name = normalize_name(name) if name else ""
+
+    def run(self, item: TransportRef, ctx: Context) -> Resolved:
+        source = ctx.resources.enter_context(open_source(item))
+        ctx.source = source
+        root = source.resolve()
+        ctx.emit(Event(EventKind.RESOLVED, root.digest, root.media_type, root.size, str(item)))
+        return Resolved(item, root, self.image_name or suggested_name(item, root))
+
+
+class FetchDocuments:
+    """Fetch, verify and store the index and manifests; choose the platforms to follow.
+
+    Each document is stored (and labelled with its children, as containerd does) before
+    it is parsed, and parsed from the verified stored bytes.
+    """
+
+    name = "fetch-documents"
+
+    def __init__(self, *, platform: Platform | None = None, all_platforms: bool = False) -> None:
+        self.platform = platform
+        self.all_platforms = all_platforms
+
+    def run(self, item: Resolved, ctx: Context) -> ImagePlan:
+        source = ctx.source
+        if source is None:
+            raise InvalidArgument("fetch-documents needs a source: run resolve first")
+
+        def read(desc: Descriptor) -> Manifest | Index:
+            if desc.size > MAX_DOCUMENT_SIZE:
+                raise ResourceLimit(
+                    f"{desc.media_type} {desc.digest} is {desc.size} bytes; "
+                    f"documents over {MAX_DOCUMENT_SIZE} bytes are refused"
+                )
+            _store_blob(ctx, source, desc)
+            doc = _read_stored_document(ctx, desc)
+            if isinstance(doc, Index):
+                labels = index_child_labels(doc.manifests)
+            else:
+                labels = manifest_child_labels(doc.config, doc.layers)
+            ctx.store.db.set_content_labels(desc.digest, labels)
+            return doc
+
+        plan = walk_image(item.root, read, platform=self.platform, all_platforms=self.all_platforms)
+        return replace(plan, name=item.name)
+
+
+class FetchBlobs:
+    """Fetch, verify and store every config and layer of the plan not yet stored."""
+
+    name = "fetch-blobs"
+
+    def run(self, item: ImagePlan, ctx: Context) -> ImagePlan:
+        source = ctx.source
+        if source is None:
+            raise InvalidArgument("fetch-blobs needs a source: run resolve first")
+        for desc in item.blobs:
+            _store_blob(ctx, source, desc)
+        return item
+
+
+class Record:
+    """Name the image: write ``name -> root descriptor`` to the metadata database.
+
+    The name is ``image_name`` if given, else the plan's (from Resolve).
+    """
+
+    name = "record"
+
+    def __init__(self, image_name: str = "") -> None:
+        self.image_name = normalize_name(image_name) if image_name else ""
+
+    def run(self, item: ImagePlan, ctx: Context) -> ImageRecord:
+        name = self.image_name or item.name
+        if not name:
+            raise InvalidArgument("the source names no image: give a name (--name)")
+        rec = ctx.store.db.put_image(name, item.root)
+        ctx.emit(
+            Event(
+                EventKind.IMAGE_RECORDED,
+                item.root.digest,
+                item.root.media_type,
+                item.root.size,
+                name,
+            )
+        )
+        return rec
+
+
+class LoadImage:
+    """An image already in the store, by its (normalised) name.
+
+    Index entries whose manifests are not in the store (platforms never pulled) are
+    left out of the plan; the index itself is kept byte for byte.
+    """
+
+    name = "load-image"
+
+    def run(self, item: str, ctx: Context) -> ImagePlan:
+        rec = ctx.store.db.get_image(item)
+
+        def read(desc: Descriptor) -> Manifest | Index | None:
+            if desc is not rec.target and not ctx.store.content.exists(desc.digest):
+                return None
+            ctx.protect(desc.digest)
+            return _read_stored_document(ctx, desc)
+
+        return replace(walk_image(rec.target, read, all_platforms=True), name=rec.name)
+
+
+class Export:
+    """Write every blob of the plan, children first, and then its root, to a sink."""
+
+    name = "export"
+
+    def __init__(self, ref: TransportRef, *, image_name: str = "") -> None:
+        self.ref = ref
+        self.image_name = image_name
+
+    def run(self, item: ImagePlan, ctx: Context) -> Descriptor:
+        sink: ImageSink = ctx.resources.enter_context(
+            open_sink(self.ref, image_name=self.image_name)
+        )
+        content = ctx.store.content
+        for desc in item.descriptors():
+            if sink.has_blob(desc):
+                ctx.emit(Event(EventKind.BLOB_EXISTS, desc.digest, desc.media_type, desc.size))
+                continue
+            ctx.emit(Event(EventKind.BLOB_START, desc.digest, desc.media_type, desc.size))
+            with content.open(desc.digest) as f:
+                sink.write_blob(desc, f)
+            ctx.emit(Event(EventKind.BLOB_DONE, desc.digest, desc.media_type, desc.size))
+        sink.write_root(item.root)
+        ctx.emit(
+            Event(
+                EventKind.EXPORTED,
+                item.root.digest,
+                item.root.media_type,
+                item.root.size,
+                str(self.ref),
+            )
+        )
+        return item.root
+
+
+class Pipeline:
+    """Stages run in order in one Context, under one lease.
+
+    ``run`` returns the last stage's output. If a stage raises, the lease is released and
+    the blobs this run committed are removed again unless something else (an image,
+    another lease) holds them, so a failed pull leaves the store as it was.
+    """
+
+    def __init__(self, stages: Sequence[Stage[Any, Any]]) -> None:
+        names = [s.name for s in stages]
+        if len(set(names)) != len(names):
+            raise InvalidArgument(f"stage names must be unique: {names}")
+        self.stages: tuple[Stage[Any, Any], ...] = tuple(stages)
+
+    @classmethod
+    def pull(
+        cls,
+        *,
+        name: str | None = None,
+        platform: Platform | None = None,
+        all_platforms: bool = False,
+    ) -> Pipeline:
+        """The import/pull pipeline: resolve, fetch documents, fetch blobs, record."""
+        return cls(
+            [
+                Resolve(name=name),
+                FetchDocuments(platform=platform, all_platforms=all_platforms),
+                FetchBlobs(),
+                Record(),
+            ]
+        )
+
+    @classmethod
+    def export(cls, ref: TransportRef, *, image_name: str = "") -> Pipeline:
+        """The export/push pipeline: load an image by name, write it to ``ref``."""
+        return cls([LoadImage(), Export(ref, image_name=image_name)])
+
+    def names(self) -> list[str]:
+        return [s.name for s in self.stages]
+
+    def _index(self, name: str) -> int:
+        try:
+            return self.names().index(name)
+        except ValueError:
+            raise NotFound(f"no stage named {name!r} (have: {', '.join(self.names())})") from None
+
+    def insert_after(self, name: str, stage: Stage[Any, Any]) -> Pipeline:
+        """A new pipeline with ``stage`` right after the stage called ``name``."""
+        i = self._index(name) + 1
+        return Pipeline([*self.stages[:i], stage, *self.stages[i:]])
+
+    def insert_before(self, name: str, stage: Stage[Any, Any]) -> Pipeline:
+        """A new pipeline with ``stage`` right before the stage called ``name``."""
+        i = self._index(name)
+        return Pipeline([*self.stages[:i], stage, *self.stages[i:]])
+
+    def run(self, item: Any, *, store: Store, observer: Observer | None = None) -> Any:
+        ctx = Context(store, observer=observer)
+        try:
+            with ctx.resources, store.db.lease() as lease:
+                ctx.lease = lease
+                for stage in self.stages:
+                    item = stage.run(item, ctx)
+                return item
+        except BaseException:
+            # The lease is gone by now; what this run committed and nothing else holds
+            # is removed, so a failed pull leaves the store as it was.
+            if ctx.created:
+                _rollback(store, ctx.created)
+            raise
+
+
+def _rollback(store: Store, created: Sequence[Digest]) -> None:
+    """Remove blobs a failed run committed, unless something else holds them now."""
+    collect(store.db, store.content, only=set(created))

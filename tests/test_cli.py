@@ -1,0 +1,164 @@
+"""The `imgpipe` command end to end, as a subprocess, plus the exit-code table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import run_cli
+
+from imgpipe import errors
+from imgpipe.cli.exitcodes import EXIT_CODES, EXIT_ERROR, EXIT_INTERNAL, exit_code_for
+
+
+def test_exit_code_table_is_distinct_and_ordered() -> None:
+    codes = [code for _, code in EXIT_CODES]
+    assert len(set(codes)) == len(codes)
+    assert not {0, 2, EXIT_ERROR, EXIT_INTERNAL, 130} & set(codes)
+    # every row is reachable: no earlier row's class is a base of a later row's class
+    for i, (cls, code) in enumerate(EXIT_CODES):
+        assert exit_code_for(cls("x")) == code, cls
+        for earlier, _ in EXIT_CODES[:i]:
+            assert not issubclass(cls, earlier), (cls, earlier)
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (errors.InvalidDigest("x"), 3),
+        (errors.InvalidReference("x"), 3),
+        (errors.MalformedDocument("x"), 4),
+        (errors.NotFound("x"), 5),
+        (errors.DigestMismatch("x"), 8),
+        (errors.SizeMismatch("x"), 9),
+        (errors.Unsupported("x"), 11),
+        (errors.ResourceLimit("x"), 14),
+        (errors.ImgpipeError("x"), 1),
+        (PermissionError(13, "Permission denied"), 1),
+        (KeyError("bug"), 70),
+        (KeyboardInterrupt(), 130),
+    ],
+)
+def test_exit_codes(exc: BaseException, code: int) -> None:
+    assert exit_code_for(exc) == code
+
+
+def test_version() -> None:
+    out = run_cli("--version")
+    assert out.returncode == 0
+    assert out.stdout.startswith("imgpipe 0.")
+
+
+def test_usage_error_exits_2() -> None:
+    out = run_cli("no-such-command")
+    assert out.returncode == 2
+
+
+def ok(out: Any) -> Any:
+    assert out.returncode == 0, out.stderr
+    return out
+
+
+def test_pull_images_inspect_tag_rmi_gc(fixture_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    layout = fixture_dir / "layered"
+    pulled = ok(run_cli("pull", f"oci:{layout}:layered", root=root))
+    index = json.loads((layout / "index.json").read_text())
+    digest = index["manifests"][0]["digest"]
+    assert pulled.stdout.split() == ["docker.io/library/layered:latest", digest]
+    assert "done" in pulled.stderr  # progress lines go to stderr
+
+    listed = json.loads(ok(run_cli("images", "--json", root=root)).stdout)
+    assert [(i["name"], i["digest"]) for i in listed] == [
+        ("docker.io/library/layered:latest", digest)
+    ]
+    blob_bytes = sum(p.stat().st_size for p in (layout / "blobs" / "sha256").iterdir())
+    assert listed[0]["size"] == blob_bytes
+    table = ok(run_cli("images", root=root)).stdout
+    assert "docker.io/library/layered:latest" in table and digest in table
+
+    info = json.loads(ok(run_cli("inspect", "--json", "layered", root=root)).stdout)
+    assert info["digest"] == digest
+    (m,) = info["manifests"]
+    assert len(m["layers"]) == len(m["diffIDs"]) == 4
+    assert m["cmd"] == ["/bin/sh"]
+    assert "Layers:" in ok(run_cli("inspect", "layered", root=root)).stdout
+
+    ok(run_cli("tag", "layered", "example.com/team/layered:v1", root=root))
+    names = [i["name"] for i in json.loads(ok(run_cli("images", "--json", root=root)).stdout)]
+    assert names == ["docker.io/library/layered:latest", "example.com/team/layered:v1"]
+
+    # removing one name frees nothing: the other still holds the content
+    out = ok(run_cli("rmi", "layered", root=root))
+    assert "freed 0 B" in out.stdout
+    assert ok(run_cli("content", "verify", root=root)).returncode == 0
+    out = ok(run_cli("rmi", "example.com/team/layered:v1", root=root))
+    assert "(6 blobs)" in out.stdout
+    assert json.loads(ok(run_cli("content", "ls", "--json", root=root)).stdout) == []
+    assert "freed 0 B" in ok(run_cli("gc", root=root)).stdout
+
+
+def test_gc_reports_what_it_removes(fixture_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    ok(run_cli("pull", f"oci:{fixture_dir / 'busybox'}:busybox", root=root))
+    ok(run_cli("rmi", "--no-prune", "busybox", root=root))
+    dry = ok(run_cli("gc", "--dry-run", root=root)).stdout
+    assert dry.count("would remove sha256:") == 3
+    assert len(json.loads(ok(run_cli("content", "ls", "--json", root=root)).stdout)) == 3
+    real = ok(run_cli("gc", root=root)).stdout
+    assert real.count("removed sha256:") == 3
+    assert json.loads(ok(run_cli("content", "ls", "--json", root=root)).stdout) == []
+
+
+def _one_error_line(out: Any, code: int) -> str:
+    assert out.returncode == code, (out.returncode, out.stderr)
+    # progress lines may come first; the error is one line, the last
+    lines = out.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("imgpipe: error: ")]
+    assert errors == lines[-1:], out.stderr
+    return str(lines[-1])
+
+
+def test_bad_input_gives_one_line_and_distinct_codes(layout_copy: Any, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    # not found
+    _one_error_line(run_cli("pull", f"oci:{tmp_path / 'nope'}:x", root=root), 5)
+    _one_error_line(run_cli("inspect", "not-there", root=root), 5)
+    # invalid reference
+    _one_error_line(run_cli("inspect", "UPPER/Case", root=root), 3)
+    # corrupt layer
+    layout = layout_copy("busybox")
+    blob = max((layout / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_size)
+    data = bytearray(blob.read_bytes())
+    data[100] ^= 1
+    blob.write_bytes(bytes(data))
+    line = _one_error_line(run_cli("pull", f"oci:{layout}:busybox", root=root), 8)
+    assert blob.name in line
+    # malformed index.json
+    bad = layout_copy("layered")
+    (bad / "index.json").write_text("{not json")
+    _one_error_line(run_cli("pull", f"oci:{bad}:layered", root=root), 4)
+    # nothing of the failures stayed
+    assert json.loads(ok(run_cli("content", "ls", "--json", root=root)).stdout) == []
+
+
+def test_debug_prints_a_traceback(tmp_path: Path) -> None:
+    out = run_cli("--debug", "inspect", "missing", root=tmp_path / "root")
+    assert out.returncode == 5
+    assert "Traceback" in out.stderr
+
+
+def test_content_verify_finds_corruption(fixture_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    ok(run_cli("pull", f"oci:{fixture_dir / 'busybox'}:busybox", root=root))
+    blobs = root / "content" / "blobs" / "sha256"
+    victim = max(blobs.iterdir(), key=lambda p: p.stat().st_size)
+    victim.chmod(0o644)
+    data = bytearray(victim.read_bytes())
+    data[10] ^= 1
+    victim.write_bytes(bytes(data))
+    out = run_cli("content", "verify", root=root)
+    assert out.returncode == 8
+    assert victim.name in out.stdout
