@@ -10,56 +10,135 @@ Errors are the classes in :mod:`imgpipe.errors`, rooted in :class:`ImgpipeError`
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-from imgpipe.api import (
-    ImageDetails,
-    ManifestDetails,
-    content_list,
-    content_remove,
-    content_verify,
-    gc,
-    images,
-    inspect,
-    pull,
-    push,
-    remove_image,
-    tag,
-)
-from imgpipe.errors import (
-    AlreadyExists,
-    Conflict,
-    DigestMismatch,
-    FailedPrecondition,
-    ImgpipeError,
-    IntegrityError,
-    InvalidArgument,
-    InvalidDigest,
-    InvalidReference,
-    MalformedDocument,
-    NotFound,
-    ResourceLimit,
-    SizeMismatch,
-    Unauthorized,
-    Unavailable,
-    Unsupported,
-)
-from imgpipe.pipeline import (
-    Context,
-    Event,
-    EventKind,
-    ImagePlan,
-    Observer,
-    Pipeline,
-    Stage,
-    normalize_name,
-)
-from imgpipe.store import Store, default_root
+if TYPE_CHECKING:
+    from imgpipe.api import (
+        ImageDetails,
+        ManifestDetails,
+        content_list,
+        content_remove,
+        content_verify,
+        gc,
+        images,
+        inspect,
+        pull,
+        push,
+        remove_image,
+        tag,
+    )
+    from imgpipe.errors import (
+        AlreadyExists,
+        Conflict,
+        DigestMismatch,
+        FailedPrecondition,
+        ImgpipeError,
+        IntegrityError,
+        InvalidArgument,
+        InvalidDigest,
+        InvalidReference,
+        MalformedDocument,
+        NotFound,
+        ResourceLimit,
+        SizeMismatch,
+        Unauthorized,
+        Unavailable,
+        Unsupported,
+    )
+    from imgpipe.pipeline import (
+        Context,
+        Event,
+        EventKind,
+        ImagePlan,
+        Observer,
+        Pipeline,
+        Stage,
+        normalize_name,
+    )
+    from imgpipe.store import Store, default_root
 
-try:
-    __version__ = version("imgpipe")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0"
+    __version__: str
+
+# Public name -> the module that defines it. Imported on first use (PEP 562), so that
+# `import imgpipe.formats` or `imgpipe --version` does not pay for the whole pipeline:
+# start-up time is part of every command's cost.
+_WHERE = {
+    **dict.fromkeys(
+        (
+            "ImageDetails",
+            "ManifestDetails",
+            "content_list",
+            "content_remove",
+            "content_verify",
+            "gc",
+            "images",
+            "inspect",
+            "pull",
+            "push",
+            "remove_image",
+            "tag",
+        ),
+        "imgpipe.api",
+    ),
+    **dict.fromkeys(
+        (
+            "AlreadyExists",
+            "Conflict",
+            "DigestMismatch",
+            "FailedPrecondition",
+            "ImgpipeError",
+            "IntegrityError",
+            "InvalidArgument",
+            "InvalidDigest",
+            "InvalidReference",
+            "MalformedDocument",
+            "NotFound",
+            "ResourceLimit",
+            "SizeMismatch",
+            "Unauthorized",
+            "Unavailable",
+            "Unsupported",
+        ),
+        "imgpipe.errors",
+    ),
+    **dict.fromkeys(
+        (
+            "Context",
+            "Event",
+            "EventKind",
+            "ImagePlan",
+            "Observer",
+            "Pipeline",
+            "Stage",
+            "normalize_name",
+        ),
+        "imgpipe.pipeline",
+    ),
+    "Store": "imgpipe.store",
+    "default_root": "imgpipe.store",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+        try:
+            value: Any = version("imgpipe")
+        except PackageNotFoundError:  # a source tree that was never installed
+            value = "0.0.0"
+    elif name in _WHERE:
+        value = getattr(import_module(_WHERE[name]), name)
+    else:
+        raise AttributeError(f"module 'imgpipe' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "AlreadyExists",

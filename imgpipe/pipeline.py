@@ -33,10 +33,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Protocol, TypeVar
 
-from imgpipe.content import VerifyingReader
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.digest import Digest
 from imgpipe.formats.errors import InvalidArgument, InvalidReference, NotFound, ResourceLimit
@@ -263,14 +263,11 @@ def _store_blob(ctx: Context, source: ImageSource, desc: Descriptor) -> bool:
         ctx.emit(Event(EventKind.BLOB_EXISTS, desc.digest, desc.media_type, desc.size))
         return False
     ctx.emit(Event(EventKind.BLOB_START, desc.digest, desc.media_type, desc.size))
+    # The ingest is the verifying reader here: the writer refuses bytes past ``size`` and
+    # commit checks size and digest before the rename, so the bytes are hashed once.
+    # The ref is the digest, so two processes importing one blob share one ingest.
     with source.open_blob(desc) as raw:
-        reader = VerifyingReader(raw, digest=desc.digest, size=desc.size)
-        written = content.ingest(
-            f"import-{desc.digest}",
-            reader,
-            digest=desc.digest,
-            size=desc.size,
-        )
+        written = content.ingest(f"import-{desc.digest}", raw, digest=desc.digest, size=desc.size)
     if written:
         ctx.created.append(desc.digest)
     ctx.emit(Event(EventKind.BLOB_DONE, desc.digest, desc.media_type, desc.size))
@@ -370,17 +367,43 @@ class FetchDocuments:
         return replace(plan, name=item.name)
 
 
+#: Blobs transferred at once, as ``docker pull`` and containerd default to. Hashing,
+#: file I/O and (later) sockets release the GIL, so threads use both cores.
+DEFAULT_MAX_CONCURRENT: Final = 3
+
+
 class FetchBlobs:
-    """Fetch, verify and store every config and layer of the plan not yet stored."""
+    """Fetch, verify and store every config and layer of the plan not yet stored.
+
+    Up to ``max_concurrent`` blobs move at once, each on a worker thread; the observer is
+    called from those threads. The first failure stops the rest (running transfers
+    finish or fail on their own; queued ones never start) and is raised.
+    """
 
     name = "fetch-blobs"
+
+    def __init__(self, *, max_concurrent: int = DEFAULT_MAX_CONCURRENT) -> None:
+        if max_concurrent < 1:
+            raise InvalidArgument(f"max_concurrent must be at least 1, not {max_concurrent}")
+        self.max_concurrent = max_concurrent
 
     def run(self, item: ImagePlan, ctx: Context) -> ImagePlan:
         source = ctx.source
         if source is None:
             raise InvalidArgument("fetch-blobs needs a source: run resolve first")
-        for desc in item.blobs:
-            _store_blob(ctx, source, desc)
+        if self.max_concurrent == 1 or len(item.blobs) < 2:
+            for desc in item.blobs:
+                _store_blob(ctx, source, desc)
+            return item
+        with ThreadPoolExecutor(self.max_concurrent, thread_name_prefix="fetch") as pool:
+            futures = [pool.submit(_store_blob, ctx, source, d) for d in item.blobs]
+            wait(futures, return_when=FIRST_EXCEPTION)
+            for f in futures:
+                f.cancel()  # queued transfers never start once one has failed
+            wait(futures)
+        for f in futures:
+            if not f.cancelled() and (exc := f.exception()) is not None:
+                raise exc
         return item
 
 
