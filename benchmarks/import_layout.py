@@ -52,13 +52,27 @@ def make_layout(layout: Path) -> None:
         raw = tar_buf.getvalue()
         diff_ids.append(f"sha256:{hashlib.sha256(raw).hexdigest()}")
         digest, size = _blob(layout, gzip.compress(raw, compresslevel=1, mtime=0))
-        layers.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest, "size": size})
-    config = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}}
+        layers.append(
+            {
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": digest,
+                "size": size,
+            }
+        )
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }
     cdigest, csize = _blob(layout, json.dumps(config).encode())
     manifest = {
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cdigest, "size": csize},
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": cdigest,
+            "size": csize,
+        },
         "layers": layers,
     }
     mdigest, msize = _blob(layout, json.dumps(manifest).encode())
@@ -89,7 +103,9 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp dir)")
     ap.add_argument("--make-layout", type=Path, help=argparse.SUPPRESS)
@@ -116,22 +132,37 @@ def main() -> int:
                 if tool == "imgpipe":
                     argv = [str(IMGPIPE), "--root", str(dst), "--quiet", "pull", f"oci:{src}:{TAG}"]
                 else:
-                    argv = ["skopeo", "--policy", str(policy), "copy", "--quiet", "--preserve-digests",
-                            f"oci:{src}:{TAG}", f"oci:{dst}:{TAG}"]
+                    argv = [
+                        "skopeo",
+                        "--policy",
+                        str(policy),
+                        "copy",
+                        "--quiet",
+                        "--preserve-digests",
+                        f"oci:{src}:{TAG}",
+                        f"oci:{dst}:{TAG}",
+                    ]
                 subprocess.run(["sync"], check=True)
                 results[tool].append(timed(argv, env))
                 shutil.rmtree(dst)
-        fs = subprocess.run(["stat", "-f", "-c", "%T", str(work)], capture_output=True, text=True).stdout.strip()
-        print(f"image: {len(LAYER_MB)} layers, {total / 1e6:.1f} MB compressed; {args.runs} runs each, "
-              f"alternating; filesystem {fs}; {os.cpu_count()} cores")
+        fs = subprocess.run(
+            ["stat", "-f", "-c", "%T", str(work)], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        print(
+            f"image: {len(LAYER_MB)} layers, {total / 1e6:.1f} MB compressed; "
+            f"{args.runs} runs each, "
+            f"alternating; filesystem {fs}; {os.cpu_count()} cores"
+        )
         print("| tool | median s | min s | max s | MB/s (median) | peak RSS MiB (max) |")
         print("|---|---|---|---|---|---|")
         med = {}
         for tool, rs in results.items():
             walls = [w for w, _ in rs]
             med[tool] = statistics.median(walls)
-            print(f"| {tool} | {med[tool]:.3f} | {min(walls):.3f} | {max(walls):.3f} | "
-                  f"{total / 1e6 / med[tool]:.0f} | {max(r for _, r in rs) / 1024:.0f} |")
+            print(
+                f"| {tool} | {med[tool]:.3f} | {min(walls):.3f} | {max(walls):.3f} | "
+                f"{total / 1e6 / med[tool]:.0f} | {max(r for _, r in rs) / 1024:.0f} |"
+            )
         print(f"ratio imgpipe/skopeo (median): {med['imgpipe'] / med['skopeo']:.2f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

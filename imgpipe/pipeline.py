@@ -319,15 +319,20 @@ class Resolve:
 
     name = "resolve"
 
-    def __init__(self, *, name: str | None = None) -> None:
+    def __init__(self, *, name: str | None = None, require_name: bool = False) -> None:
         self.image_name = normalize_name(name) if name else ""
+        self.require_name = require_name
 
     def run(self, item: TransportRef, ctx: Context) -> Resolved:
         source = ctx.resources.enter_context(open_source(item))
         ctx.source = source
         root = source.resolve()
         ctx.emit(Event(EventKind.RESOLVED, root.digest, root.media_type, root.size, str(item)))
-        return Resolved(item, root, self.image_name or suggested_name(item, root))
+        name = self.image_name or suggested_name(item, root)
+        if self.require_name and not name:
+            # before any blob moves, rather than after the whole image has
+            raise InvalidArgument(f"{item} names no image: give a name (--name)")
+        return Resolved(item, root, name)
 
 
 class FetchDocuments:
@@ -516,7 +521,7 @@ class Pipeline:
         """The import/pull pipeline: resolve, fetch documents, fetch blobs, record."""
         return cls(
             [
-                Resolve(name=name),
+                Resolve(name=name, require_name=True),
                 FetchDocuments(platform=platform, all_platforms=all_platforms),
                 FetchBlobs(),
                 Record(),

@@ -219,3 +219,15 @@ def test_malformed_manifest_with_right_digest_is_refused(layout_copy: Any, store
         imgpipe.pull(f"oci:{layout}:busybox", store=store)
     assert imgpipe.images(store=store) == []
     assert store_digests(store) == set()
+
+
+def test_unnamed_source_fails_before_any_blob_moves(layout_copy: Any, store: Store) -> None:
+    layout = layout_copy("busybox")
+    index = json.loads((layout / "index.json").read_text())
+    del index["manifests"][0]["annotations"]
+    (layout / "index.json").write_text(json.dumps(index))
+    with pytest.raises(imgpipe.InvalidArgument, match="--name"):
+        imgpipe.pull(f"oci:{layout}", store=store)
+    assert store_digests(store) == set()
+    rec = imgpipe.pull(f"oci:{layout}", store=store, name="example.com/named:1")
+    assert rec.name == "example.com/named:1"

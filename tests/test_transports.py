@@ -637,16 +637,23 @@ def docker_save_tar(
     return _tar_of(members)
 
 
+def saved_config(arch: str, layers: list[bytes]) -> bytes:
+    """A valid image config whose diff_ids match ``layers`` (gzip ones decompressed)."""
+    diff_ids = [str(sha(gzip.decompress(b) if b[:2] == b"\x1f\x8b" else b)) for b in layers]
+    return json.dumps(
+        {"architecture": arch, "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}}
+    ).encode()
+
+
 @pytest.fixture
 def saved() -> list[SavedImage]:
     plain = layer_tar({"etc/hostname": b"box\n"})
     zipped = gzip.compress(layer_tar({"bin/tool": b"#!/bin/sh\n"}), mtime=0)
     other = layer_tar({"etc/os-release": b"ID=other\n"})
     return [
-        SavedImage(b'{"architecture":"amd64","os":"linux","n":1}', [plain, zipped],
+        SavedImage(saved_config("amd64", [plain, zipped]), [plain, zipped],
                    ["busybox:latest", "example.com:5000/team/box:1.0"]),
-        SavedImage(b'{"architecture":"arm64","os":"linux","n":2}', [other],
-                   ["docker.io/library/alpine:3"]),
+        SavedImage(saved_config("arm64", [other]), [other], ["docker.io/library/alpine:3"]),
     ]  # fmt: skip
 
 
@@ -728,8 +735,8 @@ def test_docker_archive_member_named_by_wrong_digest(
 def test_docker_archive_follows_shared_layer_symlink(tmp_path: Path) -> None:
     shared = layer_tar({"shared": b"s"})
     images = [
-        SavedImage(b'{"n":1}', [shared], ["one:1"]),
-        SavedImage(b'{"n":2}', [shared], ["two:2"]),
+        SavedImage(saved_config("amd64", [shared]), [shared], ["one:1"]),
+        SavedImage(saved_config("arm64", [shared]), [shared], ["two:2"]),
     ]
     archive = tmp_path / "saved.tar"
     archive.write_bytes(docker_save_tar(images, share_via_symlink=True))
@@ -899,3 +906,33 @@ def test_we_read_umocis_layout(tmp_path: Path) -> None:
         root, blobs = read_image(src)
     assert root.annotations[ANNOTATION_REF_NAME] == "fresh"
     assert root.digest in blobs
+
+
+def test_docker_archive_damaged_layer_is_a_digest_mismatch(tmp_path: Path) -> None:
+    """docker save writes no digests: an uncompressed layer must hash to its diff_id."""
+    layer = layer_tar({"etc/motd": b"hello\n"})
+    image = SavedImage(saved_config("amd64", [layer]), [layer.replace(b"hello", b"HELLO")], ["x:1"])
+    archive = tmp_path / "saved.tar"
+    archive.write_bytes(docker_save_tar([image]))
+    with pytest.raises(DigestMismatch, match="diff_id"):
+        DockerArchiveSource(str(archive)).resolve()
+
+
+def test_docker_archive_config_must_hash_to_its_name(tmp_path: Path) -> None:
+    layer = layer_tar({"etc/motd": b"hello\n"})
+    image = SavedImage(saved_config("amd64", [layer]), [layer], ["x:1"])
+    raw = docker_save_tar([image])
+    cfg_hex = sha(image.config).encoded
+    archive = tmp_path / "saved.tar"
+    archive.write_bytes(raw.replace(b'"amd64"', b'"arm64"'))  # same length, other hash
+    with pytest.raises(DigestMismatch, match=cfg_hex[:12]):
+        DockerArchiveSource(str(archive)).resolve()
+
+
+def test_docker_archive_names_the_image_after_its_repo_tag(
+    tmp_path: Path, saved: list[SavedImage]
+) -> None:
+    archive = tmp_path / "saved.tar"
+    archive.write_bytes(docker_save_tar(saved[:1]))
+    with DockerArchiveSource(str(archive)) as src:
+        assert src.resolve().annotations[ANNOTATION_IMAGE_NAME] == "busybox:latest"

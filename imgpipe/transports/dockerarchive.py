@@ -23,11 +23,12 @@ from __future__ import annotations
 import io
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, BinaryIO, Final
 
 from imgpipe.content.verify import digest_stream
+from imgpipe.formats.config import parse_config
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.digest import Digest
 from imgpipe.formats.errors import (
@@ -37,6 +38,7 @@ from imgpipe.formats.errors import (
     MalformedDocument,
     NotFound,
 )
+from imgpipe.formats.layout import ANNOTATION_IMAGE_NAME
 from imgpipe.formats.manifest import Manifest
 from imgpipe.formats.mediatype import (
     DOCKER_CONFIG,
@@ -111,6 +113,10 @@ def parse_docker_manifest_json(raw: bytes, *, where: str) -> tuple[ArchiveImage,
             )
         )
     return tuple(out)
+
+
+def _is_sha256_hex(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
 
 
 def _canonical(name: str) -> str:
@@ -190,13 +196,44 @@ class DockerArchiveSource:
         Raises as ``select``; MalformedDocument if a member named in ``manifest.json`` is
         missing; DigestMismatch if a ``blobs/<alg>/<hex>`` member hashes otherwise.
         """
+        image = self.select()
         if self._manifest is None:
-            self._manifest = self._synthesise(self.select())
-        return self._manifest.descriptor()
+            self._manifest = self._synthesise(image)
+        desc = self._manifest.descriptor()
+        # The name to import under, as `docker load` does: the tag asked for, else the
+        # image's first RepoTag.
+        name = self.ref or (image.repo_tags[0] if image.repo_tags else "")
+        return replace(desc, annotations={ANNOTATION_IMAGE_NAME: name}) if name else desc
 
     def _synthesise(self, image: ArchiveImage) -> Manifest:
+        """The manifest for ``image``, with every digest tied to something the archive
+        promised, since ``docker save`` writes no digests of its own: the config's member
+        name is its sha256 (the image ID), and an uncompressed layer's sha256 is its
+        diff_id in the config. A damaged member is DigestMismatch here, not a new image.
+        """
         config = self._describe(image.config, DOCKER_CONFIG)
+        stem = image.config.rsplit("/", 1)[-1].removesuffix(".json")
+        if _is_sha256_hex(stem) and stem != config.digest.encoded:
+            raise DigestMismatch(
+                f"{self.path}: config {image.config!r} hashes to {config.digest}",
+                expected=f"sha256:{stem}",
+                actual=str(config.digest),
+            )
         layers = [self._describe(name, None) for name in image.layers]
+        raw_config = read_member_capped(self._fd, self._member(image.config), where=self.path)
+        diff_ids = parse_config(raw_config).diff_ids
+        if len(diff_ids) != len(layers):
+            raise MalformedDocument(
+                f"{self.path}: config lists {len(diff_ids)} diff_ids for {len(layers)} layers"
+            )
+        for name, layer, diff_id in zip(image.layers, layers, diff_ids, strict=True):
+            if not layer.media_type.compression() and layer.digest != diff_id:
+                raise DigestMismatch(
+                    f"{self.path}: layer {name!r} hashes to {layer.digest}, "
+                    f"the config's diff_id is {diff_id}",
+                    expected=str(diff_id),
+                    actual=str(layer.digest),
+                )
         return Manifest.build(config, layers, media_type=DOCKER_MANIFEST)
 
     def _describe(self, name: str, media_type: MediaType | None) -> Descriptor:
