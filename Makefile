@@ -6,8 +6,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages the tests and the demo use: the fixture image is built from
-# busybox-static; skopeo and umoci read our images in the interop tests.
-APT_PACKAGES := busybox-static skopeo umoci
+# busybox-static; skopeo and umoci read our images in the interop tests; docker-registry
+# (with htpasswd from apache2-utils) is the real registry the tests start; pigz and zstd
+# are peers in the processor tests and benchmarks.
+APT_PACKAGES := busybox-static skopeo umoci docker-registry apache2-utils pigz zstd
 
 DEMO_DIR := out/demo
 

@@ -17,7 +17,9 @@ def register(sub: Any) -> None:
     c = csub.add_parser("ls", help="list blobs with size and labels")
     c.add_argument("--json", action="store_true", help="machine-readable output")
     c.set_defaults(func=content_ls)
-    c = csub.add_parser("verify", help="re-hash every blob; exit 1 if any is corrupt")
+    c = csub.add_parser(
+        "verify", help="re-hash every blob; exit 8 (digest mismatch) if any is corrupt"
+    )
     c.set_defaults(func=content_verify)
     c = csub.add_parser("rm", help="remove blobs by digest (gc does this safely)")
     c.add_argument("digests", metavar="DIGEST", nargs="+")

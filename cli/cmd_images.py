@@ -6,7 +6,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from imgpipe import ImageDetails
+    from imgpipe import ImageDetails, Store
 
 
 def register(sub: Any) -> None:
@@ -24,14 +24,22 @@ def register(sub: Any) -> None:
     p.add_argument("target", metavar="TARGET")
     p.set_defaults(func=tag)
 
-    p = sub.add_parser("rmi", help="remove images (and the content only they held)")
+    p = sub.add_parser("rmi", help="remove images, then garbage-collect (like ctr rmi --sync)")
     p.add_argument("names", metavar="NAME", nargs="+")
-    p.add_argument("--no-prune", action="store_true", help="keep the content for a later gc")
+    p.add_argument("--no-prune", action="store_true", help="skip the gc; content stays until one")
     p.set_defaults(func=rmi)
 
 
-def _image_size(details: ImageDetails) -> int:
-    """Bytes of the documents and blobs of the image that are in the store."""
+def _image_size(store: Store, name: str) -> int | None:
+    """Bytes of the image's documents and blobs (all platforms present); None if the
+    image cannot be read (a blob removed by hand), so one broken image does not hide
+    the others."""
+    import imgpipe
+
+    try:
+        details = imgpipe.inspect(name, store=store)
+    except imgpipe.ImgpipeError:
+        return None
     seen: dict[str, int] = {str(details.record.target.digest): details.record.target.size}
     for m in details.manifests:
         seen[str(m.descriptor.digest)] = m.descriptor.size
@@ -46,10 +54,7 @@ def images(args: argparse.Namespace) -> int:
     from .output import human_size, print_json, print_table
 
     with imgpipe.Store(args.root) as store:
-        rows = []
-        for rec in imgpipe.images(store=store):
-            size = _image_size(imgpipe.inspect(rec.name, store=store))
-            rows.append((rec, size))
+        rows = [(rec, _image_size(store, rec.name)) for rec in imgpipe.images(store=store)]
     if args.json:
         print_json(
             [
@@ -65,7 +70,12 @@ def images(args: argparse.Namespace) -> int:
         return 0
     print_table(
         [
-            (rec.name, str(rec.target.digest), _type_name(rec.target.media_type), human_size(size))
+            (
+                rec.name,
+                str(rec.target.digest),
+                _type_name(rec.target.media_type),
+                human_size(size) if size is not None else "-",
+            )
             for rec, size in rows
         ],
         ("NAME", "DIGEST", "TYPE", "SIZE"),
@@ -168,6 +178,9 @@ def rmi(args: argparse.Namespace) -> int:
     from .output import human_size
 
     with imgpipe.Store(args.root) as store:
+        # every name must exist before any is removed: a typo removes nothing
+        for name in args.names:
+            store.db.get_image(imgpipe.normalize_name(name))
         for name in args.names:
             imgpipe.remove_image(name, prune=False, store=store)
             print(f"removed {imgpipe.normalize_name(name)}")

@@ -8,6 +8,7 @@ that adds its subparser and binds ``func``. Heavy imports happen inside the verb
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -51,7 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)
+        sys.stdout.flush()
         return code
+    except BrokenPipeError:
+        # `imgpipe images | head`: the reader left; stop quietly, as Go tools do on SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (KeyboardInterrupt, Exception) as exc:
         if args.debug:
             traceback.print_exc()

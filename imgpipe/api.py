@@ -155,7 +155,9 @@ def tag(source: str, target: str, *, store: Store | None = None, root: Root = No
 def remove_image(
     name: str, *, prune: bool = True, store: Store | None = None, root: Root = None
 ) -> GCResult | None:
-    """Forget the image ``name``; with ``prune`` (the default) collect what it alone held."""
+    """Forget the image ``name``; with ``prune`` (the default) then run a garbage
+    collection, which removes what no image or live lease holds any more (what only this
+    image held, and anything else already unreferenced)."""
     with _opened(store, root) as s:
         s.db.delete_image(normalize_name(name))
         return collect(s.db, s.content) if prune else None

@@ -39,7 +39,14 @@ from typing import Any, Final, Protocol, TypeVar
 
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.digest import Digest
-from imgpipe.formats.errors import InvalidArgument, InvalidReference, NotFound, ResourceLimit
+from imgpipe.formats.errors import (
+    DigestMismatch,
+    InvalidArgument,
+    InvalidReference,
+    NotFound,
+    ResourceLimit,
+    SizeMismatch,
+)
 from imgpipe.formats.layout import ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME
 from imgpipe.formats.manifest import MAX_DOCUMENT_SIZE, Index, Manifest, parse_document
 from imgpipe.formats.platform import Platform, best_match, host_platform
@@ -114,6 +121,7 @@ class Context:
         self.resources = contextlib.ExitStack()
         self.lease: Lease | None = None
         self.source: ImageSource | None = None
+        self.source_name = ""  # the transport string of the source, for messages
         self.created: list[Digest] = []
 
     def emit(self, event: Event) -> None:
@@ -255,10 +263,17 @@ def walk_image(
 _MAX_INDEX_DEPTH: Final = 8
 
 
-def _store_blob(ctx: Context, source: ImageSource, desc: Descriptor) -> bool:
-    """Copy one blob from ``source`` into the store, verified. True if it was written."""
+def _store_blob(
+    ctx: Context, source: ImageSource, desc: Descriptor, *, protect: bool = True
+) -> bool:
+    """Copy one blob from ``source`` into the store, verified. True if it was written.
+
+    ``protect=False`` when the caller has already leased ``desc`` (worker threads do not
+    touch the database).
+    """
     content = ctx.store.content
-    ctx.protect(desc.digest)
+    if protect:
+        ctx.protect(desc.digest)
     if content.exists(desc.digest):
         ctx.emit(Event(EventKind.BLOB_EXISTS, desc.digest, desc.media_type, desc.size))
         return False
@@ -266,8 +281,24 @@ def _store_blob(ctx: Context, source: ImageSource, desc: Descriptor) -> bool:
     # The ingest is the verifying reader here: the writer refuses bytes past ``size`` and
     # commit checks size and digest before the rename, so the bytes are hashed once.
     # The ref is the digest, so two processes importing one blob share one ingest.
-    with source.open_blob(desc) as raw:
-        written = content.ingest(f"import-{desc.digest}", raw, digest=desc.digest, size=desc.size)
+    try:
+        with source.open_blob(desc) as raw:
+            written = content.ingest(
+                f"import-{desc.digest}", raw, digest=desc.digest, size=desc.size
+            )
+    except DigestMismatch as e:
+        raise DigestMismatch(
+            f"blob {desc.digest} from {ctx.source_name}: content hashes to {e.actual}",
+            expected=e.expected,
+            actual=e.actual,
+        ) from None
+    except SizeMismatch as e:
+        raise SizeMismatch(
+            f"blob {desc.digest} from {ctx.source_name}: expected {desc.size} bytes, "
+            + (f"got {e.actual}" if e.actual >= 0 else "got another size"),
+            expected=e.expected,
+            actual=e.actual,
+        ) from None
     if written:
         ctx.created.append(desc.digest)
     ctx.emit(Event(EventKind.BLOB_DONE, desc.digest, desc.media_type, desc.size))
@@ -292,14 +323,17 @@ def normalize_name(name: str) -> str:
 def suggested_name(ref: TransportRef, root: Descriptor) -> str:
     """The local name for an image from ``ref`` when the caller gave none, or "".
 
-    As skopeo and containerd's importer do: the registry reference; else the layout's
-    tag; else the name the layout recorded for the image.
+    As containerd's importer does: the registry reference; else the full name the layout
+    or archive recorded (``io.containerd.image.name``); else the tag asked for; else the
+    entry's ``org.opencontainers.image.ref.name``.
     """
     if ref.reference is not None:
         return str(ref.reference)
+    # The full name a layout or archive recorded wins over the tag, so an image that
+    # went out with `push NAME oci:DIR:latest` comes back as NAME, not as "latest".
     for c in (
-        ref.tag,
         root.annotations.get(ANNOTATION_IMAGE_NAME, ""),
+        ref.tag,
         root.annotations.get(ANNOTATION_REF_NAME, ""),
     ):
         if c:
@@ -326,6 +360,7 @@ class Resolve:
     def run(self, item: TransportRef, ctx: Context) -> Resolved:
         source = ctx.resources.enter_context(open_source(item))
         ctx.source = source
+        ctx.source_name = str(item)
         root = source.resolve()
         ctx.emit(Event(EventKind.RESOLVED, root.digest, root.media_type, root.size, str(item)))
         name = self.image_name or suggested_name(item, root)
@@ -400,12 +435,17 @@ class FetchBlobs:
             for desc in item.blobs:
                 _store_blob(ctx, source, desc)
             return item
-        with ThreadPoolExecutor(self.max_concurrent, thread_name_prefix="fetch") as pool:
-            futures = [pool.submit(_store_blob, ctx, source, d) for d in item.blobs]
+        # Lease every blob here, on the calling thread: the workers never open database
+        # connections of their own.
+        for desc in item.blobs:
+            ctx.protect(desc.digest)
+        pool = ThreadPoolExecutor(self.max_concurrent, thread_name_prefix="fetch")
+        try:
+            futures = [pool.submit(_store_blob, ctx, source, d, protect=False) for d in item.blobs]
             wait(futures, return_when=FIRST_EXCEPTION)
-            for f in futures:
-                f.cancel()  # queued transfers never start once one has failed
-            wait(futures)
+        finally:
+            # On a failure or Ctrl-C, queued transfers never start; running ones end.
+            pool.shutdown(wait=True, cancel_futures=True)
         for f in futures:
             if not f.cancelled() and (exc := f.exception()) is not None:
                 raise exc

@@ -162,3 +162,52 @@ def test_content_verify_finds_corruption(fixture_dir: Path, tmp_path: Path) -> N
     out = run_cli("content", "verify", root=root)
     assert out.returncode == 8
     assert victim.name in out.stdout
+
+
+def test_images_lists_the_others_when_one_is_broken(fixture_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    ok(run_cli("pull", f"oci:{fixture_dir / 'busybox'}:busybox", root=root))
+    ok(run_cli("pull", f"oci:{fixture_dir / 'layered-zstd'}:layered-zstd", root=root))
+    busybox = json.loads(ok(run_cli("inspect", "--json", "busybox", root=root)).stdout)
+    ok(run_cli("content", "rm", busybox["digest"], root=root))
+    listed = json.loads(ok(run_cli("images", "--json", root=root)).stdout)
+    sizes = {i["name"]: i["size"] for i in listed}
+    assert sizes["docker.io/library/busybox:latest"] is None
+    assert sizes["docker.io/library/layered-zstd:latest"] > 0
+
+
+def test_rmi_with_an_unknown_name_removes_nothing(fixture_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    ok(run_cli("pull", f"oci:{fixture_dir / 'busybox'}:busybox", root=root))
+    _one_error_line(run_cli("rmi", "busybox", "no-such-image", root=root), 5)
+    assert len(json.loads(ok(run_cli("images", "--json", root=root)).stdout)) == 1
+
+
+def test_closed_stdout_is_not_an_error(fixture_dir: Path, tmp_path: Path) -> None:
+    """`imgpipe inspect X | head -0`: the reader goes away; imgpipe stops quietly."""
+    import subprocess
+
+    from conftest import IMGPIPE
+
+    root = tmp_path / "root"
+    ok(run_cli("pull", f"oci:{fixture_dir / 'layered'}:layered", root=root))
+    proc = subprocess.Popen(
+        [IMGPIPE, "--root", root, "inspect", "layered"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Broken pipe" not in err
+
+
+def test_push_then_pull_keeps_the_image_name(fixture_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    ok(run_cli("pull", f"oci:{fixture_dir / 'busybox'}:busybox", root=root))
+    ok(run_cli("tag", "busybox", "example.com/tools/bb:1", root=root))
+    ok(run_cli("push", "example.com/tools/bb:1", f"oci:{tmp_path / 'out'}:latest", root=root))
+    out = ok(run_cli("pull", f"oci:{tmp_path / 'out'}:latest", root=tmp_path / "other"))
+    assert out.stdout.split()[0] == "example.com/tools/bb:1"

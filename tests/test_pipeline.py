@@ -157,7 +157,7 @@ def test_multiarch_picks_platforms(fixture_dir: Path, tmp_path: Path) -> None:
 
 def _damage(layout: Path, how: str, *, spare: Path) -> None:
     """Damage the largest blob of ``layout`` that the layout ``spare`` does not hold."""
-    shared = {p.name for p in (spare / "blobs" / "sha256").iterdir()}
+    shared = {p.name for p in (spare / "blobs" / "sha256").iterdir()} if spare.exists() else set()
     blob = max(
         (p for p in (layout / "blobs" / "sha256").iterdir() if p.name not in shared),
         key=lambda p: p.stat().st_size,
@@ -231,3 +231,30 @@ def test_unnamed_source_fails_before_any_blob_moves(layout_copy: Any, store: Sto
     assert store_digests(store) == set()
     rec = imgpipe.pull(f"oci:{layout}", store=store, name="example.com/named:1")
     assert rec.name == "example.com/named:1"
+
+
+def test_many_pulls_on_one_store_leak_no_descriptors(fixture_dir: Path, tmp_path: Path) -> None:
+    """Scripts reuse one Store for many operations: descriptors must not pile up."""
+    import os
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    with Store(tmp_path / "root") as s:
+        imgpipe.pull(f"oci:{fixture_dir / 'layered'}:layered", store=s)
+        before = open_fds()
+        for i in range(15):
+            imgpipe.pull(f"oci:{fixture_dir / 'layered'}:layered", store=s, name=f"copy{i}")
+            imgpipe.remove_image(f"copy{i}", store=s)
+        assert open_fds() <= before + 2
+
+
+def test_corrupt_blob_error_names_blob_and_source(
+    layout_copy: Any, store: Store, fixture_dir: Path
+) -> None:
+    layout = layout_copy("layered")
+    _damage(layout, "flip", spare=fixture_dir / "nothing-shared")
+    with pytest.raises(DigestMismatch) as ei:
+        imgpipe.pull(f"oci:{layout}:layered", store=store)
+    msg = str(ei.value)
+    assert msg.startswith("blob sha256:") and f"from oci:{layout}:layered" in msg

@@ -259,6 +259,27 @@ def _lease_from_row(row: Any) -> LeaseRecord:
     )
 
 
+def _enable_wal(conn: sqlite3.Connection, *, deadline: float) -> None:
+    """Put the database in WAL mode (persistent in the file; a no-op once set).
+
+    Switching modes needs an exclusive lock and SQLite does not apply the busy timeout to
+    it, so two processes opening a fresh root at once can see "database is locked": retry
+    with back-off until ``deadline``.
+    """
+    delay = 0.005
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
+
+
 class MetadataDB:
     """The SQLite metadata database at ``path`` (created, with its directory, if missing).
 
@@ -307,7 +328,7 @@ class MetadataDB:
                 isolation_level=None,  # we issue BEGIN IMMEDIATE ourselves
                 check_same_thread=False,  # so close() may close every thread's connection
             )
-            conn.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(conn, deadline=time.monotonic() + self._busy_timeout)
             # In WAL mode NORMAL keeps the database consistent after any crash; only a
             # power loss can roll back the last commits, which a re-run pull redoes.
             conn.execute("PRAGMA synchronous=NORMAL")
