@@ -84,6 +84,7 @@ class EventKind:
     RESOLVED: Final = "resolved"  # the root descriptor is known
     BLOB_EXISTS: Final = "blob.exists"  # already in the destination, skipped
     BLOB_START: Final = "blob.start"  # transfer begins
+    BLOB_PROGRESS: Final = "blob.progress"  # ``offset`` bytes of ``size`` have arrived
     BLOB_DONE: Final = "blob.done"  # transferred and verified
     IMAGE_RECORDED: Final = "image.recorded"
     EXPORTED: Final = "exported"
@@ -98,6 +99,7 @@ class Event:
     media_type: str = ""
     size: int = 0
     detail: str = ""
+    offset: int = 0  # bytes done so far (BLOB_PROGRESS)
 
 
 Observer = Callable[[Event], None]

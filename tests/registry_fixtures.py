@@ -1,0 +1,1 @@
+"""Registry fixtures (being written): a real docker-registry on 127.0.0.1."""
