@@ -8,8 +8,9 @@ STAMP  := $(VENV)/.installed
 # Debian packages the tests and the demo use: the fixture image is built from
 # busybox-static; skopeo and umoci read our images in the interop tests; docker-registry
 # (with htpasswd from apache2-utils) is the real registry the tests start; pigz and zstd
-# are peers in the processor tests and benchmarks.
-APT_PACKAGES := busybox-static skopeo umoci docker-registry apache2-utils pigz zstd
+# are peers in the processor tests and benchmarks; btrfs-progs makes the loop-backed btrfs
+# the snapshot tests use.
+APT_PACKAGES := busybox-static skopeo umoci docker-registry apache2-utils pigz zstd btrfs-progs
 
 DEMO_DIR := out/demo
 
