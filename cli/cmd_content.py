@@ -1,4 +1,4 @@
-"""``imgpipe content ls|verify|rm`` and ``imgpipe gc``."""
+"""``imgpipe content ls|get|verify|rm`` and ``imgpipe gc``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,29 @@ def register(sub: Any) -> None:
     c = csub.add_parser("ls", help="list blobs with size and labels")
     c.add_argument("--json", action="store_true", help="machine-readable output")
     c.set_defaults(func=content_ls)
+    c = csub.add_parser(
+        "get",
+        help="write a blob to stdout, as stored or (--decode) decoded to its tar stream",
+    )
+    c.add_argument("digest", metavar="DIGEST")
+    c.add_argument(
+        "--decode",
+        action="store_true",
+        help="decrypt and decompress through the processor chain of its media type",
+    )
+    c.add_argument(
+        "--media-type",
+        metavar="MT",
+        help="the blob's media type (default: from the stored image that refers to it)",
+    )
+    c.add_argument(
+        "--decrypt-key",
+        metavar="FILE[:PASSWORD]",
+        action="append",
+        default=[],
+        help="an ocicrypt private key (PEM); repeat for several",
+    )
+    c.set_defaults(func=content_get)
     c = csub.add_parser(
         "verify", help="re-hash every blob; exit 8 (digest mismatch) if any is corrupt"
     )
@@ -47,6 +70,50 @@ def content_ls(args: argparse.Namespace) -> int:
     ]
     print_table(rows, ("DIGEST", "SIZE", "LABELS"))
     return 0
+
+
+def content_get(args: argparse.Namespace) -> int:
+    from imgpipe.formats.descriptor import Descriptor
+    from imgpipe.formats.digest import Digest
+    from imgpipe.formats.mediatype import MediaType
+    from imgpipe.store import Store
+
+    from .main import usage_error
+
+    if (args.media_type or args.decrypt_key) and not args.decode:
+        return usage_error("--media-type and --decrypt-key need --decode")
+    digest = Digest.parse(args.digest)
+    out = sys.stdout.buffer
+    with Store(args.root) as store:
+        if not args.decode:
+            with store.content.open(digest) as f:
+                _copy(f, out)
+            return 0
+        from imgpipe.decode import find_descriptor, open_decoded
+
+        if args.media_type:
+            try:  # the stored descriptor carries annotations (ocicrypt's wrapped keys)
+                annotations = find_descriptor(store, digest).annotations
+            except LookupError:
+                annotations = {}
+            size = store.content.info(digest).size
+            desc = Descriptor(MediaType(args.media_type), digest, size, annotations=annotations)
+        else:
+            desc = find_descriptor(store, digest)
+        keys = []
+        if args.decrypt_key:
+            from imgpipe.processors.ocicrypt import load_private_key
+
+            keys = [load_private_key(spec) for spec in args.decrypt_key]
+        with open_decoded(store.content, desc, keys=keys) as stream:
+            _copy(stream, out)
+    return 0
+
+
+def _copy(src: Any, dst: Any) -> None:
+    while chunk := src.read(1 << 20):
+        dst.write(chunk)
+    dst.flush()
 
 
 def content_verify(args: argparse.Namespace) -> int:

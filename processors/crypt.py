@@ -1,0 +1,108 @@
+"""ocicrypt as processors: the adapters between the registry and ``processors.ocicrypt``.
+
+The cryptography lives in :mod:`imgpipe.processors.ocicrypt`; it is imported only when a
+stream is opened, so resolving a chain never pays for loading ``cryptography``.
+
+- :class:`Decrypt` (decoder): ``...+encrypted`` -> the same type without ``+encrypted``.
+  It reads the wrapped keys from the descriptor's annotations and needs
+  ``params.decrypt_keys``; without a key that opens the layer, ``open`` raises
+  Unauthorized (NoDecryptionKey). A tampered layer fails with DigestMismatch at the
+  end of the stream, before the last plaintext chunk is handed out.
+- :class:`Encrypt` (encoder): any unencrypted layer type -> ``+encrypted``, for
+  ``params.recipients``. After EOF its stream's ``annotations()`` hold
+  ``org.opencontainers.image.enc.keys.jwe`` and ``...enc.pubopts`` for the new descriptor.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from typing import Any, BinaryIO, Final
+
+from imgpipe.formats.descriptor import Descriptor
+from imgpipe.formats.errors import InvalidArgument
+from imgpipe.formats.mediatype import MediaType
+
+from .base import Direction, ProcessorParams
+
+__all__ = ["ENCRYPTED_SUFFIX", "CryptStream", "Decrypt", "Encrypt"]
+
+ENCRYPTED_SUFFIX: Final = "+encrypted"
+
+
+class CryptStream(io.RawIOBase):
+    """An ocicrypt reader seen as a processed stream: reads pass straight through."""
+
+    def __init__(self, inner: Any, *, encrypting: bool) -> None:
+        super().__init__()
+        self._inner = inner
+        self._encrypting = encrypting
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        data: bytes = self._inner.read(-1 if size is None else size)
+        return data
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def readinto(self, buffer: Any) -> int:
+        n: int = self._inner.readinto(buffer)
+        return n
+
+    def annotations(self) -> Mapping[str, str]:
+        """Encrypting: the ocicrypt annotations (FailedPrecondition before EOF).
+        Decrypting: ``{}``."""
+        return dict(self._inner.annotations()) if self._encrypting else {}
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._inner.close()
+            finally:
+                super().close()
+
+
+class Decrypt:
+    """Decoder: ``<layer type>+encrypted`` -> ``<layer type>``."""
+
+    name = "ocicrypt-decrypt"
+    direction: Direction = "decode"
+
+    def accepts(self, media_type: MediaType) -> bool:
+        return media_type.is_encrypted()
+
+    def output_type(self, media_type: MediaType) -> MediaType:
+        return MediaType(media_type.base.removesuffix(ENCRYPTED_SUFFIX))
+
+    def open(self, stream: BinaryIO, desc: Descriptor, params: ProcessorParams) -> CryptStream:
+        from .ocicrypt import DecryptingReader  # noqa: PLC0415 (cryptography: on use)
+
+        return CryptStream(
+            DecryptingReader(stream, annotations=desc.annotations, keys=params.decrypt_keys),
+            encrypting=False,
+        )
+
+
+class Encrypt:
+    """Encoder: an unencrypted layer type -> ``<layer type>+encrypted``."""
+
+    name = "ocicrypt-encrypt"
+    direction: Direction = "encode"
+
+    def accepts(self, media_type: MediaType) -> bool:
+        return media_type.is_layer() and not media_type.is_encrypted()
+
+    def output_type(self, media_type: MediaType) -> MediaType:
+        return MediaType(media_type.base + ENCRYPTED_SUFFIX)
+
+    def open(self, stream: BinaryIO, desc: Descriptor, params: ProcessorParams) -> CryptStream:
+        if not params.recipients:
+            raise InvalidArgument(f"encrypting {desc.digest}: no recipients given")
+        from .ocicrypt import EncryptingReader  # noqa: PLC0415 (cryptography: on use)
+
+        # No digest= here: in a chain (tar -> zstd -> encrypt) desc.digest names the
+        # chain's input, not this step's, so the reader hashes the plaintext itself.
+        return CryptStream(EncryptingReader(stream, recipients=params.recipients), encrypting=True)

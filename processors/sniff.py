@@ -1,0 +1,166 @@
+"""Compression by magic bytes, and the built-in decompressor that trusts the bytes.
+
+containerd's ``DecompressStream`` does not believe the media type: it looks at the first
+bytes and decodes gzip (``1f 8b 08``), zstd (``28 b5 2f fd``, or a skippable frame
+``5? 2a 4d 18``) or passes the bytes through. Registries and tools do mislabel layers
+(a ``tar.gzip`` type on a plain tar, an uncompressed type on gzip bytes), and users
+expect such images to unpack as they do with containerd, so :class:`Decompress` does the
+same: the media type chooses the processor, the bytes choose the codec. A tar never
+starts with those bytes (a tar starts with a file name), so plain tars are never mistaken.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, BinaryIO, Final, Literal
+
+from imgpipe.formats.descriptor import Descriptor
+from imgpipe.formats.mediatype import (
+    DOCKER_FOREIGN_LAYER,
+    DOCKER_FOREIGN_LAYER_GZIP,
+    DOCKER_LAYER,
+    DOCKER_LAYER_GZIP,
+    DOCKER_LAYER_ZSTD,
+    OCI_LAYER,
+    OCI_LAYER_GZIP,
+    OCI_LAYER_NONDIST,
+    OCI_LAYER_NONDIST_GZIP,
+    OCI_LAYER_NONDIST_ZSTD,
+    OCI_LAYER_ZSTD,
+    MediaType,
+)
+
+from .base import Direction, ProcessorParams
+from .gzip import GzipDecoder
+from .limits import BoundedReader, CountingReader
+from .zstd import ZstdDecoder
+
+__all__ = [
+    "GZIP_MAGIC",
+    "LAYER_TYPES",
+    "MAGIC_SIZE",
+    "ZSTD_MAGIC",
+    "Compression",
+    "Decompress",
+    "PrefixedReader",
+    "detect",
+    "peek",
+]
+
+Compression = Literal["gzip", "zstd", ""]
+
+GZIP_MAGIC: Final = b"\x1f\x8b\x08"
+ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
+#: Bytes needed to tell the formats apart.
+MAGIC_SIZE: Final = 4
+
+#: Every unencrypted layer type the built-in decompressor takes: OCI (distributable and
+#: not) and Docker (and foreign), uncompressed, gzip and zstd. Unknown suffixes
+#: (``+foo``) are not in it: those need a processor that knows them.
+LAYER_TYPES: Final = frozenset(
+    {
+        OCI_LAYER,
+        OCI_LAYER_GZIP,
+        OCI_LAYER_ZSTD,
+        OCI_LAYER_NONDIST,
+        OCI_LAYER_NONDIST_GZIP,
+        OCI_LAYER_NONDIST_ZSTD,
+        DOCKER_LAYER,
+        DOCKER_LAYER_GZIP,
+        DOCKER_LAYER_ZSTD,
+        DOCKER_FOREIGN_LAYER,
+        DOCKER_FOREIGN_LAYER_GZIP,
+    }
+)
+
+
+def detect(head: bytes) -> Compression:
+    """The compression the first bytes of a stream show: ``"gzip"``, ``"zstd"`` or ``""``."""
+    if head.startswith(GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(ZSTD_MAGIC):
+        return "zstd"
+    # a skippable frame, 0x184D2A50-0x184D2A5F little-endian (zstd:chunked may start so)
+    if len(head) >= 4 and head[1:4] == b"\x2a\x4d\x18" and head[0] & 0xF0 == 0x50:
+        return "zstd"
+    return ""
+
+
+class PrefixedReader(io.RawIOBase):
+    """``prefix`` then the rest of ``raw``: puts back what ``peek`` took. Closes ``raw``."""
+
+    def __init__(self, prefix: bytes, raw: BinaryIO) -> None:
+        super().__init__()
+        self._prefix = prefix
+        self._raw = raw
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            out = self._prefix + self._raw.read()
+            self._prefix = b""
+            return out
+        if self._prefix:
+            head, self._prefix = self._prefix[:size], self._prefix[size:]
+            if len(head) < size:
+                head += self._raw.read(size - len(head))
+            return head
+        return self._raw.read(size)
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        n = len(data)
+        memoryview(buffer).cast("B")[:n] = data
+        return n
+
+    def annotations(self) -> dict[str, str]:
+        return {}
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._raw.close()
+            finally:
+                super().close()
+
+
+def peek(stream: BinaryIO, size: int = MAGIC_SIZE) -> tuple[bytes, PrefixedReader]:
+    """Up to ``size`` first bytes of ``stream`` (fewer only at EOF), and a reader that
+    yields the whole stream again."""
+    head = b""
+    while len(head) < size:
+        data = stream.read(size - len(head))
+        if not data:
+            break
+        head += data
+    return head, PrefixedReader(head, stream)
+
+
+class Decompress:
+    """Decoder: any known unencrypted layer type -> the OCI tar, by the bytes' magic.
+
+    Expanding output is bounded by ``params.limits``.
+    """
+
+    name = "decompress"
+    direction: Direction = "decode"
+
+    def accepts(self, media_type: MediaType) -> bool:
+        return media_type.base in LAYER_TYPES
+
+    def output_type(self, media_type: MediaType) -> MediaType:
+        return OCI_LAYER
+
+    def open(self, stream: BinaryIO, desc: Descriptor, params: ProcessorParams) -> Any:
+        head, prefixed = peek(stream)
+        kind = detect(head)
+        if not kind:
+            return prefixed
+        counter = CountingReader(prefixed)
+        decoder = GzipDecoder(counter) if kind == "gzip" else ZstdDecoder(counter)
+        return BoundedReader(decoder, counter, params.limits, what=f"layer {desc.digest}")
