@@ -3,15 +3,48 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from imgpipe.transports import TransportOptions
+
+_TRANSPORTS_HELP = (
+    "oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:REF], or a registry "
+    "reference (docker:// optional), e.g. 127.0.0.1:5000/app:1 or alpine@sha256:..."
+)
+
+
+def _connection_flags(p: argparse.ArgumentParser) -> None:
+    """The flags that say how to reach a registry (ignored by local transports)."""
+    g = p.add_argument_group("registry connection")
+    g.add_argument(
+        "--plain-http",
+        action="store_true",
+        help="talk plain HTTP to the registry (default: HTTPS; loopback hosts and "
+        "'insecure' hosts of the registry config fall back to HTTP by themselves)",
+    )
+    g.add_argument("--tls-ca", metavar="FILE", help="PEM file of CA certificates to trust as well")
+    g.add_argument(
+        "--registry-config",
+        metavar="FILE",
+        help="registries.toml to read (mirrors, ca, insecure per host; default: "
+        "$IMGPIPE_CONFIG/registries.toml, /etc/imgpipe as root, else ~/.config/imgpipe)",
+    )
+    g.add_argument(
+        "--auth-file",
+        metavar="FILE",
+        help="Docker-format credentials file (default: $REGISTRY_AUTH_FILE, "
+        "$DOCKER_CONFIG/config.json, ~/.docker/config.json)",
+    )
 
 
 def register(sub: Any) -> None:
+    from .output import add_output_flags
+
     p = sub.add_parser(
         "pull",
         help="import an image into the store",
-        description="Import an image, verifying every blob. SOURCE is oci:DIR[:TAG], "
-        "oci-archive:FILE[:TAG] or docker-archive:FILE[:REF].",
+        description=f"Import an image, verifying every blob. SOURCE is {_TRANSPORTS_HELP}.",
     )
     p.add_argument("source", metavar="SOURCE")
     p.add_argument("--name", help="local name (default: the source's tag or image name)")
@@ -19,46 +52,108 @@ def register(sub: Any) -> None:
         "--platform", help="os/arch[/variant] to take from an index (default: this host)"
     )
     p.add_argument("--all-platforms", action="store_true", help="take every platform of an index")
+    p.add_argument(
+        "--max-concurrent-downloads",
+        type=int,
+        metavar="N",
+        default=None,
+        help="blobs downloaded at once (default: 3)",
+    )
+    _connection_flags(p)
+    add_output_flags(p)
     p.set_defaults(func=pull)
 
     p = sub.add_parser(
         "push",
         help="export an image from the store",
-        description="Write the image NAME to DEST: oci:DIR[:TAG] or oci-archive:FILE[:TAG].",
+        description=f"Write the image NAME to DEST: {_TRANSPORTS_HELP} (not docker-archive).",
     )
     p.add_argument("name", metavar="NAME")
     p.add_argument("dest", metavar="DEST")
+    p.add_argument(
+        "--max-concurrent-uploads",
+        type=int,
+        metavar="N",
+        default=None,
+        help="blobs uploaded at once (default: 3)",
+    )
+    _connection_flags(p)
+    add_output_flags(p)
     p.set_defaults(func=push)
+
+
+def _options(args: argparse.Namespace, concurrent: int | None) -> TransportOptions:
+    from imgpipe.transports import TransportOptions
+
+    kw: dict[str, Any] = {}
+    if concurrent is not None:
+        kw["max_concurrent"] = concurrent
+    return TransportOptions(
+        plain_http=args.plain_http,
+        tls_ca=args.tls_ca,
+        registry_config=args.registry_config,
+        auth_file=args.auth_file,
+        **kw,
+    )
 
 
 def pull(args: argparse.Namespace) -> int:
     import imgpipe
 
-    from .output import LineProgress
+    from .main import usage_error
+    from .output import close_observer, make_observer, print_result
 
     if args.platform and args.all_platforms:
-        from .main import usage_error
-
         return usage_error("--platform and --all-platforms exclude each other")
-    rec = imgpipe.pull(
-        args.source,
-        name=args.name,
-        platform=args.platform,
-        all_platforms=args.all_platforms,
-        root=args.root,
-        observer=None if args.quiet else LineProgress(),
+    if args.max_concurrent_downloads is not None and args.max_concurrent_downloads < 1:
+        return usage_error("--max-concurrent-downloads must be at least 1")
+    options = _options(args, args.max_concurrent_downloads)
+    observer = make_observer(args)
+    try:
+        rec = imgpipe.pull(
+            args.source,
+            name=args.name,
+            platform=args.platform,
+            all_platforms=args.all_platforms,
+            root=args.root,
+            observer=observer,
+            options=options,
+        )
+    finally:
+        close_observer(observer)
+    print_result(
+        args,
+        f"{rec.name} {rec.target.digest}",
+        name=rec.name,
+        digest=str(rec.target.digest),
+        mediaType=str(rec.target.media_type),
+        size=rec.target.size,
     )
-    print(f"{rec.name} {rec.target.digest}")
     return 0
 
 
 def push(args: argparse.Namespace) -> int:
     import imgpipe
 
-    from .output import LineProgress
+    from .main import usage_error
+    from .output import close_observer, make_observer, print_result
 
-    desc = imgpipe.push(
-        args.name, args.dest, root=args.root, observer=None if args.quiet else LineProgress()
+    if args.max_concurrent_uploads is not None and args.max_concurrent_uploads < 1:
+        return usage_error("--max-concurrent-uploads must be at least 1")
+    options = _options(args, args.max_concurrent_uploads)
+    observer = make_observer(args)
+    try:
+        desc = imgpipe.push(
+            args.name, args.dest, root=args.root, observer=observer, options=options
+        )
+    finally:
+        close_observer(observer)
+    print_result(
+        args,
+        f"{args.dest} {desc.digest}",
+        destination=args.dest,
+        digest=str(desc.digest),
+        mediaType=str(desc.media_type),
+        size=desc.size,
     )
-    print(f"{args.dest} {desc.digest}")
     return 0

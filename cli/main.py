@@ -13,7 +13,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from . import cmd_content, cmd_images, cmd_transfer
+from . import cmd_content, cmd_images, cmd_login, cmd_transfer
 from .exitcodes import EXIT_USAGE, exit_code_for
 
 
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd_transfer.register(sub)
     cmd_images.register(sub)
     cmd_content.register(sub)
+    cmd_login.register(sub)
     return parser
 
 

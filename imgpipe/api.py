@@ -23,6 +23,7 @@ from imgpipe.metadata import ImageRecord
 from imgpipe.metadata.gc import GCResult, collect
 from imgpipe.pipeline import Context, LoadImage, Observer, Pipeline, normalize_name
 from imgpipe.store import Store
+from imgpipe.transports import TransportOptions
 
 __all__ = [
     "ImageDetails",
@@ -65,16 +66,22 @@ def pull(
     store: Store | None = None,
     root: Root = None,
     observer: Observer | None = None,
+    options: TransportOptions | None = None,
 ) -> ImageRecord:
     """Import an image into the store, verifying every blob, and name it.
 
-    ``platform`` picks one manifest of an index (default: this host's); ``all_platforms``
-    keeps them all. Raises NotFound, DigestMismatch, SizeMismatch, MalformedDocument,
-    Unsupported; on any error the store is left as it was.
+    ``source`` is a transport string (``oci:DIR[:TAG]``, ``oci-archive:``,
+    ``docker-archive:``, ``docker://REF`` or a bare registry reference). ``platform``
+    picks one manifest of an index (default: this host's); ``all_platforms`` keeps them
+    all. ``options`` says how to reach registries and how many blobs move at once.
+    Raises NotFound, DigestMismatch, SizeMismatch, MalformedDocument, Unsupported
+    (schema 1), ResourceLimit, and for registries Unauthorized and Unavailable; on any
+    error the store is left as it was (a partly downloaded blob stays as a resumable
+    ingest).
     """
     ref = _as_transport(source)
     plat = Platform.parse(platform) if isinstance(platform, str) else platform
-    pipeline = Pipeline.pull(name=name, platform=plat, all_platforms=all_platforms)
+    pipeline = Pipeline.pull(name=name, platform=plat, all_platforms=all_platforms, options=options)
     with _opened(store, root) as s:
         rec: ImageRecord = pipeline.run(ref, store=s, observer=observer)
         return rec
@@ -87,12 +94,20 @@ def push(
     store: Store | None = None,
     root: Root = None,
     observer: Observer | None = None,
+    options: TransportOptions | None = None,
 ) -> Descriptor:
-    """Write the image ``name`` to ``destination`` (``oci:DIR[:TAG]``, ``oci-archive:...``)."""
+    """Write the image ``name`` to ``destination``; return the root descriptor written.
+
+    ``destination`` is ``oci:DIR[:TAG]``, ``oci-archive:FILE[:TAG]``, or a registry
+    reference (``docker://`` optional; by tag, or by digest, which must then be the
+    image's). Blobs the registry has are skipped, blobs pulled from another repository
+    of the same registry are mounted, the rest uploaded (``options.max_concurrent`` at
+    once). Raises NotFound (no such image), Unauthorized, Unavailable, DigestMismatch.
+    """
     ref = _as_transport(destination)
     local = normalize_name(name)
     with _opened(store, root) as s:
-        out: Descriptor = Pipeline.export(ref, image_name=local).run(
+        out: Descriptor = Pipeline.export(ref, image_name=local, options=options).run(
             local, store=s, observer=observer
         )
         return out

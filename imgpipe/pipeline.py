@@ -32,10 +32,12 @@ FetchDocuments and FetchBlobs refuses an image before a single layer is download
 from __future__ import annotations
 
 import contextlib
+import os
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, BinaryIO, Final, Protocol, TypeVar, cast
 
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.digest import Digest
@@ -53,9 +55,21 @@ from imgpipe.formats.platform import Platform, best_match, host_platform
 from imgpipe.formats.reference import TransportRef, parse_reference
 from imgpipe.metadata import ImageRecord, Lease
 from imgpipe.metadata.gc import collect
-from imgpipe.metadata.labels import index_child_labels, manifest_child_labels
+from imgpipe.metadata.labels import (
+    LABEL_DISTRIBUTION_SOURCE,
+    MAX_LABEL_SIZE,
+    index_child_labels,
+    manifest_child_labels,
+)
 from imgpipe.store import Store
-from imgpipe.transports import ImageSink, ImageSource, open_sink, open_source
+from imgpipe.transports import (
+    ConcurrentSink,
+    ImageSink,
+    ImageSource,
+    TransportOptions,
+    open_sink,
+    open_source,
+)
 
 __all__ = [
     "Context",
@@ -82,7 +96,8 @@ class EventKind:
     """The kinds of :class:`Event` the built-in stages emit."""
 
     RESOLVED: Final = "resolved"  # the root descriptor is known
-    BLOB_EXISTS: Final = "blob.exists"  # already in the destination, skipped
+    BLOB_EXISTS: Final = "blob.exists"  # already in the destination, skipped (or mounted)
+    BLOB_WAITING: Final = "blob.waiting"  # queued behind other transfers
     BLOB_START: Final = "blob.start"  # transfer begins
     BLOB_PROGRESS: Final = "blob.progress"  # ``offset`` bytes of ``size`` have arrived
     BLOB_DONE: Final = "blob.done"  # transferred and verified
@@ -92,7 +107,12 @@ class EventKind:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """Something a stage did, for progress display and machine-readable logs."""
+    """Something a stage did, for progress display and machine-readable logs.
+
+    For blob events ``detail`` is the state a display shows: "waiting", "downloading" or
+    "uploading", "verifying" (the last BLOB_PROGRESS, all bytes in), "done",
+    "already exists" (or "mounted from REPO" when a registry mounted it).
+    """
 
     kind: str
     digest: Digest | None = None
@@ -124,6 +144,7 @@ class Context:
         self.lease: Lease | None = None
         self.source: ImageSource | None = None
         self.source_name = ""  # the transport string of the source, for messages
+        self.source_ref: TransportRef | None = None  # where the source is (labels)
         self.created: list[Digest] = []
 
     def emit(self, event: Event) -> None:
@@ -265,6 +286,71 @@ def walk_image(
 _MAX_INDEX_DEPTH: Final = 8
 
 
+#: A blob's BLOB_PROGRESS events are at least this many seconds apart (the last one,
+#: all bytes in, is always sent): a display needs a few updates a second, not one per
+#: 1 MiB read at 700 MB/s.
+PROGRESS_INTERVAL: Final = 0.1
+
+
+class _ProgressReader:
+    """Pass-through reader that reports bytes read as BLOB_PROGRESS events.
+
+    Seeking is passed on (the content store seeks past what a resumed ingest already has,
+    and the registry stream turns that into a Range request); the offset reported is the
+    stream position, so a resumed transfer's bar starts where it left off.
+    """
+
+    def __init__(self, raw: BinaryIO, ctx: Context, desc: Descriptor, verb: str) -> None:
+        self._raw = raw
+        self._ctx = ctx
+        self._desc = desc
+        self._verb = verb
+        self._offset = 0
+        self._last = 0.0
+
+    def _report(self, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and now - self._last < PROGRESS_INTERVAL:
+            return
+        self._last = now
+        d = self._desc
+        state = "verifying" if final else self._verb
+        self._ctx.emit(
+            Event(EventKind.BLOB_PROGRESS, d.digest, d.media_type, d.size, state, self._offset)
+        )
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        if data:
+            self._offset += len(data)
+            self._report(final=self._offset >= self._desc.size)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        try:
+            return bool(self._raw.seekable())
+        except (AttributeError, OSError, ValueError):
+            return False
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self._offset = self._raw.seek(offset, whence)
+        self._report()
+        return self._offset
+
+    def tell(self) -> int:
+        return self._offset
+
+    def close(self) -> None:
+        self._raw.close()
+
+
+def _with_progress(raw: BinaryIO, ctx: Context, desc: Descriptor, verb: str) -> BinaryIO:
+    return cast(BinaryIO, _ProgressReader(raw, ctx, desc, verb))
+
+
 def _store_blob(
     ctx: Context, source: ImageSource, desc: Descriptor, *, protect: bool = True
 ) -> bool:
@@ -277,16 +363,21 @@ def _store_blob(
     if protect:
         ctx.protect(desc.digest)
     if content.exists(desc.digest):
-        ctx.emit(Event(EventKind.BLOB_EXISTS, desc.digest, desc.media_type, desc.size))
+        ctx.emit(
+            Event(EventKind.BLOB_EXISTS, desc.digest, desc.media_type, desc.size, "already exists")
+        )
         return False
-    ctx.emit(Event(EventKind.BLOB_START, desc.digest, desc.media_type, desc.size))
+    ctx.emit(Event(EventKind.BLOB_START, desc.digest, desc.media_type, desc.size, "downloading"))
     # The ingest is the verifying reader here: the writer refuses bytes past ``size`` and
     # commit checks size and digest before the rename, so the bytes are hashed once.
     # The ref is the digest, so two processes importing one blob share one ingest.
     try:
         with source.open_blob(desc) as raw:
             written = content.ingest(
-                f"import-{desc.digest}", raw, digest=desc.digest, size=desc.size
+                f"import-{desc.digest}",
+                _with_progress(raw, ctx, desc, "downloading"),
+                digest=desc.digest,
+                size=desc.size,
             )
     except DigestMismatch as e:
         raise DigestMismatch(
@@ -303,8 +394,31 @@ def _store_blob(
         ) from None
     if written:
         ctx.created.append(desc.digest)
-    ctx.emit(Event(EventKind.BLOB_DONE, desc.digest, desc.media_type, desc.size))
+    ctx.emit(Event(EventKind.BLOB_DONE, desc.digest, desc.media_type, desc.size, "done"))
     return written
+
+
+def _source_labels(ctx: Context, digest: Digest) -> dict[str, str]:
+    """containerd's distribution-source label for a blob pulled from a registry.
+
+    ``containerd.io/distribution.source.<host>`` = the repositories on that registry the
+    blob is known to be in, comma-separated; the push side reads it to mount the blob
+    instead of uploading it. Empty when the source is not a registry, or when adding the
+    repository would pass the 4 KiB label limit (as containerd skips it).
+    """
+    ref = ctx.source_ref
+    if ref is None or ref.transport != "docker" or ref.reference is None:
+        return {}
+    key = f"{LABEL_DISTRIBUTION_SOURCE}.{ref.reference.domain}"
+    repo = ref.reference.path
+    have = ctx.store.db.content_labels(digest).get(key, "")
+    repos = [r for r in have.split(",") if r]
+    if repo in repos:
+        return {}
+    value = ",".join([*repos, repo])
+    if len(key.encode()) + len(value.encode()) > MAX_LABEL_SIZE:
+        return {}
+    return {key: value}
 
 
 def _read_stored_document(ctx: Context, desc: Descriptor) -> Manifest | Index:
@@ -355,14 +469,22 @@ class Resolve:
 
     name = "resolve"
 
-    def __init__(self, *, name: str | None = None, require_name: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        require_name: bool = False,
+        options: TransportOptions | None = None,
+    ) -> None:
         self.image_name = normalize_name(name) if name else ""
         self.require_name = require_name
+        self.options = options
 
     def run(self, item: TransportRef, ctx: Context) -> Resolved:
-        source = ctx.resources.enter_context(open_source(item))
+        source = ctx.resources.enter_context(open_source(item, options=self.options))
         ctx.source = source
         ctx.source_name = str(item)
+        ctx.source_ref = item
         root = source.resolve()
         ctx.emit(Event(EventKind.RESOLVED, root.digest, root.media_type, root.size, str(item)))
         name = self.image_name or suggested_name(item, root)
@@ -402,7 +524,9 @@ class FetchDocuments:
                 labels = index_child_labels(doc.manifests)
             else:
                 labels = manifest_child_labels(doc.config, doc.layers)
-            ctx.store.db.set_content_labels(desc.digest, labels)
+            ctx.store.db.set_content_labels(
+                desc.digest, {**labels, **_source_labels(ctx, desc.digest)}
+            )
             return doc
 
         plan = walk_image(item.root, read, platform=self.platform, all_platforms=self.all_platforms)
@@ -436,22 +560,49 @@ class FetchBlobs:
         if self.max_concurrent == 1 or len(item.blobs) < 2:
             for desc in item.blobs:
                 _store_blob(ctx, source, desc)
-            return item
-        # Lease every blob here, on the calling thread: the workers never open database
-        # connections of their own.
+        else:
+            # Lease every blob here, on the calling thread: the workers never open
+            # database connections of their own.
+            for desc in item.blobs:
+                ctx.protect(desc.digest)
+            _run_concurrently(
+                ctx,
+                item.blobs,
+                self.max_concurrent,
+                "fetch",
+                lambda d: _store_blob(ctx, source, d, protect=False),
+            )
+        # Where the blobs came from, for cross-repository mounts on a later push; on the
+        # calling thread, after every blob is in (a failed pull labels nothing).
         for desc in item.blobs:
-            ctx.protect(desc.digest)
-        pool = ThreadPoolExecutor(self.max_concurrent, thread_name_prefix="fetch")
-        try:
-            futures = [pool.submit(_store_blob, ctx, source, d, protect=False) for d in item.blobs]
-            wait(futures, return_when=FIRST_EXCEPTION)
-        finally:
-            # On a failure or Ctrl-C, queued transfers never start; running ones end.
-            pool.shutdown(wait=True, cancel_futures=True)
-        for f in futures:
-            if not f.cancelled() and (exc := f.exception()) is not None:
-                raise exc
+            if labels := _source_labels(ctx, desc.digest):
+                ctx.store.db.set_content_labels(desc.digest, labels)
         return item
+
+
+def _run_concurrently(
+    ctx: Context,
+    descs: Sequence[Descriptor],
+    workers: int,
+    name: str,
+    job: Callable[[Descriptor], object],
+) -> None:
+    """Run ``job`` on each descriptor, ``workers`` at a time; raise the first failure.
+
+    Queued descriptors are announced as BLOB_WAITING. On a failure or Ctrl-C, queued
+    jobs never start; running ones finish or fail on their own.
+    """
+    for d in descs[workers:]:
+        ctx.emit(Event(EventKind.BLOB_WAITING, d.digest, d.media_type, d.size, "waiting"))
+    pool = ThreadPoolExecutor(workers, thread_name_prefix=name)
+    try:
+        futures = [pool.submit(job, d) for d in descs]
+        wait(futures, return_when=FIRST_EXCEPTION)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    for f in futures:
+        if not f.cancelled() and (exc := f.exception()) is not None:
+            raise exc
 
 
 class Record:
@@ -504,27 +655,47 @@ class LoadImage:
 
 
 class Export:
-    """Write every blob of the plan, children first, and then its root, to a sink."""
+    """Write every blob of the plan, children first, and then its root, to a sink.
+
+    Configs and layers go first; with a :class:`~imgpipe.transports.ConcurrentSink` (a
+    registry) up to its ``max_concurrent`` at once, each offered to ``mount_blob`` with
+    its content labels before it is uploaded. Then the manifests and indexes, one by
+    one, children before parents, as registries require; then the root.
+    """
 
     name = "export"
 
-    def __init__(self, ref: TransportRef, *, image_name: str = "") -> None:
+    def __init__(
+        self, ref: TransportRef, *, image_name: str = "", options: TransportOptions | None = None
+    ) -> None:
         self.ref = ref
         self.image_name = image_name
+        self.options = options
 
     def run(self, item: ImagePlan, ctx: Context) -> Descriptor:
         sink: ImageSink = ctx.resources.enter_context(
-            open_sink(self.ref, image_name=self.image_name)
+            open_sink(self.ref, image_name=self.image_name, options=self.options)
         )
-        content = ctx.store.content
-        for desc in item.descriptors():
-            if sink.has_blob(desc):
-                ctx.emit(Event(EventKind.BLOB_EXISTS, desc.digest, desc.media_type, desc.size))
-                continue
-            ctx.emit(Event(EventKind.BLOB_START, desc.digest, desc.media_type, desc.size))
-            with content.open(desc.digest) as f:
-                sink.write_blob(desc, f)
-            ctx.emit(Event(EventKind.BLOB_DONE, desc.digest, desc.media_type, desc.size))
+        if isinstance(sink, ConcurrentSink):
+            # Labels are read here, on the calling thread: workers touch no database.
+            labels = {d.digest: ctx.store.db.content_labels(d.digest) for d in item.blobs}
+            workers = min(sink.max_concurrent, len(item.blobs))
+            if workers > 1:
+                _run_concurrently(
+                    ctx,
+                    item.blobs,
+                    workers,
+                    "push",
+                    lambda d: _export_blob(ctx, sink, d, labels[d.digest]),
+                )
+            else:
+                for desc in item.blobs:
+                    _export_blob(ctx, sink, desc, labels[desc.digest])
+        else:
+            for desc in item.blobs:
+                _export_blob(ctx, sink, desc, None)
+        for desc in reversed(item.document_descriptors):
+            _export_blob(ctx, sink, desc, None)
         sink.write_root(item.root)
         ctx.emit(
             Event(
@@ -536,6 +707,27 @@ class Export:
             )
         )
         return item.root
+
+
+def _export_blob(
+    ctx: Context, sink: ImageSink, desc: Descriptor, labels: Mapping[str, str] | None
+) -> None:
+    """Write one blob to ``sink`` unless it has it (or mounts it), with events."""
+    if sink.has_blob(desc):
+        ctx.emit(
+            Event(EventKind.BLOB_EXISTS, desc.digest, desc.media_type, desc.size, "already exists")
+        )
+        return
+    if labels is not None and isinstance(sink, ConcurrentSink):
+        origin = sink.mount_blob(desc, labels)
+        if origin:
+            detail = f"mounted from {origin}"
+            ctx.emit(Event(EventKind.BLOB_EXISTS, desc.digest, desc.media_type, desc.size, detail))
+            return
+    ctx.emit(Event(EventKind.BLOB_START, desc.digest, desc.media_type, desc.size, "uploading"))
+    with ctx.store.content.open(desc.digest) as f:
+        sink.write_blob(desc, _with_progress(f, ctx, desc, "uploading"))
+    ctx.emit(Event(EventKind.BLOB_DONE, desc.digest, desc.media_type, desc.size, "done"))
 
 
 class Pipeline:
@@ -559,21 +751,28 @@ class Pipeline:
         name: str | None = None,
         platform: Platform | None = None,
         all_platforms: bool = False,
+        options: TransportOptions | None = None,
     ) -> Pipeline:
-        """The import/pull pipeline: resolve, fetch documents, fetch blobs, record."""
+        """The import/pull pipeline: resolve, fetch documents, fetch blobs, record.
+
+        ``options`` says how to reach registries and how many blobs move at once.
+        """
+        concurrent = options.max_concurrent if options is not None else DEFAULT_MAX_CONCURRENT
         return cls(
             [
-                Resolve(name=name, require_name=True),
+                Resolve(name=name, require_name=True, options=options),
                 FetchDocuments(platform=platform, all_platforms=all_platforms),
-                FetchBlobs(),
+                FetchBlobs(max_concurrent=concurrent),
                 Record(),
             ]
         )
 
     @classmethod
-    def export(cls, ref: TransportRef, *, image_name: str = "") -> Pipeline:
+    def export(
+        cls, ref: TransportRef, *, image_name: str = "", options: TransportOptions | None = None
+    ) -> Pipeline:
         """The export/push pipeline: load an image by name, write it to ``ref``."""
-        return cls([LoadImage(), Export(ref, image_name=image_name)])
+        return cls([LoadImage(), Export(ref, image_name=image_name, options=options)])
 
     def names(self) -> list[str]:
         return [s.name for s in self.stages]

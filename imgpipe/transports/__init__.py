@@ -10,20 +10,35 @@ transport          source                          sink
 oci:DIR[:TAG]      OCILayoutSource                 OCILayoutSink (created or added to)
 oci-archive:F[:T]  OCIArchiveSource                OCIArchiveSink (F replaced on success)
 docker-archive:F   DockerArchiveSource             Unsupported (not written yet)
-docker://REF       Unsupported (not available yet)  Unsupported (not available yet)
+docker://REF       RegistrySource                  RegistrySink (push by tag or digest)
 =================  ==============================  =========================================
 
 Both functions open at once, so a missing directory or a damaged archive is reported by
-the call (NotFound, MalformedDocument, Unsupported) rather than on first use.
+the call (NotFound, MalformedDocument, Unsupported) rather than on first use; the
+registry transport reads its config files (``registries.toml``) then, and makes no
+request before ``resolve`` / the first blob.
+
+``options`` (:class:`TransportOptions`) says how to reach registries (plain HTTP, CA,
+config and auth files, concurrency); the local transports ignore it. The registry
+modules (urllib3) are imported only when a ``docker://`` reference is opened.
+
+A sink that can do more than the :class:`ImageSink` protocol says so by implementing
+:class:`ConcurrentSink`: the Export stage then writes up to ``max_concurrent`` blobs at
+once and offers each blob's content labels to ``mount_blob`` first (the registry sink
+mounts blobs from other repositories of the same registry instead of uploading them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Mapping
+from typing import Final, Protocol, runtime_checkable
 
+from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.errors import InvalidReference, Unsupported
 from imgpipe.formats.reference import TransportRef
+
+# Connection options live with the registry code (a cheap import: no urllib3).
+from imgpipe.remote.options import TransportOptions
 
 from .base import ImageSink, ImageSource
 from .dockerarchive import DockerArchiveSource
@@ -31,6 +46,7 @@ from .ociarchive import OCIArchiveSink, OCIArchiveSource
 from .ocilayout import OCILayoutSink, OCILayoutSource
 
 __all__ = [
+    "ConcurrentSink",
     "DockerArchiveSource",
     "ImageSink",
     "ImageSource",
@@ -38,20 +54,45 @@ __all__ = [
     "OCIArchiveSource",
     "OCILayoutSink",
     "OCILayoutSource",
+    "TransportOptions",
     "open_sink",
     "open_source",
 ]
 
 
-def _registry_unavailable(ref: TransportRef) -> ImageSource:
-    raise Unsupported("registry transport not available yet")
+@runtime_checkable
+class ConcurrentSink(ImageSink, Protocol):
+    """A sink whose blob writes may run in parallel and which can mount blobs.
+
+    ``max_concurrent``: blobs the Export stage may write at once (every method must then
+    be thread-safe). ``mount_blob(desc, labels)``: make the blob present without its
+    bytes, using what its content labels say about its origin; returns a description of
+    where it came from, or "" when the blob must be written.
+    """
+
+    max_concurrent: int
+
+    def mount_blob(self, desc: Descriptor, labels: Mapping[str, str]) -> str: ...
 
 
-def _registry_sink_unavailable(ref: TransportRef, image_name: str) -> ImageSink:
-    raise Unsupported("registry transport not available yet")
+def _registry_source(ref: TransportRef, options: TransportOptions) -> ImageSource:
+    # imported on first use: urllib3 is not needed by local transports (start-up time)
+    from imgpipe.remote.transport import RegistrySource  # noqa: PLC0415
+
+    assert ref.reference is not None  # TransportRef guarantees it for docker
+    return RegistrySource(ref.reference, options=options)
 
 
-def _docker_archive_sink(ref: TransportRef, image_name: str) -> ImageSink:
+def _registry_sink(ref: TransportRef, image_name: str, options: TransportOptions) -> ImageSink:
+    from imgpipe.remote.transport import RegistrySink  # noqa: PLC0415
+
+    assert ref.reference is not None
+    return RegistrySink(ref.reference, options=options)
+
+
+def _docker_archive_sink(
+    ref: TransportRef, image_name: str, options: TransportOptions
+) -> ImageSink:
     raise Unsupported(
         f"docker-archive:{ref.path}: writing docker-archive files is not supported yet; "
         "write an oci-archive: or oci: layout instead (docker load reads both)"
@@ -66,45 +107,46 @@ def _archive_ref(ref: TransportRef) -> str:
 
 
 # One entry per transport: the registry transport slots in here.
-_SOURCES: Final[dict[str, Callable[[TransportRef], ImageSource]]] = {
-    "oci": lambda ref: OCILayoutSource(ref.path, tag=ref.tag),
-    "oci-archive": lambda ref: OCIArchiveSource(ref.path, tag=ref.tag),
-    "docker-archive": lambda ref: DockerArchiveSource(ref.path, ref=_archive_ref(ref)),
-    "docker": _registry_unavailable,
+_SOURCES: Final[dict[str, Callable[[TransportRef, TransportOptions], ImageSource]]] = {
+    "oci": lambda ref, _o: OCILayoutSource(ref.path, tag=ref.tag),
+    "oci-archive": lambda ref, _o: OCIArchiveSource(ref.path, tag=ref.tag),
+    "docker-archive": lambda ref, _o: DockerArchiveSource(ref.path, ref=_archive_ref(ref)),
+    "docker": _registry_source,
 }
 
-_SINKS: Final[dict[str, Callable[[TransportRef, str], ImageSink]]] = {
-    "oci": lambda ref, name: OCILayoutSink(ref.path, tag=ref.tag, image_name=name),
-    "oci-archive": lambda ref, name: OCIArchiveSink(ref.path, tag=ref.tag, image_name=name),
+_SINKS: Final[dict[str, Callable[[TransportRef, str, TransportOptions], ImageSink]]] = {
+    "oci": lambda ref, name, _o: OCILayoutSink(ref.path, tag=ref.tag, image_name=name),
+    "oci-archive": lambda ref, name, _o: OCIArchiveSink(ref.path, tag=ref.tag, image_name=name),
     "docker-archive": _docker_archive_sink,
-    "docker": _registry_sink_unavailable,
+    "docker": _registry_sink,
 }
 
 
-def open_source(ref: TransportRef) -> ImageSource:
+def open_source(ref: TransportRef, *, options: TransportOptions | None = None) -> ImageSource:
     """Open the image location ``ref`` names for reading; use the result with ``with``.
 
-    Raises InvalidReference for an unknown transport, Unsupported for the registry
-    transport (not available yet), and whatever the transport raises on opening:
-    NotFound for a missing directory or file, MalformedDocument for a damaged one,
-    Unsupported for an unknown layout version.
+    Raises InvalidReference for an unknown transport, and whatever the transport raises
+    on opening: NotFound for a missing directory or file (or an explicit registry config
+    file), MalformedDocument for a damaged one, Unsupported for an unknown layout version.
     """
     opener = _SOURCES.get(ref.transport)
     if opener is None:
         raise InvalidReference(f"unknown transport {ref.transport!r}")
-    return opener(ref)
+    return opener(ref, options or TransportOptions())
 
 
-def open_sink(ref: TransportRef, *, image_name: str = "") -> ImageSink:
+def open_sink(
+    ref: TransportRef, *, image_name: str = "", options: TransportOptions | None = None
+) -> ImageSink:
     """Open the location ``ref`` names for writing one image; use the result with ``with``.
 
     ``image_name`` (a full reference such as ``docker.io/library/busybox:latest``) is
     recorded where the format has room for it (``io.containerd.image.name`` in an OCI
     layout's ``index.json``). Raises InvalidReference for an unknown transport,
-    Unsupported for the registry transport and for docker-archive, and what the sink
-    raises on opening (see OCILayoutSink, OCIArchiveSink).
+    Unsupported for docker-archive, and what the sink raises on opening (see
+    OCILayoutSink, OCIArchiveSink, RegistrySink).
     """
     opener = _SINKS.get(ref.transport)
     if opener is None:
         raise InvalidReference(f"unknown transport {ref.transport!r}")
-    return opener(ref, image_name)
+    return opener(ref, image_name, options or TransportOptions())

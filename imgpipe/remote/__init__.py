@@ -1,0 +1,54 @@
+"""imgpipe's registry client (distribution API v2) and the ``docker://`` transport.
+
+Modules (private implementation, public names re-exported here):
+
+- :mod:`~imgpipe.remote.options`: :class:`TransportOptions`, what the CLI flags set;
+- :mod:`~imgpipe.remote.hosts`: ``registries.toml`` (mirrors, CA, insecure) and the
+  plain-HTTP decision;
+- :mod:`~imgpipe.remote.http`: the urllib3 pool, timeouts, retries, safe redirects;
+- :mod:`~imgpipe.remote.auth`: Bearer token flow and Basic auth;
+- :mod:`~imgpipe.remote.credentials`: credentials from the Docker config and helpers;
+- :mod:`~imgpipe.remote.client`: :class:`RegistryClient`, :class:`Repository`, blobs;
+- :mod:`~imgpipe.remote.transport`: :class:`RegistrySource`, :class:`RegistrySink`.
+
+Importing this package imports only the options; urllib3 and the client load on first
+use of a name that needs them (start-up time of commands that never reach a registry).
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from .options import TransportOptions
+
+if TYPE_CHECKING:
+    from .client import RegistryClient, Repository
+    from .hosts import RegistryConfig, load_registry_config
+    from .transport import RegistrySink, RegistrySource
+
+__all__ = [
+    "RegistryClient",
+    "RegistryConfig",
+    "RegistrySink",
+    "RegistrySource",
+    "Repository",
+    "TransportOptions",
+    "load_registry_config",
+]
+
+_WHERE = {
+    "RegistryClient": "client",
+    "Repository": "client",
+    "RegistryConfig": "hosts",
+    "load_registry_config": "hosts",
+    "RegistrySink": "transport",
+    "RegistrySource": "transport",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{module}"), name)
