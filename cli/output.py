@@ -31,13 +31,13 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
-from imgpipe import Event, EventKind
+from imgpipe.events import Event, EventKind
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress, TaskID
 
-    from imgpipe.pipeline import Observer
+    from imgpipe.events import Observer
 
 __all__ = [
     "JSON_PROGRESS_INTERVAL",

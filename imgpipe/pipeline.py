@@ -39,6 +39,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO, Final, Protocol, TypeVar, cast
 
+from imgpipe.events import Event, EventKind, Observer
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.digest import Digest
 from imgpipe.formats.errors import (
@@ -92,37 +93,7 @@ __all__ = [
 ]
 
 
-class EventKind:
-    """The kinds of :class:`Event` the built-in stages emit."""
-
-    RESOLVED: Final = "resolved"  # the root descriptor is known
-    BLOB_EXISTS: Final = "blob.exists"  # already in the destination, skipped (or mounted)
-    BLOB_WAITING: Final = "blob.waiting"  # queued behind other transfers
-    BLOB_START: Final = "blob.start"  # transfer begins
-    BLOB_PROGRESS: Final = "blob.progress"  # ``offset`` bytes of ``size`` have arrived
-    BLOB_DONE: Final = "blob.done"  # transferred and verified
-    IMAGE_RECORDED: Final = "image.recorded"
-    EXPORTED: Final = "exported"
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """Something a stage did, for progress display and machine-readable logs.
-
-    For blob events ``detail`` is the state a display shows: "waiting", "downloading" or
-    "uploading", "verifying" (the last BLOB_PROGRESS, all bytes in), "done",
-    "already exists" (or "mounted from REPO" when a registry mounted it).
-    """
-
-    kind: str
-    digest: Digest | None = None
-    media_type: str = ""
-    size: int = 0
-    detail: str = ""
-    offset: int = 0  # bytes done so far (BLOB_PROGRESS)
-
-
-Observer = Callable[[Event], None]
+# Event, EventKind and Observer live in imgpipe.events (light to import, for the CLI).
 
 
 def _ignore(_event: Event) -> None:
