@@ -39,6 +39,7 @@ def _connection_flags(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: Any) -> None:
+    from .cmd_unpack import add_unpack_flags
     from .output import add_output_flags
 
     p = sub.add_parser(
@@ -59,6 +60,13 @@ def register(sub: Any) -> None:
         default=None,
         help="blobs downloaded at once (default: 3)",
     )
+    g = p.add_argument_group("unpack")
+    g.add_argument(
+        "--unpack",
+        action="store_true",
+        help="also unpack the image into snapshots (as `imgpipe unpack`)",
+    )
+    add_unpack_flags(g, platform=False)
     _connection_flags(p)
     add_output_flags(p)
     p.set_defaults(func=pull)
@@ -107,27 +115,54 @@ def pull(args: argparse.Namespace) -> int:
         return usage_error("--platform and --all-platforms exclude each other")
     if args.max_concurrent_downloads is not None and args.max_concurrent_downloads < 1:
         return usage_error("--max-concurrent-downloads must be at least 1")
+    if not args.unpack and (args.snapshotter or args.decrypt_key):
+        return usage_error("--snapshotter and --decrypt-key go with --unpack")
     options = _options(args, args.max_concurrent_downloads)
     observer = make_observer(args)
+    unpacked: dict[str, Any] = {}
     try:
-        rec = imgpipe.pull(
-            args.source,
-            name=args.name,
-            platform=args.platform,
-            all_platforms=args.all_platforms,
-            root=args.root,
-            observer=observer,
-            options=options,
-        )
+        if args.unpack:
+            from imgpipe.unpacking import pull_unpack
+
+            from .cmd_unpack import print_layers, result_fields
+
+            rec, result = pull_unpack(
+                args.source,
+                name=args.name,
+                platform=args.platform,
+                all_platforms=args.all_platforms,
+                snapshotter=args.snapshotter,
+                decrypt_keys=args.decrypt_key,
+                root=args.root,
+                observer=observer,
+                options=options,
+            )
+            print_layers(args, result)
+            fields = result_fields(result)
+            unpacked = {"unpacked": {k: v for k, v in fields.items() if k != "image"}}
+        else:
+            rec = imgpipe.pull(
+                args.source,
+                name=args.name,
+                platform=args.platform,
+                all_platforms=args.all_platforms,
+                root=args.root,
+                observer=observer,
+                options=options,
+            )
     finally:
         close_observer(observer)
+    text = f"{rec.name} {rec.target.digest}"
+    if unpacked:
+        text += f" unpacked {unpacked['unpacked']['snapshotter']} {unpacked['unpacked']['chainID']}"
     print_result(
         args,
-        f"{rec.name} {rec.target.digest}",
+        text,
         name=rec.name,
         digest=str(rec.target.digest),
         mediaType=str(rec.target.media_type),
         size=rec.target.size,
+        **unpacked,
     )
     return 0
 

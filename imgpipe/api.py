@@ -171,17 +171,31 @@ def remove_image(
     name: str, *, prune: bool = True, store: Store | None = None, root: Root = None
 ) -> GCResult | None:
     """Forget the image ``name``; with ``prune`` (the default) then run a garbage
-    collection, which removes what no image or live lease holds any more (what only this
-    image held, and anything else already unreferenced)."""
+    collection (:func:`gc`), which removes what no image or live lease holds any more
+    (what only this image held, its snapshots included, and anything else already
+    unreferenced)."""
     with _opened(store, root) as s:
         s.db.delete_image(normalize_name(name))
-        return collect(s.db, s.content) if prune else None
+        return gc(store=s) if prune else None
 
 
 def gc(*, dry_run: bool = False, store: Store | None = None, root: Root = None) -> GCResult:
-    """Remove every blob and stale ingest no image or live lease reaches."""
+    """Remove every blob, stale ingest and snapshot no image or live lease reaches.
+
+    Snapshots: collection deletes the unreached records (``removed_snapshots`` lists them
+    as ``(snapshotter, key)``), then each snapshotter with a directory under the root
+    deletes the directories no record names any more (a snapshotter that cannot be
+    opened here, overlay without root, keeps them until a gc that can).
+    """
     with _opened(store, root) as s:
-        return collect(s.db, s.content, dry_run=dry_run)
+        result = collect(s.db, s.content, dry_run=dry_run)
+        if not dry_run and (s.root / "snapshots").is_dir():
+            # imported here: snapshotters load ctypes and the applier, which a gc of a
+            # store that never unpacked anything does not need
+            from imgpipe.unpacking import cleanup_snapshotters  # noqa: PLC0415
+
+            cleanup_snapshotters(s)
+        return result
 
 
 def content_list(
