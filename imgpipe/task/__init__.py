@@ -1,0 +1,62 @@
+"""The task stage: run a container from an image with runc, as ``ctr run`` does.
+
+* :mod:`.spec` — the OCI runtime spec: containerd's defaults, the image config's
+  Entrypoint/Cmd/Env/WorkingDir/User, the command line's options;
+* :mod:`.user` — USER resolved from the rootfs's /etc/passwd and /etc/group, read
+  inside the root with size and id-range limits (CVE-2024-40635);
+* :mod:`.runc` — the runtime binary: create/start/kill/delete/state, ``run``;
+* :mod:`.task` — :class:`Task` (one container) and :func:`run` (pull, unpack, mount,
+  run, clean up);
+* :mod:`.state` — containers on disk under ``<root>/tasks/<id>/`` for ``ps``/``rm``.
+
+Importing this package imports only the standard library and :mod:`imgpipe.errors`:
+the snapshotters, the store and the pipeline are imported by the calls that need them,
+because start-up time is part of every ``imgpipe run``.
+"""
+
+from __future__ import annotations
+
+from .runc import (
+    DEFAULT_RUNTIME,
+    CommandNotExecutable,
+    CommandNotFound,
+    Runc,
+    RuntimeFailed,
+)
+from .spec import ContainerSettings, Volume, build_spec, default_spec, parse_volume
+from .state import TaskRecord, list_records
+from .task import (
+    DEFAULT_STOP_TIMEOUT,
+    DirectoryRootfs,
+    ImageRootfs,
+    RootfsProvider,
+    Task,
+    remove_container,
+    run,
+)
+from .user import ResolvedUser, UserNotFound, resolve_user
+
+__all__ = [
+    "DEFAULT_RUNTIME",
+    "DEFAULT_STOP_TIMEOUT",
+    "CommandNotExecutable",
+    "CommandNotFound",
+    "ContainerSettings",
+    "DirectoryRootfs",
+    "ImageRootfs",
+    "ResolvedUser",
+    "RootfsProvider",
+    "Runc",
+    "RuntimeFailed",
+    "Task",
+    "TaskRecord",
+    "UserNotFound",
+    "Volume",
+    "build_spec",
+    "default_spec",
+    "list_records",
+    "parse_volume",
+    "remove_container",
+    "resolve_user",
+    "run",
+]
