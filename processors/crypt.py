@@ -23,7 +23,7 @@ from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.errors import InvalidArgument
 from imgpipe.formats.mediatype import MediaType
 
-from .base import Direction, ProcessorParams
+from .base import Direction, ProcessedStream, ProcessorParams
 
 __all__ = ["ENCRYPTED_SUFFIX", "CryptStream", "Decrypt", "Encrypt"]
 
@@ -103,6 +103,14 @@ class Encrypt:
             raise InvalidArgument(f"encrypting {desc.digest}: no recipients given")
         from .ocicrypt import EncryptingReader  # noqa: PLC0415 (cryptography: on use)
 
-        # No digest= here: in a chain (tar -> zstd -> encrypt) desc.digest names the
-        # chain's input, not this step's, so the reader hashes the plaintext itself.
-        return CryptStream(EncryptingReader(stream, recipients=params.recipients), encrypting=True)
+        # ocicrypt records the plaintext blob's digest in the private options. As the
+        # first step of a chain this step reads the blob ``desc`` names (the caller
+        # verifies it), so that digest is ``desc.digest`` and the plaintext need not be
+        # hashed again (a second sha256 pass halves throughput). Later in a chain
+        # (tar -> zstd -> encrypt) the input is another processor's output, a
+        # ProcessedStream whose digest nobody knows yet: the reader hashes it.
+        digest = None if isinstance(stream, ProcessedStream) else desc.digest
+        return CryptStream(
+            EncryptingReader(stream, recipients=params.recipients, digest=digest),
+            encrypting=True,
+        )

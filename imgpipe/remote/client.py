@@ -43,7 +43,7 @@ from urllib.parse import quote, urlencode, urljoin, urlsplit
 from urllib3.exceptions import HTTPError
 
 from imgpipe.formats.descriptor import Descriptor
-from imgpipe.formats.digest import Digest
+from imgpipe.formats.digest import Digest, Digester
 from imgpipe.formats.errors import (
     DigestMismatch,
     FailedPrecondition,
@@ -82,6 +82,7 @@ __all__ = [
     "MANIFEST_ACCEPT",
     "MAX_RESUMES",
     "UPLOAD_CHUNK_SIZE",
+    "UPLOAD_READ_SIZE",
     "BlobReader",
     "RegistryClient",
     "Repository",
@@ -99,6 +100,9 @@ MANIFEST_ACCEPT: Final = ", ".join(
 CHUNK_THRESHOLD: Final = 64 << 20
 #: Bytes per PATCH of a chunked upload.
 UPLOAD_CHUNK_SIZE: Final = 32 << 20
+#: Read size for a streamed upload body (``upload_stream``): one chunked-encoding chunk
+#: per read, large enough that per-chunk overhead is noise.
+UPLOAD_READ_SIZE: Final = 1 << 20
 #: Reconnections in a row without a byte of progress before a blob download gives up
 #: (containerd's httpReadSeeker allows 3); progress resets the count.
 MAX_RESUMES: Final = 3
@@ -561,6 +565,58 @@ class Repository:
                 stream.seek(start)
                 location = None  # that session is in an unknown state
 
+    def upload_stream(
+        self, stream: BinaryIO, *, algorithm: str = "sha256", location: str | None = None
+    ) -> tuple[Digest, int]:
+        """Upload a blob whose digest and size are known only once it has been read.
+
+        The distribution API allows it: open a session, send the bytes in one PATCH
+        (chunked transfer encoding, hashed on the way), then close the session with
+        ``PUT ?digest=`` naming the digest that came out. Nothing is spooled; the caller
+        learns ``(digest, size)`` before the blob becomes visible, and the registry
+        checks the digest itself. ``location`` reuses a session a refused mount opened.
+
+        Not retried: the stream cannot be replayed (the caller re-runs its producer).
+        Raises Unavailable (connection, 5xx), Unauthorized, DigestMismatch (the registry
+        disagrees with the digest), and what reading ``stream`` raises.
+        """
+        ep = self._push_endpoint()
+        shown = self.what(" (streamed upload)")
+        if location is None:
+            resp = self.request("POST", "blobs/uploads/", ep=ep)
+            if resp.status != 202:
+                raise _error_for(resp, f"{shown}: starting an upload")
+            location = self._upload_url(resp, self._base(ep), shown)
+        body = _Hashing(stream, algorithm)
+        resp = self.request(
+            "PATCH",
+            "",
+            ep=ep,
+            url=location,
+            headers={"Content-Type": "application/octet-stream"},
+            body=body,  # no Content-Length: urllib3 sends it chunked
+        )
+        if resp.status != 202:
+            raise _error_for(resp, f"{shown}: uploading")
+        location = self._upload_url(resp, location, shown)
+        if not body.eof:
+            raise Unavailable(f"{shown}: the registry answered before the upload ended")
+        digest, size = body.digester.digest(), body.size
+        shown = self.what("@" + str(digest))
+        url = location + ("&" if "?" in location else "?") + urlencode({"digest": str(digest)})
+        resp = self.request(
+            "PUT",
+            "",
+            ep=ep,
+            url=url,
+            headers={"Content-Type": "application/octet-stream", "Content-Length": "0"},
+            body=b"",
+        )
+        if resp.status not in (201, 204):
+            raise _error_for(resp, f"{shown}: finishing the upload")
+        read_limited(resp, _MAX_ERROR_BODY)
+        return digest, size
+
     def _upload_once(
         self,
         desc: Descriptor,
@@ -660,6 +716,33 @@ class _Limited(io.RawIOBase):
             raise SizeMismatch(f"upload source ended {self._left} bytes early")
         self._left -= len(data)
         return data
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+
+class _Hashing(io.RawIOBase):
+    """A stream as an upload body of unknown length: hashes and counts what is sent."""
+
+    def __init__(self, stream: BinaryIO, algorithm: str) -> None:
+        self._stream = stream
+        self.digester = Digester(algorithm)
+        self.size = 0
+        self.eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size if size > 0 else UPLOAD_READ_SIZE)
+        if data:
+            self.digester.update(data)
+            self.size += len(data)
+        else:
+            self.eof = True
+        return bytes(data)
 
     def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
         data = self.read(len(b))

@@ -1,0 +1,243 @@
+"""``imgpipe convert``, ``imgpipe encrypt`` and ``imgpipe decrypt``: one conversion, three
+spellings (the short forms are nerdctl's ``image encrypt|decrypt``)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .cmd_transfer import _connection_flags, _options
+
+_LOCATIONS = (
+    "SRC and DST are docker://REF, oci:DIR[:TAG], oci-archive:FILE[:TAG] "
+    "(docker-archive:FILE as SRC), local:NAME for the store, or a bare name: a bare SRC is "
+    "the local image if the store has one, else the registry; a bare DST is a registry "
+    "reference when it starts with a host (127.0.0.1:5000/app:zstd), else a local name."
+)
+
+
+def _layer_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: want layer indexes such as 0,1,-1 (negative counts from the top)"
+        ) from None
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    """Flags every spelling has: platforms, jobs, report, connection, output."""
+    from .output import add_output_flags
+
+    p.add_argument("source", metavar="SRC")
+    p.add_argument("dest", metavar="DST")
+    p.add_argument(
+        "--platform",
+        action="append",
+        default=[],
+        metavar="OS/ARCH[/VARIANT]",
+        help="keep only this platform of an index (repeatable; default: all present)",
+    )
+    p.add_argument(
+        "--all-platforms",
+        action="store_true",
+        help="keep every platform of an index (the default; excludes --platform)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        default=None,
+        help="layers converted at once (default: 3)",
+    )
+    p.add_argument(
+        "--report", metavar="FILE", help="write a JSON report of every layer to FILE (CI)"
+    )
+    _connection_flags(p)
+    add_output_flags(p)
+
+
+def _compression(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--zstd", dest="compression", action="store_const", const="zstd", help="zstd layers"
+    )
+    g.add_argument(
+        "--gzip", dest="compression", action="store_const", const="gzip", help="gzip layers"
+    )
+    g.add_argument(
+        "--uncompress",
+        dest="compression",
+        action="store_const",
+        const="none",
+        help="uncompressed layers",
+    )
+    p.add_argument(
+        "--level",
+        type=int,
+        metavar="N",
+        help="compression level (gzip 0-9, default 6; zstd up to 22, default 3)",
+    )
+    p.add_argument(
+        "--zstd-threads",
+        type=int,
+        metavar="N",
+        default=0,
+        help="zstd worker threads per layer (default 0: in-line, reproducible output)",
+    )
+    p.add_argument(
+        "--oci",
+        action="store_true",
+        help="Docker media types become OCI (manifest, config and layers)",
+    )
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="recompress, re-type, encrypt or decrypt an image",
+        description="Convert the image SRC into DST: layers are recompressed, encrypted or "
+        "decrypted as asked (layers already in the target form are copied byte for byte), "
+        "manifests and the index rewritten, the config kept. Registry to registry streams "
+        "layer by layer and needs no local store. " + _LOCATIONS,
+    )
+    _compression(p)
+    p.add_argument(
+        "--encrypt-recipient",
+        action="append",
+        default=[],
+        metavar="jwe:PUB.pem",
+        help="encrypt layers for this public key (repeatable)",
+    )
+    p.add_argument(
+        "--encrypt-layers",
+        type=_layer_list,
+        action="append",
+        metavar="I[,J...]",
+        help="encrypt only these layers (0 = base; negative counts from the top; default all)",
+    )
+    p.add_argument(
+        "--decrypt-key",
+        action="append",
+        default=[],
+        metavar="FILE[:PASSWORD]",
+        help="private key to decrypt encrypted layers with (repeatable)",
+    )
+    _common(p)
+    p.set_defaults(func=convert)
+
+    p = sub.add_parser(
+        "encrypt",
+        help="encrypt an image's layers (short for convert --encrypt-recipient)",
+        description="Encrypt the layers of SRC for the recipients into DST (ocicrypt, as "
+        "nerdctl image encrypt; only layers are encrypted, not the config). " + _LOCATIONS,
+    )
+    p.add_argument(
+        "--recipient",
+        dest="encrypt_recipient",
+        action="append",
+        required=True,
+        metavar="jwe:PUB.pem",
+        help="public key to encrypt for (repeatable)",
+    )
+    p.add_argument(
+        "--layers",
+        dest="encrypt_layers",
+        type=_layer_list,
+        action="append",
+        metavar="I[,J...]",
+        help="encrypt only these layers (default all)",
+    )
+    p.add_argument(
+        "--key",
+        dest="decrypt_key",
+        action="append",
+        default=[],
+        metavar="FILE[:PASSWORD]",
+        help="key for layers that are already encrypted (they are re-encrypted)",
+    )
+    _common(p)
+    p.set_defaults(func=convert, compression=None, level=None, zstd_threads=0, oci=False)
+
+    p = sub.add_parser(
+        "decrypt",
+        help="decrypt an image's layers (short for convert --decrypt-key)",
+        description="Decrypt the encrypted layers of SRC into DST. " + _LOCATIONS,
+    )
+    p.add_argument(
+        "--key",
+        dest="decrypt_key",
+        action="append",
+        required=True,
+        metavar="FILE[:PASSWORD]",
+        help="private key (repeatable)",
+    )
+    _common(p)
+    p.set_defaults(
+        func=convert,
+        compression=None,
+        level=None,
+        zstd_threads=0,
+        oci=False,
+        encrypt_recipient=[],
+        encrypt_layers=None,
+    )
+
+
+def convert(args: argparse.Namespace) -> int:
+    import json
+
+    from imgpipe.conversion import Converter, ConvertOptions
+
+    from .main import usage_error
+    from .output import close_observer, make_observer, print_result
+
+    if args.platform and args.all_platforms:
+        return usage_error("--platform and --all-platforms exclude each other")
+    if args.jobs is not None and args.jobs < 1:
+        return usage_error("--jobs must be at least 1")
+    if args.level is not None and args.compression not in ("gzip", "zstd"):
+        return usage_error("--level needs --gzip or --zstd")
+    if args.encrypt_layers is not None and not args.encrypt_recipient:
+        return usage_error("--encrypt-layers needs --encrypt-recipient")
+    layers = None
+    if args.encrypt_layers is not None:
+        layers = [i for group in args.encrypt_layers for i in group]
+    kw: dict[str, Any] = {}
+    if args.jobs is not None:
+        kw["jobs"] = args.jobs
+    spec = ConvertOptions(
+        compression=args.compression,
+        level=args.level,
+        zstd_threads=args.zstd_threads,
+        oci=args.oci,
+        recipients=args.encrypt_recipient,
+        encrypt_layers=layers,
+        decrypt_keys=args.decrypt_key,
+        platforms=args.platform,
+        **kw,
+    )
+    observer = make_observer(args)
+    try:
+        with Converter(options=_options(args, None), root=args.root) as converter:
+            report = converter.convert(args.source, args.dest, spec, observer=observer)
+    finally:
+        close_observer(observer)
+    if args.report:
+        with open(args.report, "w", encoding="utf-8") as f:
+            json.dump(report.to_json(), f, indent=2)
+            f.write("\n")
+    totals = report.totals()
+    print_result(
+        args,
+        f"{args.dest} {report.destination_digest}",
+        source=args.source,
+        destination=args.dest,
+        sourceDigest=report.source_digest,
+        digest=report.destination_digest,
+        mediaType=report.after.media_type,
+        size=report.after.size,
+        converted=totals["converted"],
+        copied=totals["copied"],
+    )
+    return 0

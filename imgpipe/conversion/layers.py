@@ -1,0 +1,392 @@
+"""What one layer becomes, and the stream that makes it: media types and processor chains.
+
+A layer type is four independent choices (:class:`LayerKind`): the family (OCI or
+Docker), distributable or not, the compression (none, gzip, zstd) and whether it is
+encrypted. A conversion changes compression and encryption; the family follows the
+manifest (Docker manifests cannot name zstd or encrypted layers, so those force OCI, as
+skopeo and imgcrypt do); non-distributability is kept.
+
+:func:`open_converted` builds the stream for a :class:`LayerPlan` from the registry's
+processors, in the only order that keeps DiffIDs valid::
+
+    source blob (verified) -> [decrypt] -> [decompress -> DiffID tee -> compress] -> [encrypt]
+
+Each bracket runs only when the plan needs it: recompressing never decrypts a layer that
+stays encrypted with the same key (it cannot: the key changes), and encrypting alone
+never touches the compressed bytes, so the DiffID stays valid by construction. When the
+layer is decompressed, the tee hashes the tar and compares it with the config's DiffID
+*at EOF, inside the read*, so a destination that commits only after EOF never commits a
+layer whose content is not what the config says.
+"""
+
+from __future__ import annotations
+
+import io
+import queue
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, BinaryIO, Final, Literal
+
+from imgpipe.formats.descriptor import Descriptor
+from imgpipe.formats.digest import Digest, Digester
+from imgpipe.formats.errors import DigestMismatch
+from imgpipe.formats.mediatype import (
+    DOCKER_FOREIGN_LAYER,
+    DOCKER_FOREIGN_LAYER_GZIP,
+    DOCKER_LAYER,
+    DOCKER_LAYER_GZIP,
+    DOCKER_LAYER_ZSTD,
+    OCI_LAYER,
+    OCI_LAYER_GZIP,
+    OCI_LAYER_NONDIST,
+    OCI_LAYER_NONDIST_GZIP,
+    OCI_LAYER_NONDIST_ZSTD,
+    OCI_LAYER_ZSTD,
+    MediaType,
+)
+from imgpipe.processors import ProcessorParams, ProcessorRegistry, open_chain
+from imgpipe.processors.registry import ChainStream
+
+__all__ = [
+    "ENCRYPTED_SUFFIX",
+    "Compression",
+    "LayerKind",
+    "LayerPlan",
+    "open_converted",
+]
+
+Compression = Literal["", "gzip", "zstd"]
+
+ENCRYPTED_SUFFIX: Final = "+encrypted"
+#: Chunks a layer's first half may run ahead of its second (see ReadAhead): enough to
+#: ride out a stall of either side, little memory (a few MiB per layer in flight).
+READ_AHEAD_DEPTH: Final = 4
+READ_AHEAD_CHUNK: Final = 1 << 20
+
+# (family, non-distributable, compression) -> the unencrypted media type. Docker has no
+# non-distributable zstd type, and its zstd type is one no tool agrees on: a Docker
+# manifest that would need either becomes OCI (see LayerKind.needs_oci).
+_TYPES: Final[dict[tuple[str, bool, str], MediaType]] = {
+    ("oci", False, ""): OCI_LAYER,
+    ("oci", False, "gzip"): OCI_LAYER_GZIP,
+    ("oci", False, "zstd"): OCI_LAYER_ZSTD,
+    ("oci", True, ""): OCI_LAYER_NONDIST,
+    ("oci", True, "gzip"): OCI_LAYER_NONDIST_GZIP,
+    ("oci", True, "zstd"): OCI_LAYER_NONDIST_ZSTD,
+    ("docker", False, ""): DOCKER_LAYER,
+    ("docker", False, "gzip"): DOCKER_LAYER_GZIP,
+    ("docker", True, ""): DOCKER_FOREIGN_LAYER,
+    ("docker", True, "gzip"): DOCKER_FOREIGN_LAYER_GZIP,
+}
+_KINDS: Final[dict[str, tuple[str, bool, str]]] = {
+    **{str(mt): key for key, mt in _TYPES.items()},
+    str(DOCKER_LAYER_ZSTD): ("docker", False, "zstd"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LayerKind:
+    """A layer media type taken apart; :meth:`media_type` puts it back together."""
+
+    family: Literal["oci", "docker"]
+    nondistributable: bool
+    compression: Compression
+    encrypted: bool
+
+    @classmethod
+    def parse(cls, media_type: str) -> LayerKind | None:
+        """The kind of a known layer type, or None (a type we do not convert: wasm,
+        in-toto, an unknown ``+suffix``: such layers pass through untouched)."""
+        base = MediaType(media_type).base
+        encrypted = base.endswith(ENCRYPTED_SUFFIX)
+        key = _KINDS.get(base.removesuffix(ENCRYPTED_SUFFIX))
+        if key is None:
+            return None
+        family, nondist, comp = key
+        return cls(family, nondist, comp, encrypted)  # type: ignore[arg-type]
+
+    def needs_oci(self) -> bool:
+        """Whether only an OCI manifest can carry this layer (zstd, encrypted)."""
+        return self.compression == "zstd" or self.encrypted
+
+    def media_type(self, *, oci: bool) -> MediaType:
+        """The media type in an OCI (``oci=True``) or Docker manifest."""
+        family = "oci" if oci or self.needs_oci() else "docker"
+        base = _TYPES[(family, self.nondistributable, self.compression)]
+        return MediaType(base + ENCRYPTED_SUFFIX) if self.encrypted else base
+
+
+@dataclass(frozen=True, slots=True)
+class LayerPlan:
+    """How one layer blob is turned into its converted form.
+
+    ``decrypt``: remove the source's encryption first. ``recompress``: decode to the tar
+    and encode as ``compression`` (hashing the tar against ``diff_id`` when given).
+    ``encrypt``: encrypt the result for ``params.recipients``. None of the three: the
+    bytes pass through unchanged (``passthrough``), only the media type may change.
+    """
+
+    source: Descriptor
+    target_type: MediaType
+    decrypt: bool = False
+    recompress: bool = False
+    compression: Compression = ""
+    encrypt: bool = False
+    diff_id: Digest | None = None
+
+    @property
+    def passthrough(self) -> bool:
+        return not (self.decrypt or self.recompress or self.encrypt)
+
+    def cache_key(self, params: ProcessorParams) -> tuple[str, ...] | None:
+        """What identifies the output bytes, for reuse across images; None when the output
+        is not a function of the input (encryption draws a fresh key; zstd workers)."""
+        if self.encrypt or (self.compression == "zstd" and params.zstd_threads != 0):
+            return None
+        level = {"gzip": params.gzip_level, "zstd": params.zstd_level}.get(self.compression, 0)
+        return (str(self.source.digest), self.target_type.base, str(level))
+
+
+class _DiffIDTee(io.RawIOBase):
+    """The decoded tar, hashed on the way; at EOF the DiffID is compared with ``expected``
+    before EOF is reported (DigestMismatch, sticky)."""
+
+    def __init__(self, inner: ChainStream, expected: Digest | None, what: str) -> None:
+        super().__init__()
+        self._inner = inner
+        self._expected = expected
+        self._what = what
+        self._digester = Digester(expected.algorithm if expected is not None else "sha256")
+        self._error: DigestMismatch | None = None
+        self.diff_id: Digest | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self._error is not None:
+            raise self._error
+        data: bytes = self._inner.read(-1 if size is None else size)
+        if data:
+            self._digester.update(data)
+            return data
+        if self.diff_id is None:
+            self.diff_id = self._digester.digest()
+            if self._expected is not None and self.diff_id != self._expected:
+                self._error = DigestMismatch(
+                    f"{self._what}: the uncompressed layer is {self.diff_id}, "
+                    f"the image config says {self._expected}",
+                    expected=str(self._expected),
+                    actual=str(self.diff_id),
+                )
+                raise self._error
+        return b""
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        memoryview(buffer).cast("B")[: len(data)] = data
+        return len(data)
+
+    def annotations(self) -> Mapping[str, str]:
+        return self._inner.annotations()
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._inner.close()
+            finally:
+                super().close()
+
+
+class ReadAhead(io.RawIOBase):
+    """``inner`` read by a helper thread, up to ``depth`` chunks ahead.
+
+    A layer's chain is a pull pipeline run by one thread: fetch, verify, decompress,
+    hash, compress, hash, send, one after the other. Cutting it in two lets the halves
+    run on two cores (every codec and hash here releases the GIL), which matters most
+    for the biggest layer, the one that finishes last. Errors from the helper are
+    raised by ``read`` in the caller's thread. ``close`` stops the helper, waits for it
+    and closes ``inner``. ``annotations()`` passes on the inner stream's.
+    """
+
+    def __init__(self, inner: Any, *, depth: int = READ_AHEAD_DEPTH) -> None:
+        super().__init__()
+        self._inner = inner
+        self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._done = False
+        self._error: BaseException | None = None
+        self._buf = b""
+        self._thread = threading.Thread(target=self._fill, name="convert-read-ahead", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: bytes | BaseException | None) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _fill(self) -> None:
+        try:
+            while not self._stop.is_set():
+                chunk = self._inner.read(READ_AHEAD_CHUNK)
+                if not self._put(bytes(chunk) if chunk else None) or not chunk:
+                    return
+        except BaseException as e:  # handed to the reader, raised there
+            self._put(e)
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if not self._buf and not self._done:
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                self._done = True
+                self._error = item
+                raise item
+            if item is None:
+                self._done = True
+            else:
+                self._buf = item
+        if not self._buf:
+            if self._error is not None:
+                raise self._error  # sticky: a failed layer never looks like a clean EOF
+            return b""
+        if size is None or size < 0 or size >= len(self._buf):
+            out, self._buf = self._buf, b""
+        else:
+            out, self._buf = self._buf[:size], self._buf[size:]
+        return out
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        memoryview(buffer).cast("B")[: len(data)] = data
+        return len(data)
+
+    def annotations(self) -> Mapping[str, str]:
+        get = getattr(self._inner, "annotations", None)
+        return dict(get()) if get is not None else {}
+
+    def close(self) -> None:
+        if not self.closed:
+            self._stop.set()
+            self._thread.join()
+            try:
+                self._inner.close()
+            finally:
+                super().close()
+
+
+class Converted(io.RawIOBase):
+    """The converted layer's bytes. After EOF: ``annotations()`` for its descriptor (the
+    ocicrypt keys when encrypted) and ``diff_id`` when the layer was decoded.
+
+    ``error`` is the first exception reading raised (a corrupt source, a failed DiffID
+    check): the caller tells apart a destination that failed from a source that did.
+    Closing closes the whole chain and the source stream.
+    """
+
+    def __init__(self, last: Any, steps: Sequence[Any], tee: _DiffIDTee | None) -> None:
+        super().__init__()
+        self._last = last
+        self._steps = list(steps)
+        self._tee = tee
+        self.error: BaseException | None = None
+
+    @property
+    def diff_id(self) -> Digest | None:
+        return self._tee.diff_id if self._tee is not None else None
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        try:
+            data: bytes = self._last.read(-1 if size is None else size)
+        except BaseException as e:
+            if self.error is None:
+                self.error = e
+            raise
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        memoryview(buffer).cast("B")[: len(data)] = data
+        return len(data)
+
+    def annotations(self) -> dict[str, str]:
+        merged: dict[str, str] = {}
+        for step in self._steps:
+            get = getattr(step, "annotations", None)
+            if get is not None:
+                merged.update(get())
+        return merged
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._last.close()
+            finally:
+                super().close()
+
+
+def open_converted(
+    source: BinaryIO,
+    plan: LayerPlan,
+    registry: ProcessorRegistry,
+    params: ProcessorParams,
+    *,
+    what: str = "",
+) -> Converted:
+    """The converted bytes of ``plan.source`` read from ``source`` (verified by the caller).
+
+    Owns ``source``. Raises NoProcessor for a type nothing decodes or encodes,
+    Unauthorized (NoDecryptionKey) when decrypting without a key that opens the layer;
+    reading raises what the processors raise (CorruptData, ResourceLimit,
+    DigestMismatch for a tampered encrypted layer or a DiffID the config does not list).
+    """
+    what = what or f"layer {plan.source.digest}"
+    desc = plan.source
+    current: Any = source
+    mt = desc.media_type
+    steps: list[Any] = []
+    tee: _DiffIDTee | None = None
+    try:
+        if plan.decrypt:
+            chain = [registry.find(mt, "decode")]
+            current = open_chain(current, desc, chain, params)
+            steps.append(current)
+            mt = current.media_type
+        if plan.recompress:
+            step_desc = desc if mt == desc.media_type else replace(desc, media_type=mt)
+            current = open_chain(current, step_desc, registry.decoder_chain(mt), params)
+            steps.append(current)
+            tee = _DiffIDTee(current, plan.diff_id, what)
+            # fetch + verify + decompress + DiffID on one core, the rest on the other
+            current, mt = ReadAhead(tee), OCI_LAYER
+            steps.append(tee)
+            if plan.compression:
+                goal = OCI_LAYER_GZIP if plan.compression == "gzip" else OCI_LAYER_ZSTD
+                step_desc = replace(desc, media_type=mt)
+                current = open_chain(current, step_desc, registry.encoder_chain(mt, goal), params)
+                steps.append(current)
+                mt = current.media_type
+        if plan.encrypt:
+            goal = MediaType(MediaType(mt).base + ENCRYPTED_SUFFIX)
+            # The source descriptor itself when encryption reads the source blob: the
+            # encryptor then records its (verified) digest instead of hashing again.
+            step_desc = desc if current is source else replace(desc, media_type=mt)
+            current = open_chain(current, step_desc, registry.encoder_chain(mt, goal), params)
+            steps.append(current)
+        if not plan.recompress:
+            # decrypt or encrypt only: the output's hashing and sending on another core
+            current = ReadAhead(current)
+    except BaseException:
+        current.close()
+        raise
+    return Converted(current, steps, tee)
