@@ -36,15 +36,26 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $@
 
+# Byte-compile the tree: start-up time is part of every command's cost, and some
+# environments set PYTHONDONTWRITEBYTECODE, so nothing would ever be cached otherwise.
 setup: apt $(STAMP)
+	@$(BIN)/python -m compileall -q imgpipe formats processors cli >/dev/null
 
 demo: setup
+	-umount $(DEMO_DIR)/rootfs 2>/dev/null
 	rm -rf $(DEMO_DIR)
 	$(BIN)/python -m fixtures.build $(DEMO_DIR)/fixtures
 	$(BIN)/imgpipe --root $(DEMO_DIR)/root pull oci:$(DEMO_DIR)/fixtures/layered:layered
 	$(BIN)/imgpipe --root $(DEMO_DIR)/root images
 	$(BIN)/imgpipe --root $(DEMO_DIR)/root inspect layered
 	$(BIN)/imgpipe --root $(DEMO_DIR)/root content verify
+	$(BIN)/imgpipe --root $(DEMO_DIR)/root unpack layered
+	mkdir -p $(DEMO_DIR)/rootfs
+	$(BIN)/imgpipe --root $(DEMO_DIR)/root mount --read-only layered $(DEMO_DIR)/rootfs
+	ls -l $(DEMO_DIR)/rootfs
+	$(BIN)/imgpipe --root $(DEMO_DIR)/root umount $(DEMO_DIR)/rootfs
+	$(BIN)/imgpipe --root $(DEMO_DIR)/root snapshots ls
+	$(BIN)/imgpipe --root $(DEMO_DIR)/root run --rm layered echo hello from imgpipe
 
 # mypy cannot follow setuptools' package-dir mapping (formats/ installs as
 # imgpipe.formats), so it checks a tree of symlinks laid out as the installed package.

@@ -13,7 +13,15 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from . import cmd_content, cmd_images, cmd_login, cmd_transfer
+from . import (
+    cmd_content,
+    cmd_convert,
+    cmd_images,
+    cmd_login,
+    cmd_run,
+    cmd_transfer,
+    cmd_unpack,
+)
 from .exitcodes import EXIT_USAGE, exit_code_for
 
 
@@ -60,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmd_images.register(sub)
     cmd_content.register(sub)
     cmd_login.register(sub)
+    cmd_run.register(sub)
+    cmd_convert.register(sub)
+    cmd_unpack.register(sub)
     return parser
 
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         remove_image,
         tag,
     )
+    from imgpipe.conversion import Converter, ConvertOptions, ConvertReport, convert
     from imgpipe.errors import (
         AlreadyExists,
         Conflict,
@@ -46,17 +47,26 @@ if TYPE_CHECKING:
         Unavailable,
         Unsupported,
     )
+    from imgpipe.events import Event, EventKind, Observer
     from imgpipe.pipeline import (
         Context,
-        Event,
-        EventKind,
         ImagePlan,
-        Observer,
         Pipeline,
         Stage,
         normalize_name,
     )
     from imgpipe.store import Store, default_root
+    from imgpipe.task import ContainerSettings, Task, remove_container, run
+    from imgpipe.unpacking import (
+        UnpackResult,
+        export_rootfs,
+        mount,
+        prepare_rootfs,
+        snapshot_remove,
+        snapshots_list,
+        umount,
+        unpack,
+    )
 
     __version__: str
 
@@ -117,6 +127,23 @@ _WHERE = {
     ),
     "Store": "imgpipe.store",
     "default_root": "imgpipe.store",
+    **dict.fromkeys(
+        ("ConvertOptions", "ConvertReport", "Converter", "convert"), "imgpipe.conversion"
+    ),
+    **dict.fromkeys(("ContainerSettings", "Task", "remove_container", "run"), "imgpipe.task"),
+    **dict.fromkeys(
+        (
+            "UnpackResult",
+            "export_rootfs",
+            "mount",
+            "prepare_rootfs",
+            "snapshot_remove",
+            "snapshots_list",
+            "umount",
+            "unpack",
+        ),
+        "imgpipe.unpacking",
+    ),
 }
 
 
@@ -143,7 +170,11 @@ def __dir__() -> list[str]:
 __all__ = [
     "AlreadyExists",
     "Conflict",
+    "ContainerSettings",
     "Context",
+    "ConvertOptions",
+    "ConvertReport",
+    "Converter",
     "DigestMismatch",
     "Event",
     "EventKind",
@@ -164,20 +195,32 @@ __all__ = [
     "SizeMismatch",
     "Stage",
     "Store",
+    "Task",
     "Unauthorized",
     "Unavailable",
+    "UnpackResult",
     "Unsupported",
     "__version__",
     "content_list",
     "content_remove",
     "content_verify",
+    "convert",
     "default_root",
+    "export_rootfs",
     "gc",
     "images",
     "inspect",
+    "mount",
     "normalize_name",
+    "prepare_rootfs",
     "pull",
     "push",
+    "remove_container",
     "remove_image",
+    "run",
+    "snapshot_remove",
+    "snapshots_list",
     "tag",
+    "umount",
+    "unpack",
 ]

@@ -124,6 +124,24 @@ def test_wheel_contains_every_module(installed: Path, tmp_path: Path) -> None:
 
 
 PUBLIC_API = {
+    # unpack, run, convert
+    "UnpackResult",
+    "export_rootfs",
+    "mount",
+    "prepare_rootfs",
+    "snapshot_remove",
+    "snapshots_list",
+    "umount",
+    "unpack",
+    "ContainerSettings",
+    "Task",
+    "remove_container",
+    "run",
+    "ConvertOptions",
+    "ConvertReport",
+    "Converter",
+    "convert",
+    # the store, the pipeline and the errors
     "AlreadyExists",
     "Conflict",
     "Context",
