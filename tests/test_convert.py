@@ -3,7 +3,7 @@
 Every conversion is checked where it matters: the converted image's layers, decoded
 and applied with the layer applier, give the same tree as the original's (treecompare),
 each layer's tar matches the config's DiffID, and the documents say what they should.
-(Running the converted image is wired by the lead once ``imgpipe run`` lands.)
+(Running converted images end to end: tests/test_convert_run.py.)
 """
 
 from __future__ import annotations
