@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .cmd_transfer import _connection_flags, _options
+from .cmd_transfer import connection_flags, transport_options
 
 _LOCATIONS = (
     "SRC and DST are docker://REF, oci:DIR[:TAG], oci-archive:FILE[:TAG] "
@@ -53,7 +53,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--report", metavar="FILE", help="write a JSON report of every layer to FILE (CI)"
     )
-    _connection_flags(p)
+    connection_flags(p)
     add_output_flags(p)
 
 
@@ -219,8 +219,12 @@ def convert(args: argparse.Namespace) -> int:
     )
     observer = make_observer(args)
     try:
-        with Converter(options=_options(args, None), root=args.root) as converter:
+        with Converter(options=transport_options(args, None), root=args.root) as converter:
             report = converter.convert(args.source, args.dest, spec, observer=observer)
+    except Exception as e:
+        if args.report:  # a CI job needs the report most when the job fails
+            _write_failure_report(args, e)
+        raise
     finally:
         close_observer(observer)
     if args.report:
@@ -241,3 +245,22 @@ def convert(args: argparse.Namespace) -> int:
         copied=totals["copied"],
     )
     return 0
+
+
+def _write_failure_report(args: argparse.Namespace, error: Exception) -> None:
+    import json
+
+    from .exitcodes import exit_code_for
+
+    with open(args.report, "w", encoding="utf-8") as f:
+        json.dump(
+            {
+                "source": args.source,
+                "destination": args.dest,
+                "error": " ".join(str(error).split()) or type(error).__name__,
+                "exitCode": exit_code_for(error),
+            },
+            f,
+            indent=2,
+        )
+        f.write("\n")

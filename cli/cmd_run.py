@@ -13,7 +13,10 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from imgpipe.transports import TransportOptions
 
 #: Shell conventions (and Docker's) for a command that could not be run.
 EXIT_NOT_FOUND: Final = 127
@@ -72,12 +75,19 @@ def register(sub: Any) -> None:
         metavar="SECONDS",
         help="after a forwarded signal, SIGKILL the container this late (default 10)",
     )
-    p.add_argument("--snapshotter", help="overlay, btrfs or native (default: overlay if it works)")
+    p.add_argument(
+        "--snapshotter",
+        choices=("overlay", "btrfs", "native"),
+        help="overlay, btrfs or native (default: overlay if it works)",
+    )
     p.add_argument("--runtime", help="runtime binary (default: runc on PATH)")
     p.add_argument("--platform", help="os/arch[/variant] of an index (default: this host)")
     p.add_argument(
         "--decrypt-key", action="append", default=[], metavar="FILE[:PASS]", help="ocicrypt key"
     )
+    from .cmd_transfer import connection_flags
+
+    connection_flags(p)  # for the pull `run` does when the image is not stored
     p.add_argument("image", metavar="REF")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD [ARG...]")
     p.set_defaults(func=run)
@@ -143,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
             stop_timeout=DEFAULT_STOP_TIMEOUT if args.stop_timeout is None else args.stop_timeout,
             root=args.root,
             observer=observer,
+            options=_options_if_given(args),
         )
     except (CommandNotFound, CommandNotExecutable) as e:
         print(f"imgpipe: error: {' '.join(str(e).split())}", file=sys.stderr)
@@ -163,6 +174,16 @@ def _status(rec: Any, live: dict[str, dict[str, Any]]) -> str:
     return "stopped" if rec.pid else "created"
 
 
+def _options_if_given(args: argparse.Namespace) -> TransportOptions | None:
+    """Registry settings for the pull `run` may need; None (and no import) when the
+    command line names none, to keep the run path lean."""
+    if not (args.plain_http or args.tls_ca or args.registry_config or args.auth_file):
+        return None
+    from .cmd_transfer import transport_options
+
+    return transport_options(args, None)
+
+
 def ps(args: argparse.Namespace) -> int:
     import time
 
@@ -174,7 +195,12 @@ def ps(args: argparse.Namespace) -> int:
     records = list_records(root)
     from pathlib import Path
 
-    live = {c["id"]: c for c in Runc(Path(root) / RUNC_DIR, binary=args.runtime).list()}
+    from imgpipe.errors import ImgpipeError
+
+    try:
+        live = {c["id"]: c for c in Runc(Path(root) / RUNC_DIR, binary=args.runtime).list()}
+    except ImgpipeError:
+        live = {}  # no runtime here: list what the records say (nothing is running)
     if args.json:
         from .output import print_json
 
@@ -214,9 +240,21 @@ def ps(args: argparse.Namespace) -> int:
 
 
 def rm(args: argparse.Namespace) -> int:
+    import sys
+
+    from imgpipe.errors import ImgpipeError
     from imgpipe.task import remove_container
 
+    from .exitcodes import exit_code_for
+
+    # as `docker rm`: every name is tried; the first failure's code is the exit status
+    code = 0
     for name in args.names:
-        remove_container(name, force=args.force, runtime=args.runtime, root=args.root)
+        try:
+            remove_container(name, force=args.force, runtime=args.runtime, root=args.root)
+        except ImgpipeError as e:
+            print(f"imgpipe: error: {' '.join(str(e).split())}", file=sys.stderr)
+            code = code or exit_code_for(e)
+            continue
         print(name)
-    return 0
+    return code

@@ -14,7 +14,7 @@ _TRANSPORTS_HELP = (
 )
 
 
-def _connection_flags(p: argparse.ArgumentParser) -> None:
+def connection_flags(p: argparse.ArgumentParser) -> None:
     """The flags that say how to reach a registry (ignored by local transports)."""
     g = p.add_argument_group("registry connection")
     g.add_argument(
@@ -67,7 +67,7 @@ def register(sub: Any) -> None:
         help="also unpack the image into snapshots (as `imgpipe unpack`)",
     )
     add_unpack_flags(g, platform=False)
-    _connection_flags(p)
+    connection_flags(p)
     add_output_flags(p)
     p.set_defaults(func=pull)
 
@@ -85,12 +85,12 @@ def register(sub: Any) -> None:
         default=None,
         help="blobs uploaded at once (default: 3)",
     )
-    _connection_flags(p)
+    connection_flags(p)
     add_output_flags(p)
     p.set_defaults(func=push)
 
 
-def _options(args: argparse.Namespace, concurrent: int | None) -> TransportOptions:
+def transport_options(args: argparse.Namespace, concurrent: int | None) -> TransportOptions:
     from imgpipe.transports import TransportOptions
 
     kw: dict[str, Any] = {}
@@ -117,7 +117,7 @@ def pull(args: argparse.Namespace) -> int:
         return usage_error("--max-concurrent-downloads must be at least 1")
     if not args.unpack and (args.snapshotter or args.decrypt_key):
         return usage_error("--snapshotter and --decrypt-key go with --unpack")
-    options = _options(args, args.max_concurrent_downloads)
+    options = transport_options(args, args.max_concurrent_downloads)
     observer = make_observer(args)
     unpacked: dict[str, Any] = {}
     try:
@@ -175,7 +175,7 @@ def push(args: argparse.Namespace) -> int:
 
     if args.max_concurrent_uploads is not None and args.max_concurrent_uploads < 1:
         return usage_error("--max-concurrent-uploads must be at least 1")
-    options = _options(args, args.max_concurrent_uploads)
+    options = transport_options(args, args.max_concurrent_uploads)
     observer = make_observer(args)
     try:
         desc = imgpipe.push(

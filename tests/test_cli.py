@@ -211,3 +211,10 @@ def test_push_then_pull_keeps_the_image_name(fixture_dir: Path, tmp_path: Path) 
     ok(run_cli("push", "example.com/tools/bb:1", f"oci:{tmp_path / 'out'}:latest", root=root))
     out = ok(run_cli("pull", f"oci:{tmp_path / 'out'}:latest", root=tmp_path / "other"))
     assert out.stdout.split()[0] == "example.com/tools/bb:1"
+
+
+def test_listings_of_an_empty_root(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    for argv in (("images",), ("ps",), ("snapshots", "ls"), ("content", "ls")):
+        out = run_cli(*argv, root=root)
+        assert out.returncode == 0, (argv, out.stderr)

@@ -73,7 +73,17 @@ def test_encrypted_conversion_runs_only_with_the_key(
     refused = run_cli("run", "--rm", "bb-enc", "true", root=root)
     assert refused.returncode == 12, refused.stderr
     assert refused.stderr.strip().splitlines()[-1].startswith("imgpipe: error: ")
+    # the refused run left no container behind to hold its name
+    ps = ok(run_cli("ps", "--json", root=root))
+    assert ps.stdout.strip() == "[]"  # type: ignore[attr-defined]
     out = ok(
-        run_cli("run", "--rm", "--decrypt-key", str(priv), "bb-enc", "echo", "decrypted", root=root)
-    )
+        run_cli(
+            "run", "--rm", "--name", "enc1", "--decrypt-key", str(priv), "bb-enc",
+            "echo", "decrypted", root=root,
+        )
+    )  # fmt: skip
     assert out.stdout.strip() == "decrypted"  # type: ignore[attr-defined]
+    # unpacked once with the key is no licence to run without it (imgcrypt's check)
+    again = run_cli("run", "--rm", "bb-enc", "true", root=root)
+    assert again.returncode == 12, again.stderr
+    assert "encrypted layer" in again.stderr

@@ -706,6 +706,10 @@ class _Run:
         if key is not None:
             with self.cache_lock:
                 hit = self.cache.get(key)
+            if hit is not None and plan.diff_id is not None and hit.diff_id != str(plan.diff_id):
+                # The same blob, but this image's config promises another tar: convert it
+                # again so the DiffID check runs (and fails) as it would on a fresh run.
+                hit = None
             if hit is not None:
                 out = self._descriptor(plan, hit.digest, hit.size, {})
                 if self.dest.has_blob(out):

@@ -44,6 +44,8 @@ from .user import resolve_user
 
 if TYPE_CHECKING:
     from imgpipe.formats.config import ContainerConfig, ImageConfig
+    from imgpipe.formats.descriptor import Descriptor
+    from imgpipe.formats.manifest import Manifest
     from imgpipe.formats.platform import Platform
     from imgpipe.pipeline import Observer
     from imgpipe.snapshots import Mount, Snapshotter
@@ -330,6 +332,27 @@ class ImageRootfs:
             self.snapshotter = open_snapshotter(name, base / name, self.store.db)
         return self.snapshotter
 
+    def _authorize(self) -> None:
+        layers = _encrypted_layers(self.store, self.name, self.platform)
+        if not layers:
+            return
+        from imgpipe.processors.ocicrypt import (  # noqa: PLC0415 (only for encrypted images)
+            NoDecryptionKey,
+            check_authorization,
+            load_private_key,
+        )
+
+        keys = [load_private_key(k) for k in self.decrypt_keys]
+        for i, layer in enumerate(layers):
+            try:
+                check_authorization(layer.annotations, keys=keys)
+            except NoDecryptionKey:
+                raise NoDecryptionKey(
+                    f"image {self.name}: encrypted layer {i + 1}/{len(layers)} "
+                    f"({layer.digest}) opens with none of the given keys "
+                    "(--decrypt-key FILE[:PASSWORD])"
+                ) from None
+
     def _unpacked_in(self, top: str) -> str | None:
         """The snapshotter holding ``top`` committed, among those a run may use
         (the one asked for; else overlay, the default wherever it works)."""
@@ -350,6 +373,9 @@ class ImageRootfs:
             top = str(ids[-1])
             found = self._unpacked_in(top)
             if found is not None:
+                # Unpacked once with a key is not a licence to run without one (imgcrypt's
+                # authorization check): every encrypted layer must open with our keys.
+                self._authorize()
                 sn = self._open(found, probe=False)
                 labels = {LABEL_GC_ROOT: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
                 make = sn.view if read_only else sn.prepare
@@ -410,8 +436,20 @@ def _find_image(
     return name, _image_config(store, name, platform)
 
 
+def _encrypted_layers(store: Store, name: str, platform: str | Platform | None) -> list[Descriptor]:
+    """The encrypted layer descriptors of the manifest ``run`` will use."""
+    return [d for d in _manifest(store, name, platform).layers if d.media_type.is_encrypted()]
+
+
 def _image_config(store: Store, name: str, platform: str | Platform | None) -> ImageConfig:
     from imgpipe.formats.config import parse_config  # noqa: PLC0415
+    from imgpipe.formats.manifest import MAX_DOCUMENT_SIZE  # noqa: PLC0415
+
+    doc = _manifest(store, name, platform)
+    return parse_config(store.content.read_bytes(doc.config.digest, limit=MAX_DOCUMENT_SIZE))
+
+
+def _manifest(store: Store, name: str, platform: str | Platform | None) -> Manifest:
     from imgpipe.formats.manifest import MAX_DOCUMENT_SIZE, Index, parse_document  # noqa: PLC0415
     from imgpipe.formats.platform import Platform, best_match, host_platform  # noqa: PLC0415
 
@@ -433,7 +471,7 @@ def _image_config(store: Store, name: str, platform: str | Platform | None) -> I
         )
     if isinstance(doc, Index):
         raise InvalidArgument(f"image {name}: nested index is not runnable")
-    return parse_config(store.content.read_bytes(doc.config.digest, limit=MAX_DOCUMENT_SIZE))
+    return doc
 
 
 # --- signals and the wait ------------------------------------------------------------
@@ -777,11 +815,14 @@ class _Run:
         console = self.task.console if self.task is not None else None
         if console is not None:
             steps.append(lambda: os.close(console))
-        if self.mounted:
+        # Judged from the system, not only from our flags: a signal between a step and its
+        # flag must not leave a mount or a snapshot behind.
+        if self.mounted or os.path.ismount(self.bundle / "rootfs"):
             steps.append(lambda: unmount(self.bundle / "rootfs"))
-        if self.remove:
-            if self.prepared:
-                steps.append(lambda: self.provider.release(self.id))
+        if self.remove or not self.prepared:
+            # No rootfs means no container to keep (as docker and ctr leave nothing when
+            # image setup fails); release is idempotent when nothing was prepared.
+            steps.append(lambda: self.provider.release(self.id))
             steps.append(lambda: state.remove_task_dir(self.imgroot, self.id))
         else:
             steps.append(self._finish_record)
