@@ -33,10 +33,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
+from types import TracebackType
 from typing import Any, BinaryIO, Final, Protocol, TypeVar, cast
 
 from imgpipe.events import Event, EventKind, Observer
@@ -44,6 +46,7 @@ from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.digest import Digest
 from imgpipe.formats.errors import (
     DigestMismatch,
+    FailedPrecondition,
     InvalidArgument,
     InvalidReference,
     NotFound,
@@ -73,6 +76,7 @@ from imgpipe.transports import (
 )
 
 __all__ = [
+    "BlobFetch",
     "Context",
     "Event",
     "EventKind",
@@ -271,11 +275,19 @@ class _ProgressReader:
     stream position, so a resumed transfer's bar starts where it left off.
     """
 
-    def __init__(self, raw: BinaryIO, ctx: Context, desc: Descriptor, verb: str) -> None:
+    def __init__(
+        self,
+        raw: BinaryIO,
+        ctx: Context,
+        desc: Descriptor,
+        verb: str,
+        cancel: threading.Event | None = None,
+    ) -> None:
         self._raw = raw
         self._ctx = ctx
         self._desc = desc
         self._verb = verb
+        self._cancel = cancel
         self._offset = 0
         self._last = 0.0
 
@@ -291,6 +303,9 @@ class _ProgressReader:
         )
 
     def read(self, n: int = -1) -> bytes:
+        if self._cancel is not None and self._cancel.is_set():
+            # a background fetch that was called off: stop at the next read, not at the end
+            raise _Cancelled(f"transfer of {self._desc.digest} cancelled")
         data = self._raw.read(n)
         if data:
             self._offset += len(data)
@@ -318,19 +333,35 @@ class _ProgressReader:
         self._raw.close()
 
 
-def _with_progress(raw: BinaryIO, ctx: Context, desc: Descriptor, verb: str) -> BinaryIO:
-    return cast(BinaryIO, _ProgressReader(raw, ctx, desc, verb))
+def _with_progress(
+    raw: BinaryIO, ctx: Context, desc: Descriptor, verb: str, cancel: threading.Event | None = None
+) -> BinaryIO:
+    return cast(BinaryIO, _ProgressReader(raw, ctx, desc, verb, cancel))
+
+
+class _Cancelled(Exception):
+    """A background transfer stopped because its :class:`BlobFetch` was cancelled.
+
+    Never reaches the caller: the error that caused the cancellation (or Ctrl-C) does.
+    """
 
 
 def _store_blob(
-    ctx: Context, source: ImageSource, desc: Descriptor, *, protect: bool = True
+    ctx: Context,
+    source: ImageSource,
+    desc: Descriptor,
+    *,
+    protect: bool = True,
+    cancel: threading.Event | None = None,
 ) -> bool:
     """Copy one blob from ``source`` into the store, verified. True if it was written.
 
     ``protect=False`` when the caller has already leased ``desc`` (worker threads do not
-    touch the database).
+    touch the database). ``cancel``: once set, the transfer stops at its next read.
     """
     content = ctx.store.content
+    if cancel is not None and cancel.is_set():
+        raise _Cancelled(f"transfer of {desc.digest} cancelled")
     if protect:
         ctx.protect(desc.digest)
     if content.exists(desc.digest):
@@ -346,7 +377,7 @@ def _store_blob(
         with source.open_blob(desc) as raw:
             written = content.ingest(
                 f"import-{desc.digest}",
-                _with_progress(raw, ctx, desc, "downloading"),
+                _with_progress(raw, ctx, desc, "downloading", cancel),
                 digest=desc.digest,
                 size=desc.size,
             )
@@ -543,12 +574,157 @@ class FetchBlobs:
                 "fetch",
                 lambda d: _store_blob(ctx, source, d, protect=False),
             )
-        # Where the blobs came from, for cross-repository mounts on a later push; on the
-        # calling thread, after every blob is in (a failed pull labels nothing).
-        for desc in item.blobs:
-            if labels := _source_labels(ctx, desc.digest):
-                ctx.store.db.set_content_labels(desc.digest, labels)
+        _label_sources(ctx, item.blobs)
         return item
+
+    def start(self, item: ImagePlan, ctx: Context, *, first: Iterable[Digest] = ()) -> BlobFetch:
+        """Start fetching the plan's blobs in the background and return at once.
+
+        What :meth:`run` does, but the caller keeps its thread: ``pull --unpack`` applies
+        layer *k* as soon as :meth:`BlobFetch.wait` says blob *k* is stored, while later
+        blobs still download. Blobs in ``first`` are queued before the others (the
+        configs, which say what to unpack); the rest keep plan order. Every blob is
+        leased here, on the calling thread. Use the result as a context manager: leaving
+        it cancels what is still queued or running (on an error) and joins the workers.
+        """
+        source = ctx.source
+        if source is None:
+            raise InvalidArgument("fetch-blobs needs a source: run resolve first")
+        front = set(first)
+        order = [d for d in item.blobs if d.digest in front]
+        order += [d for d in item.blobs if d.digest not in front]
+        for desc in order:
+            ctx.protect(desc.digest)
+        return BlobFetch(ctx, source, order, self.max_concurrent)
+
+
+def _label_sources(ctx: Context, blobs: Iterable[Descriptor]) -> None:
+    # Where the blobs came from, for cross-repository mounts on a later push; on the
+    # calling thread, after every blob is in (a failed pull labels nothing).
+    for desc in blobs:
+        if labels := _source_labels(ctx, desc.digest):
+            ctx.store.db.set_content_labels(desc.digest, labels)
+
+
+#: How long one wait of :class:`BlobFetch` blocks before it looks again at the other
+#: transfers (a failure anywhere is seen within this) and lets signals in.
+WAIT_SLICE: Final = 0.05
+
+
+class BlobFetch:
+    """Blobs of a plan moving into the store on worker threads (:meth:`FetchBlobs.start`).
+
+    Per-blob completion: :meth:`wait` returns once that blob is stored. The first
+    failure of any transfer cancels the rest (queued ones never start, running ones stop
+    at their next read) and is raised by every later :meth:`wait`, :meth:`check` and
+    :meth:`finish`. A transfer stalled inside a read stops when the transport's read
+    timeout ends it. Workers touch no database; :meth:`finish` labels on the caller's
+    thread.
+    """
+
+    def __init__(
+        self, ctx: Context, source: ImageSource, descs: Sequence[Descriptor], workers: int
+    ) -> None:
+        self._ctx = ctx
+        self._descs = tuple(descs)
+        self._cancel = threading.Event()
+        self._lock = threading.Lock()
+        self._error: BaseException | None = None
+        self._futures: dict[Digest, Future[bool]] = {}
+        for d in self._descs[workers:]:
+            ctx.emit(Event(EventKind.BLOB_WAITING, d.digest, d.media_type, d.size, "waiting"))
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="fetch")
+        try:
+            for d in self._descs:
+                with self._lock:
+                    if self._cancel.is_set():
+                        break
+                    f = self._pool.submit(
+                        _store_blob, ctx, source, d, protect=False, cancel=self._cancel
+                    )
+                    self._futures[d.digest] = f
+                # outside the lock: a future already done runs the callback right here
+                f.add_done_callback(self._on_done)
+        except BaseException:
+            self.close()
+            raise
+
+    def _on_done(self, f: Future[bool]) -> None:
+        if f.cancelled():
+            return
+        exc = f.exception()
+        if exc is None or isinstance(exc, _Cancelled):
+            return
+        with self._lock:
+            if self._error is None:
+                self._error = exc
+        self.cancel()
+
+    @property
+    def error(self) -> BaseException | None:
+        """The first transfer's failure, or None."""
+        return self._error
+
+    def check(self) -> None:
+        """Raise the first failure, if a transfer failed; FailedPrecondition if the
+        fetch was cancelled without one."""
+        if self._error is not None:
+            raise self._error
+        if self._cancel.is_set():
+            raise FailedPrecondition("the blob fetch was cancelled")
+
+    def done(self, digest: Digest) -> bool:
+        """True once ``digest`` is stored (fetched now or already there)."""
+        f = self._futures.get(digest)
+        return f is not None and f.done() and not f.cancelled() and f.exception() is None
+
+    def wait(self, digest: Digest) -> None:
+        """Block until ``digest`` is stored; raise as :meth:`check` does if any
+        transfer fails first. NotFound if the plan has no such blob."""
+        if digest not in (d.digest for d in self._descs):
+            raise NotFound(f"blob {digest} is not part of this fetch")
+        while True:
+            self.check()
+            f = self._futures.get(digest)
+            if f is None:  # never submitted: cancelled meanwhile
+                continue
+            # in slices: a failure of another transfer is seen promptly, Ctrl-C gets in
+            finished, _ = wait([f], timeout=WAIT_SLICE)
+            if finished and self.done(digest):
+                return
+
+    def finish(self) -> None:
+        """Wait for every blob, raise the first failure, then label the blobs with
+        where they came from (on this thread)."""
+        for d in self._descs:
+            self.wait(d.digest)
+        self.close()
+        _label_sources(self._ctx, self._descs)
+
+    def cancel(self) -> None:
+        """Stop: queued transfers never start, running ones stop at their next read."""
+        self._cancel.set()
+        with self._lock:
+            futures = list(self._futures.values())
+        for f in futures:
+            f.cancel()
+
+    def close(self) -> None:
+        """Join the workers (after :meth:`cancel`, they stop early)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> BlobFetch:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self.cancel()
+        self.close()
 
 
 def _run_concurrently(
@@ -758,6 +934,11 @@ class Pipeline:
         """A new pipeline with ``stage`` right after the stage called ``name``."""
         i = self._index(name) + 1
         return Pipeline([*self.stages[:i], stage, *self.stages[i:]])
+
+    def replace(self, name: str, stage: Stage[Any, Any]) -> Pipeline:
+        """A new pipeline with ``stage`` in place of the stage called ``name``."""
+        i = self._index(name)
+        return Pipeline([*self.stages[:i], stage, *self.stages[i + 1 :]])
 
     def insert_before(self, name: str, stage: Stage[Any, Any]) -> Pipeline:
         """A new pipeline with ``stage`` right before the stage called ``name``."""

@@ -32,8 +32,8 @@ benchmark image. Layers are applied one after the other: containerd's parallel m
 built and measured here and lost on two cores (0.81 s sequential, 0.88 s with two
 threads, 1.16 s with four), because the per-entry work is Python under the GIL; it also
 cannot copy up a lower directory's metadata or a hardlink target from parents that are
-not there yet. Applying layers while later ones still download is not done either:
-the pull stages fetch first (``pull --unpack`` unpacks after the image is recorded).
+not there yet. ``pull --unpack`` (:class:`FetchUnpack`) applies each layer as soon as
+its blob is stored, while later blobs still download, as containerd's unpacker does.
 
 Concurrency. Two unpacks of one image at once (threads or processes) serialise per chain
 ID on a file lock (``<snapshotter root>/unpack-locks/<2 hex>``, 256 buckets so the lock
@@ -67,7 +67,7 @@ import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -97,8 +97,11 @@ from imgpipe.formats.reference import TransportRef, parse_transport
 from imgpipe.metadata import ImageRecord, Lease
 from imgpipe.metadata.labels import LABEL_GC_REF_SNAPSHOT, LABEL_GC_ROOT, LABEL_UNCOMPRESSED
 from imgpipe.pipeline import (
+    DEFAULT_MAX_CONCURRENT,
+    BlobFetch,
     Context,
     Event,
+    FetchBlobs,
     ImagePlan,
     LoadImage,
     Observer,
@@ -126,8 +129,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_SNAPSHOTTER",
+    "EVENT_LAYER_FAILED",
     "EVENT_LAYER_UNPACKED",
     "LABEL_SNAPSHOT_REF",
+    "FetchUnpack",
     "LayerUnpack",
     "Unpack",
     "UnpackResult",
@@ -156,6 +161,9 @@ LABEL_SNAPSHOT_REF: Final = "containerd.io/snapshot.ref"
 #: The kind of the :class:`~imgpipe.pipeline.Event` sent per layer; ``detail`` is
 #: ``"reused"`` or ``"unpacked"``.
 EVENT_LAYER_UNPACKED: Final = "layer.unpacked"
+#: Sent when applying a layer fails (its active snapshot is already removed); ``detail``
+#: is the error message.
+EVENT_LAYER_FAILED: Final = "layer.failed"
 
 #: Lock buckets per snapshotter (a chain ID's first byte): bounded files, rare sharing.
 _LOCK_DIR: Final = "unpack-locks"
@@ -318,8 +326,9 @@ def _check_keys(store: Store, sn_name: str | None, target: _Target, keys: list[D
     for i, desc in enumerate(target.layers):
         if not desc.media_type.is_encrypted():
             continue
-        if sn_name is not None and _committed(store, sn_name, target.chains[i]):
-            continue  # reused: never decrypted
+        # Checked even when the layer's snapshot is reused: having been unpacked once with
+        # a key is no licence to use the image without one (imgcrypt's authorization
+        # check, which `ctr-enc run` applies the same way).
         from imgpipe.processors.ocicrypt import check_authorization  # noqa: PLC0415
 
         try:
@@ -431,16 +440,58 @@ class _Prefetch(io.RawIOBase):
         super().close()
 
 
+class _Aborted(Exception):
+    """The apply was stopped because the fetch it overlaps failed; the stage raises the
+    fetch's error instead (not an ImgpipeError, so no layer name is put in front)."""
+
+
+class _Checked(io.RawIOBase):
+    """Pass-through reader that calls ``check()`` before each read: an apply running
+    while blobs download stops at its next MiB when a download fails."""
+
+    def __init__(self, src: BinaryIO, check: Callable[[], None]) -> None:
+        super().__init__()
+        self._src = src
+        self._check = check
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        self._check()
+        return self._src.read(-1 if size is None else size)
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._src.close()
+        super().close()
+
+
 class _Applier:
-    """Decode one layer blob and apply it into a snapshot (shared by all modes)."""
+    """Decode one layer blob and apply it into a snapshot (shared by all modes).
+
+    ``abort`` (pull --unpack) is called before each read of the blob and raises
+    :class:`_Aborted` when the overlapping fetch has failed.
+    """
 
     def __init__(
-        self, store: Store, target: _Target, keys: list[DecryptKey], reg: ProcessorRegistry
+        self,
+        store: Store,
+        target: _Target,
+        keys: list[DecryptKey],
+        reg: ProcessorRegistry,
+        abort: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.target = target
         self.keys = keys
         self.reg = reg
+        self.abort = abort
 
     def apply(self, i: int, root: Path, options: ApplyOptions) -> ApplyResult:
         desc = self.target.layers[i]
@@ -448,8 +499,12 @@ class _Applier:
         if not self.store.content.exists(desc.digest):
             raise NotFound(f"{where}: blob not in the store (pull the image again)")
         try:
-            raw = open_decoded(self.store.content, desc, keys=self.keys, registry=self.reg)
-            with _Prefetch(cast(BinaryIO, raw)) as s:
+            raw = cast(
+                BinaryIO, open_decoded(self.store.content, desc, keys=self.keys, registry=self.reg)
+            )
+            if self.abort is not None:
+                raw = cast(BinaryIO, _Checked(raw, self.abort))
+            with _Prefetch(raw) as s:
                 return apply_layer(
                     root,
                     cast(BinaryIO, s),
@@ -516,10 +571,17 @@ def _unpack_sequential(
     lease: Lease | None,
     applier: _Applier,
     emit: Observer,
+    wait_blob: Callable[[int], None] | None = None,
 ) -> list[LayerUnpack]:
+    """Apply the layers in order; ``wait_blob(i)`` (pull --unpack) blocks until layer
+    ``i``'s blob is stored. It is called before anything is prepared, so a failed
+    download leaves no active snapshot behind, and for reused layers too, so a layer is
+    only reported once its blob is in."""
     t = applier.target
     out: list[LayerUnpack] = []
     for i in range(len(t.layers)):
+        if wait_blob is not None:
+            wait_blob(i)
         t0 = time.monotonic()
         chain = t.chains[i]
         parent = str(t.chains[i - 1]) if i else ""
@@ -535,11 +597,18 @@ def _unpack_sequential(
                     try:
                         applier.apply_into(sn, key, mounts, i)
                         _commit(sn, lease, chain, key)
-                    except BaseException:
+                    except BaseException as e:
                         _remove_quietly(sn, key)
+                        if isinstance(e, ImgpipeError):
+                            _layer_failed(t, i, e, emit)
                         raise
         out.append(_layer_done(applier, i, reused, time.monotonic() - t0, emit))
     return out
+
+
+def _layer_failed(t: _Target, i: int, e: ImgpipeError, emit: Observer) -> None:
+    desc = t.layers[i]
+    emit(Event(EVENT_LAYER_FAILED, desc.digest, desc.media_type, desc.size, str(e)))
 
 
 def _layer_done(
@@ -572,12 +641,28 @@ def _unpack_target(
     *,
     emit: Observer,
     registry: ProcessorRegistry | None,
+    fetch: BlobFetch | None = None,
 ) -> UnpackResult:
+    """Unpack ``target``; with ``fetch`` (pull --unpack), each layer waits for its blob
+    and every apply stops (:class:`_Aborted`) as soon as any download fails."""
     if not target.layers:
         raise InvalidArgument(f"image {target.image} has no layers to unpack")
     _check_keys(store, sn.name, target, keys)
-    applier = _Applier(store, target, keys, registry or default_registry())
-    layers = _unpack_sequential(sn, lease, applier, emit)
+    wait_blob: Callable[[int], None] | None = None
+    abort: Callable[[], None] | None = None
+    if fetch is not None:
+        bf = fetch
+
+        def _wait(i: int) -> None:
+            bf.wait(target.layers[i].digest)
+
+        def _abort() -> None:
+            if bf.error is not None:
+                raise _Aborted
+
+        wait_blob, abort = _wait, _abort
+    applier = _Applier(store, target, keys, registry or default_registry(), abort)
+    layers = _unpack_sequential(sn, lease, applier, emit, wait_blob)
     top = target.chains[-1]
     label = f"{LABEL_GC_REF_SNAPSHOT}.{sn.name}"
     if store.db.content_labels(target.config_desc.digest).get(label) != str(top):
@@ -632,6 +717,79 @@ class Unpack:
             emit=ctx.emit,
             registry=self.registry,
         )
+
+
+class FetchUnpack:
+    """The stage of ``pull --unpack``, in place of ``fetch-blobs``: fetch the plan's
+    blobs and unpack its layers at the same time -> the plan (for Record).
+
+    As containerd's unpacker: the blobs download on worker threads (``max_concurrent``
+    at once, configs first, then layers in order) while this thread applies layer *k*
+    as soon as blob *k* is stored, strictly in order (*k* is prepared on the committed
+    *k-1*), DiffIDs checked. A failed download stops the apply at its next read (its
+    active snapshot is removed, no layer whose blob failed is committed); a failed apply
+    cancels the downloads (queued ones never start, running ones stop at their next
+    read). Either way the first error is raised after the workers are joined, so the
+    pipeline's rollback sees every blob this run committed.
+
+    The stage returns only when every blob is stored *and* the unpack succeeded, so
+    ``Record`` after it names the image only then: a failed ``pull --unpack`` records
+    nothing and the pipeline takes back the blobs it fetched, as containerd's pull does
+    (it waits for the unpacker before creating the image). Lower layers committed before
+    the failure stay as unreferenced snapshots: the next pull reuses them, ``gc`` removes
+    them. The :class:`UnpackResult` of the last run is :attr:`result`.
+    """
+
+    name = "fetch-unpack"
+
+    def __init__(
+        self,
+        *,
+        snapshotter: str | None = DEFAULT_SNAPSHOTTER,
+        platform: str | Platform | None = None,
+        decrypt_keys: Sequence[str | DecryptKey] = (),
+        registry: ProcessorRegistry | None = None,
+        max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+    ) -> None:
+        self.snapshotter = snapshotter
+        self.platform = _as_platform(platform)
+        self.decrypt_keys = tuple(decrypt_keys)
+        self.registry = registry
+        self.fetch = FetchBlobs(max_concurrent=max_concurrent)
+        self.result: UnpackResult | None = None
+
+    def run(self, item: ImagePlan, ctx: Context) -> ImagePlan:
+        if not item.name:
+            raise InvalidArgument("unpack: the plan names no image")
+        # what can fail without the network fails before any layer moves
+        sn = open_store_snapshotter(ctx.store, self.snapshotter)
+        keys = _load_keys(self.decrypt_keys)
+        configs = [
+            doc.config
+            for m in item.manifests
+            if isinstance(doc := item.documents[m.digest], Manifest)
+        ]
+        with self.fetch.start(item, ctx, first=[c.digest for c in configs]) as fetch:
+            for c in configs:
+                fetch.wait(c.digest)
+            target = _select(item, ctx.store, self.platform)
+            try:
+                result = _unpack_target(
+                    ctx.store,
+                    sn,
+                    ctx.lease,
+                    target,
+                    keys,
+                    emit=ctx.emit,
+                    registry=self.registry,
+                    fetch=fetch,
+                )
+            except _Aborted:
+                fetch.check()  # the download's error, not the interrupted apply's
+                raise AssertionError("apply aborted without a fetch error") from None
+            fetch.finish()
+        self.result = result
+        return item
 
 
 def _plan_of(item: ImagePlan | ImageRecord | str, ctx: Context) -> ImagePlan:
@@ -694,22 +852,30 @@ def pull_unpack(
     observer: Observer | None = None,
     options: TransportOptions | None = None,
 ) -> tuple[ImageRecord, UnpackResult]:
-    """``imgpipe pull --unpack``: :func:`imgpipe.pull`, then :func:`unpack` of the
-    platform pulled (``platform``, default this host's), in one pipeline run under one
-    lease. The image is recorded before the unpack: if the unpack fails (a missing key,
-    a bad layer) the verified image stays, and ``unpack`` can be run again. Errors: those
-    of both.
+    """``imgpipe pull --unpack``: :func:`imgpipe.pull` and :func:`unpack` of the
+    platform pulled (``platform``, default this host's) at once, in one pipeline run
+    under one lease: layer *k* is applied as soon as its blob is stored, while later
+    blobs still download (see :class:`FetchUnpack`).
+
+    The image is recorded only when every blob is stored and the unpack succeeded; on
+    any failure (a download, a missing key, a bad layer, Ctrl-C) nothing is recorded and
+    the blobs this run fetched are removed again. Errors: those of both.
     """
     ref = source if isinstance(source, TransportRef) else parse_transport(source)
     plat = _as_platform(platform)
+    stage = FetchUnpack(
+        snapshotter=snapshotter,
+        platform=plat,
+        decrypt_keys=decrypt_keys,
+        max_concurrent=options.max_concurrent if options is not None else DEFAULT_MAX_CONCURRENT,
+    )
     pipeline = Pipeline.pull(
         name=name, platform=plat, all_platforms=all_platforms, options=options
-    ).insert_after(
-        "record", Unpack(snapshotter=snapshotter, platform=plat, decrypt_keys=decrypt_keys)
-    )
+    ).replace("fetch-blobs", stage)
     with _opened(store, root) as s:
-        result: UnpackResult = pipeline.run(ref, store=s, observer=observer)
-        return s.db.get_image(result.image), result
+        rec: ImageRecord = pipeline.run(ref, store=s, observer=observer)
+        assert stage.result is not None
+        return rec, stage.result
 
 
 def prepare_rootfs(
@@ -936,9 +1102,20 @@ def snapshot_remove(
     say which), FailedPrecondition (it is the parent of another snapshot, or mounted by
     :func:`mount`: umount it instead).
     """
+    from imgpipe.task.state import list_records  # noqa: PLC0415
+
     removed: list[tuple[str, str]] = []
     with _opened(store, root) as s:
-        in_use = {(sn_name, key): tgt for tgt, sn_name, key in mounted(store=s)}
+        in_use = {
+            (sn_name, key): f"the mount on {tgt} (imgpipe umount)"
+            for tgt, sn_name, key in mounted(store=s)
+        }
+        # a container's rootfs is in use too, running or not, until `imgpipe rm`
+        for rec in list_records(s.root):
+            if rec.snapshotter and rec.snapshot_key:
+                in_use.setdefault(
+                    (rec.snapshotter, rec.snapshot_key), f"container {rec.id} (imgpipe rm)"
+                )
         for key in keys:
             owners = [r.snapshotter for r in s.db.list_snapshots(snapshotter) if r.key == key]
             if not owners:
@@ -951,7 +1128,7 @@ def snapshot_remove(
                 )
             if (owners[0], key) in in_use:
                 raise FailedPrecondition(
-                    f"snapshot {key!r} is mounted on {in_use[(owners[0], key)]}: umount it"
+                    f"snapshot {key!r} is in use by {in_use[(owners[0], key)]}: release it first"
                 )
             open_store_snapshotter(s, owners[0]).remove(key)
             removed.append((owners[0], key))

@@ -534,3 +534,18 @@ def _no_leftover_mounts(request: pytest.FixtureRequest) -> Iterator[None]:
     if "root" in request.fixturenames:
         r = request.getfixturevalue("root")
         assert not mounts_under(r / "tasks"), "a test left a container rootfs mounted"
+
+
+def test_snapshots_rm_refuses_a_containers_rootfs(fixture_dir: Path, tmp_path: Path) -> None:
+    """A kept container's snapshot is in use until `imgpipe rm`; snapshots rm refuses it."""
+    from conftest import run_cli
+
+    root = tmp_path / "root"
+    assert run_cli("pull", f"oci:{fixture_dir / 'busybox'}:busybox", root=root).returncode == 0
+    out = run_cli("run", "--name", "kept", "busybox", "true", root=root)
+    assert out.returncode == 0, out.stderr
+    refused = run_cli("snapshots", "rm", "kept", root=root)
+    assert refused.returncode == 10, refused.stderr
+    assert "container kept" in refused.stderr
+    assert run_cli("rm", "kept", root=root).returncode == 0
+    assert "kept" not in run_cli("snapshots", "ls", root=root).stdout
