@@ -62,10 +62,8 @@ import hashlib
 import io
 import json
 import os
-import queue
 import secrets
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -73,7 +71,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, cast
 
-from imgpipe.decode import default_registry, open_decoded
+from imgpipe.decode import ReadAhead, default_registry, open_decoded
 from imgpipe.diff import WHITEOUT_DELETE, WHITEOUT_OVERLAY, ApplyOptions, ApplyResult, apply_layer
 from imgpipe.errors import (
     AlreadyExists,
@@ -171,9 +169,8 @@ _LOCK_DIR: Final = "unpack-locks"
 _PREPARE_ATTEMPTS: Final = 3
 #: ``<root>/mounts/<hash of target>.json``: what :func:`mount` mounted where.
 _MOUNTS_DIR: Final = "mounts"
-#: Decoded bytes per read of the decode thread, and how many such chunks it may run
-#: ahead of the applier: 1 MiB x 8 bounds the memory per layer at 8 MiB.
-_PREFETCH_CHUNK: Final = 1 << 20
+#: How many 1 MiB decoded chunks the decode thread may run ahead of the applier
+#: (imgpipe.decode.ReadAhead): 8 MiB per layer at most.
 _PREFETCH_DEPTH: Final = 8
 
 
@@ -370,76 +367,6 @@ def _extract_key(chain: Digest) -> str:
     return f"extract-{time.time_ns()}-{secrets.token_urlsafe(3)} {chain}"
 
 
-class _Prefetch(io.RawIOBase):
-    """Read a stream on a thread of its own, a bounded number of chunks ahead.
-
-    Why: decompression (isal/zlib-ng/zstd) and file reads release the GIL, the tar
-    applier mostly holds it. Decoding on a second thread overlaps the two; measured on
-    the unpack benchmark it takes the decoder's share (about a fifth of the time) off the
-    critical path. Errors of the source are raised by :meth:`read` in the caller's
-    thread, in order. Closing stops the thread and closes the source.
-    """
-
-    def __init__(self, src: BinaryIO) -> None:
-        super().__init__()
-        self._src = src
-        self._q: queue.Queue[bytes | BaseException] = queue.Queue(_PREFETCH_DEPTH)
-        self._stop = threading.Event()
-        self._buf = memoryview(b"")
-        self._eof = False
-        self._thread = threading.Thread(target=self._pump, name="unpack-decode", daemon=True)
-        self._thread.start()
-
-    def _put(self, item: bytes | BaseException) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _pump(self) -> None:
-        try:
-            while not self._stop.is_set():
-                data = self._src.read(_PREFETCH_CHUNK)
-                if not self._put(bytes(data)) or not data:
-                    return
-        except BaseException as e:  # handed to the reader, raised there
-            self._put(e)
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
-            size = _PREFETCH_CHUNK
-        while not self._buf and not self._eof:
-            item = self._q.get()
-            if isinstance(item, BaseException):
-                self._eof = True
-                raise item
-            if not item:
-                self._eof = True
-            self._buf = memoryview(item)
-        out = bytes(self._buf[:size])
-        self._buf = self._buf[size:]
-        return out
-
-    def readinto(self, b: Any) -> int:
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self._stop.set()
-        self._thread.join()
-        self._src.close()
-        super().close()
-
-
 class _Aborted(Exception):
     """The apply was stopped because the fetch it overlaps failed; the stage raises the
     fetch's error instead (not an ImgpipeError, so no layer name is put in front)."""
@@ -504,7 +431,7 @@ class _Applier:
             )
             if self.abort is not None:
                 raw = cast(BinaryIO, _Checked(raw, self.abort))
-            with _Prefetch(raw) as s:
+            with ReadAhead(raw, depth=_PREFETCH_DEPTH, name="unpack-decode") as s:
                 return apply_layer(
                     root,
                     cast(BinaryIO, s),

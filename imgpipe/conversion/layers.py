@@ -22,12 +22,11 @@ layer whose content is not what the config says.
 from __future__ import annotations
 
 import io
-import queue
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, BinaryIO, Final, Literal
 
+from imgpipe.decode import ReadAhead
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.digest import Digest, Digester
 from imgpipe.formats.errors import DigestMismatch
@@ -59,10 +58,9 @@ __all__ = [
 Compression = Literal["", "gzip", "zstd"]
 
 ENCRYPTED_SUFFIX: Final = "+encrypted"
-#: Chunks a layer's first half may run ahead of its second (see ReadAhead): enough to
-#: ride out a stall of either side, little memory (a few MiB per layer in flight).
+#: Chunks a layer's first half may run ahead of its second (see imgpipe.decode.ReadAhead):
+#: enough to ride out a stall of either side, little memory (a few MiB per layer in flight).
 READ_AHEAD_DEPTH: Final = 4
-READ_AHEAD_CHUNK: Final = 1 << 20
 
 # (family, non-distributable, compression) -> the unencrypted media type. Docker has no
 # non-distributable zstd type, and its zstd type is one no tool agrees on: a Docker
@@ -199,89 +197,6 @@ class _DiffIDTee(io.RawIOBase):
                 super().close()
 
 
-class ReadAhead(io.RawIOBase):
-    """``inner`` read by a helper thread, up to ``depth`` chunks ahead.
-
-    A layer's chain is a pull pipeline run by one thread: fetch, verify, decompress,
-    hash, compress, hash, send, one after the other. Cutting it in two lets the halves
-    run on two cores (every codec and hash here releases the GIL), which matters most
-    for the biggest layer, the one that finishes last. Errors from the helper are
-    raised by ``read`` in the caller's thread. ``close`` stops the helper, waits for it
-    and closes ``inner``. ``annotations()`` passes on the inner stream's.
-    """
-
-    def __init__(self, inner: Any, *, depth: int = READ_AHEAD_DEPTH) -> None:
-        super().__init__()
-        self._inner = inner
-        self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(depth)
-        self._stop = threading.Event()
-        self._done = False
-        self._error: BaseException | None = None
-        self._buf = b""
-        self._thread = threading.Thread(target=self._fill, name="convert-read-ahead", daemon=True)
-        self._thread.start()
-
-    def _put(self, item: bytes | BaseException | None) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _fill(self) -> None:
-        try:
-            while not self._stop.is_set():
-                chunk = self._inner.read(READ_AHEAD_CHUNK)
-                if not self._put(bytes(chunk) if chunk else None) or not chunk:
-                    return
-        except BaseException as e:  # handed to the reader, raised there
-            self._put(e)
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
-        if not self._buf and not self._done:
-            item = self._queue.get()
-            if isinstance(item, BaseException):
-                self._done = True
-                self._error = item
-                raise item
-            if item is None:
-                self._done = True
-            else:
-                self._buf = item
-        if not self._buf:
-            if self._error is not None:
-                raise self._error  # sticky: a failed layer never looks like a clean EOF
-            return b""
-        if size is None or size < 0 or size >= len(self._buf):
-            out, self._buf = self._buf, b""
-        else:
-            out, self._buf = self._buf[:size], self._buf[size:]
-        return out
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        memoryview(buffer).cast("B")[: len(data)] = data
-        return len(data)
-
-    def annotations(self) -> Mapping[str, str]:
-        get = getattr(self._inner, "annotations", None)
-        return dict(get()) if get is not None else {}
-
-    def close(self) -> None:
-        if not self.closed:
-            self._stop.set()
-            self._thread.join()
-            try:
-                self._inner.close()
-            finally:
-                super().close()
-
-
 class Converted(io.RawIOBase):
     """The converted layer's bytes. After EOF: ``annotations()`` for its descriptor (the
     ocicrypt keys when encrypted) and ``diff_id`` when the layer was decoded.
@@ -368,7 +283,10 @@ def open_converted(
             steps.append(current)
             tee = _DiffIDTee(current, plan.diff_id, what)
             # fetch + verify + decompress + DiffID on one core, the rest on the other
-            current, mt = ReadAhead(tee), OCI_LAYER
+            current, mt = (
+                ReadAhead(tee, depth=READ_AHEAD_DEPTH, name="convert-read-ahead"),
+                OCI_LAYER,
+            )
             steps.append(tee)
             if plan.compression:
                 goal = OCI_LAYER_GZIP if plan.compression == "gzip" else OCI_LAYER_ZSTD
@@ -385,7 +303,7 @@ def open_converted(
             steps.append(current)
         if not plan.recompress:
             # decrypt or encrypt only: the output's hashing and sending on another core
-            current = ReadAhead(current)
+            current = ReadAhead(current, depth=READ_AHEAD_DEPTH, name="convert-read-ahead")
     except BaseException:
         current.close()
         raise
