@@ -458,11 +458,18 @@ def _manifest(store: Store, name: str, platform: str | Platform | None) -> Manif
         store.content.read_bytes(desc.digest, limit=MAX_DOCUMENT_SIZE), desc.media_type
     )
     if isinstance(doc, Index):
+        # The same choice as the unpack stage makes (imgpipe.unpacking._select), so the
+        # config run uses and the rootfs it mounts come from one manifest: among the
+        # manifests in the store, the only one when no platform is asked for, else the
+        # best match for the platform (default: this host).
         want = Platform.parse(platform) if isinstance(platform, str) else platform
-        candidates = [
-            d for d in doc.manifests if d.platform is not None and store.content.exists(d.digest)
-        ]
-        pick = best_match(want or host_platform(), [d.platform for d in candidates if d.platform])
+        candidates = [d for d in doc.manifests if store.content.exists(d.digest)]
+        if want is None and len(candidates) == 1:
+            pick: int | None = 0
+        else:
+            typed = [d for d in candidates if d.platform is not None]
+            found = best_match(want or host_platform(), [d.platform for d in typed if d.platform])
+            pick = None if found is None else candidates.index(typed[found])
         if pick is None:
             raise NotFound(f"image {name}: no manifest for platform {want or host_platform()}")
         desc = candidates[pick]
