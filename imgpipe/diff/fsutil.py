@@ -24,7 +24,6 @@ the walk, and ENOSYS/EPERM (old kernel, seccomp filters) switch it off for the p
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import functools
 import os
@@ -33,6 +32,13 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from imgpipe.errors import MalformedDocument
+from imgpipe.rootpath import (
+    AT_FDCWD,
+    MAX_SYMLINK_HOPS,
+    RESOLVE_IN_ROOT,
+    RESOLVE_NO_MAGICLINKS,
+    openat2,
+)
 
 __all__ = [
     "MAX_SYMLINK_HOPS",
@@ -43,13 +49,6 @@ __all__ = [
     "remove_all",
 ]
 
-#: containerd's (continuity's) limit on symlinks followed while resolving one path.
-MAX_SYMLINK_HOPS: Final = 255
-
-_SYS_OPENAT2: Final = 437  # the same number on every Linux architecture (unified table)
-_RESOLVE_NO_MAGICLINKS: Final = 0x02
-_RESOLVE_IN_ROOT: Final = 0x10
-_AT_FDCWD: Final = -100
 
 #: Flags for every directory we open: readable (for scandir and fsetxattr), never a
 #: symlink, closed on exec.
@@ -63,40 +62,11 @@ class NotADirectoryInRoot(MalformedDocument):
     """A path needs a directory where the tree has another kind of file."""
 
 
-class _OpenHow(ctypes.Structure):
-    _fields_ = (
-        ("flags", ctypes.c_uint64),
-        ("mode", ctypes.c_uint64),
-        ("resolve", ctypes.c_uint64),
-    )
-
-
-@functools.cache
-def _syscall() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
-    how = _OpenHow(flags, 0, resolve)
-    raw = os.fsencode(path)
-    fd = _syscall().syscall(
-        ctypes.c_long(_SYS_OPENAT2),
-        ctypes.c_int(dirfd),
-        ctypes.c_char_p(raw),
-        ctypes.byref(how),
-        ctypes.c_size_t(ctypes.sizeof(how)),
-    )
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), path)
-    return int(fd)
-
-
 @functools.cache
 def openat2_available() -> bool:
     """Whether ``openat2`` with ``RESOLVE_IN_ROOT`` works in this process (probed once)."""
     try:
-        fd = _openat2(_AT_FDCWD, "/", _DIR_FLAGS, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
+        fd = openat2(AT_FDCWD, "/", _DIR_FLAGS, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
     except OSError:
         # ENOSYS before 5.6; EPERM/ENOSYS from seccomp profiles that predate it.
         return False
@@ -143,7 +113,7 @@ class DirResolver:
             self._use_openat2 = False
 
     @property
-    def uses_openat2(self) -> bool:
+    def usesopenat2(self) -> bool:
         return self._use_openat2
 
     def close(self) -> None:
@@ -176,11 +146,11 @@ class DirResolver:
             return os.dup(self.root_fd)
         if self._use_openat2:
             try:
-                return _openat2(
+                return openat2(
                     self.root_fd,
                     "/".join(components),
                     _DIR_FLAGS,
-                    _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS,
+                    RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
                 )
             except OSError as e:
                 if e.errno == errno.ENOENT:

@@ -25,9 +25,6 @@ Reading an image's files is reading hostile input, so (CVE-2024-40635 and the 20
 
 from __future__ import annotations
 
-import ctypes
-import errno
-import functools
 import os
 import stat
 from collections.abc import Iterator
@@ -35,6 +32,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from imgpipe.errors import InvalidArgument, MalformedDocument, NotFound, ResourceLimit
+from imgpipe.rootpath import open_in_root
 
 __all__ = [
     "MAX_ID",
@@ -51,12 +49,6 @@ MAX_USER_FILE_BYTES: Final = 10 << 20
 #: runc requires ids to fit a signed 32-bit int (containerd's minUserID..maxUserID).
 MAX_ID: Final = 2**31 - 1
 #: containerd's (continuity's) bound on symlinks followed for one path, for the walk.
-MAX_SYMLINK_HOPS: Final = 255
-
-_SYS_OPENAT2: Final = 437  # one number on every Linux architecture (unified table)
-_RESOLVE_NO_MAGICLINKS: Final = 0x02
-_RESOLVE_IN_ROOT: Final = 0x10
-_O_PATH: Final = getattr(os, "O_PATH", 0o10000000)
 
 
 class UserNotFound(NotFound):
@@ -100,95 +92,6 @@ def parse_user(user: str) -> tuple[str | int, str | int | None]:
         return first, None
     gid = _parse_id(parts[1], "gid", user)
     return first, parts[1] if gid is None else gid
-
-
-# --- opening a file inside the rootfs ------------------------------------------------
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = (("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64))
-
-
-def _openat2_in_root(root_fd: int, path: str, flags: int) -> int:
-    how = _OpenHow(flags, 0, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
-    fd = _libc().syscall(
-        ctypes.c_long(_SYS_OPENAT2),
-        ctypes.c_int(root_fd),
-        ctypes.c_char_p(os.fsencode(path)),
-        ctypes.byref(how),
-        ctypes.c_size_t(ctypes.sizeof(how)),
-    )
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), path)
-    return int(fd)
-
-
-def _walk_in_root(root_fd: int, path: str, flags: int) -> int:
-    """The userspace form of RESOLVE_IN_ROOT: one component at a time, never following a
-    link with the kernel's resolver; link targets are spliced into the remaining path."""
-    stack: list[int] = []  # open directory fds below the root, the current one last
-    pending = list(reversed(path.split("/")))
-    hops = 0
-    try:
-        while pending:
-            comp = pending.pop()
-            if comp in ("", "."):
-                continue
-            if comp == "..":
-                if stack:
-                    os.close(stack.pop())
-                continue
-            cur = stack[-1] if stack else root_fd
-            st = os.stat(comp, dir_fd=cur, follow_symlinks=False)
-            if stat.S_ISLNK(st.st_mode):
-                hops += 1
-                if hops > MAX_SYMLINK_HOPS:
-                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
-                target = os.readlink(comp, dir_fd=cur)
-                if target.startswith("/"):
-                    for fd in stack:
-                        os.close(fd)
-                    stack.clear()
-                pending.extend(reversed(target.split("/")))
-                continue
-            if pending and not stat.S_ISDIR(st.st_mode):
-                raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
-            o_flags = (os.O_DIRECTORY | os.O_RDONLY) if pending else flags
-            stack.append(os.open(comp, o_flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=cur))
-        return stack.pop() if stack else os.dup(root_fd)
-    finally:
-        for fd in stack:
-            os.close(fd)
-
-
-def open_in_root(
-    root: str | os.PathLike[str], path: str, *, use_openat2: bool | None = None
-) -> int:
-    """An ``O_PATH`` fd of ``path`` resolved inside ``root`` (the caller closes it).
-
-    ``path`` is absolute or relative, it makes no difference: the rootfs is ``/``.
-    Raises FileNotFoundError, NotADirectoryError or OSError(ELOOP) as the kernel would
-    inside a chroot. ``use_openat2=False`` forces the userspace walk (tests).
-    """
-    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        flags = _O_PATH | os.O_CLOEXEC
-        if use_openat2 is not False:
-            try:
-                return _openat2_in_root(root_fd, path.lstrip("/"), flags)
-            except OSError as e:
-                # ENOSYS before Linux 5.6, EPERM under seccomp profiles that predate it.
-                if e.errno not in (errno.ENOSYS, errno.EPERM) or use_openat2:
-                    raise
-        return _walk_in_root(root_fd, path, flags)
-    finally:
-        os.close(root_fd)
 
 
 def _lines(rootfs: str | os.PathLike[str], path: str, use_openat2: bool | None) -> Iterator[str]:
