@@ -149,5 +149,7 @@ def gc(args: argparse.Namespace) -> int:
         print(f"{verb} {digest} {human_size(size)}")
     for ref in result.removed_ingests:
         print(f"{verb} ingest {ref}")
+    for snapshotter, key in result.removed_snapshots:
+        print(f"{verb} snapshot {snapshotter} {key}")
     print(f"{'would free' if args.dry_run else 'freed'} {human_size(result.bytes_freed)}")
     return 0

@@ -187,5 +187,9 @@ def rmi(args: argparse.Namespace) -> int:
         if not args.no_prune:
             result = imgpipe.gc(store=store)
             if not args.quiet:
-                print(f"freed {human_size(result.bytes_freed)} ({len(result.removed_blobs)} blobs)")
+                snaps = len(result.removed_snapshots)
+                print(
+                    f"freed {human_size(result.bytes_freed)} ({len(result.removed_blobs)} blobs"
+                    + (f", {snaps} snapshots)" if snaps else ")")
+                )
     return 0

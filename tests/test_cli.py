@@ -218,3 +218,12 @@ def test_listings_of_an_empty_root(tmp_path: Path) -> None:
     for argv in (("images",), ("ps",), ("snapshots", "ls"), ("content", "ls")):
         out = run_cli(*argv, root=root)
         assert out.returncode == 0, (argv, out.stderr)
+
+
+def test_rmi_reports_the_snapshots_it_frees(fixture_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    ok(run_cli("pull", f"oci:{fixture_dir / 'layered'}:layered", root=root))
+    ok(run_cli("unpack", "--snapshotter", "native", "layered", root=root))
+    out = ok(run_cli("rmi", "layered", root=root))
+    assert "(6 blobs, 4 snapshots)" in out.stdout
+    assert ok(run_cli("snapshots", "ls", "--json", root=root)).stdout.strip() == "[]"
