@@ -198,6 +198,8 @@ def convert(args: argparse.Namespace) -> int:
         return usage_error("--jobs must be at least 1")
     if args.level is not None and args.compression not in ("gzip", "zstd"):
         return usage_error("--level needs --gzip or --zstd")
+    if args.zstd_threads and args.compression != "zstd":
+        return usage_error("--zstd-threads needs --zstd")
     if args.encrypt_layers is not None and not args.encrypt_recipient:
         return usage_error("--encrypt-layers needs --encrypt-recipient")
     layers = None
@@ -217,20 +219,33 @@ def convert(args: argparse.Namespace) -> int:
         platforms=args.platform,
         **kw,
     )
+    report_file = None
+    if args.report:
+        # Opened before anything is converted: a report path that cannot be written is a
+        # bad argument, found before a tag is written, not after.
+        from imgpipe.errors import InvalidArgument
+
+        try:
+            report_file = open(args.report, "w", encoding="utf-8")  # noqa: SIM115
+        except OSError as e:
+            raise InvalidArgument(f"--report {args.report}: {e.strerror}") from None
     observer = make_observer(args)
     try:
-        with Converter(options=transport_options(args, None), root=args.root) as converter:
-            report = converter.convert(args.source, args.dest, spec, observer=observer)
-    except Exception as e:
-        if args.report:  # a CI job needs the report most when the job fails
-            _write_failure_report(args, e)
-        raise
+        try:
+            with Converter(options=transport_options(args, None), root=args.root) as converter:
+                report = converter.convert(args.source, args.dest, spec, observer=observer)
+        except Exception as e:
+            if report_file is not None:  # a CI job needs the report most when the job fails
+                _write_failure_report(report_file, args, e)
+            raise
+        finally:
+            close_observer(observer)
+        if report_file is not None:
+            json.dump(report.to_json(), report_file, indent=2)
+            report_file.write("\n")
     finally:
-        close_observer(observer)
-    if args.report:
-        with open(args.report, "w", encoding="utf-8") as f:
-            json.dump(report.to_json(), f, indent=2)
-            f.write("\n")
+        if report_file is not None:
+            report_file.close()
     totals = report.totals()
     print_result(
         args,
@@ -247,20 +262,19 @@ def convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_failure_report(args: argparse.Namespace, error: Exception) -> None:
+def _write_failure_report(f: Any, args: argparse.Namespace, error: Exception) -> None:
     import json
 
     from .exitcodes import exit_code_for
 
-    with open(args.report, "w", encoding="utf-8") as f:
-        json.dump(
-            {
-                "source": args.source,
-                "destination": args.dest,
-                "error": " ".join(str(error).split()) or type(error).__name__,
-                "exitCode": exit_code_for(error),
-            },
-            f,
-            indent=2,
-        )
-        f.write("\n")
+    json.dump(
+        {
+            "source": args.source,
+            "destination": args.dest,
+            "error": " ".join(str(error).split()) or type(error).__name__,
+            "exitCode": exit_code_for(error),
+        },
+        f,
+        indent=2,
+    )
+    f.write("\n")

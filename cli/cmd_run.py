@@ -105,6 +105,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from imgpipe.errors import InvalidArgument
     from imgpipe.task import CommandNotExecutable, CommandNotFound, ContainerSettings
     from imgpipe.task import run as run_task
     from imgpipe.task.spec import parse_env_file, parse_volume
@@ -112,8 +113,13 @@ def run(args: argparse.Namespace) -> int:
 
     env: list[str] = []
     for path in args.env_file:
-        with open(path, encoding="utf-8") as f:
-            env += parse_env_file(f.read())
+        try:
+            with open(path, encoding="utf-8") as f:
+                env += parse_env_file(f.read())
+        except UnicodeDecodeError:
+            raise InvalidArgument(f"--env-file {path}: not UTF-8 text") from None
+    if args.stop_timeout is not None and args.stop_timeout < 0:
+        raise InvalidArgument("--stop-timeout must not be negative")
     env += args.env
     entrypoint = None
     if args.entrypoint is not None:

@@ -87,3 +87,48 @@ def test_encrypted_conversion_runs_only_with_the_key(
     again = run_cli("run", "--rm", "bb-enc", "true", root=root)
     assert again.returncode == 12, again.stderr
     assert "encrypted layer" in again.stderr
+
+
+def test_report_path_is_checked_before_anything_is_written(
+    fixture_dir: Path, tmp_path: Path
+) -> None:
+    """An unwritable --report is a bad argument found up front: no tag written, and a
+    failing conversion keeps its own exit code."""
+    out = run_cli(
+        "convert", "--zstd", f"oci:{fixture_dir / 'layered'}:layered",
+        f"oci:{tmp_path / 'out'}:zz", "--report", str(tmp_path / "missing" / "r.json"),
+        root=tmp_path / "root",
+    )  # fmt: skip
+    assert out.returncode == 3, out.stderr
+    assert not (tmp_path / "out" / "index.json").exists()
+    report = tmp_path / "r.json"
+    bad = run_cli(
+        "convert", "--zstd", f"oci:{tmp_path / 'nosuch'}:x", f"oci:{tmp_path / 'o2'}:x",
+        "--report", str(report), root=tmp_path / "root",
+    )  # fmt: skip
+    assert bad.returncode == 5, bad.stderr
+    import json
+
+    assert json.loads(report.read_text())["exitCode"] == 5
+
+
+def test_cli_refuses_contradictory_or_bad_options(fixture_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    ok(run_cli("pull", f"oci:{fixture_dir / 'busybox'}:busybox", root=root))
+    threads = run_cli("convert", "--zstd-threads", "4", "local:busybox", "local:x", root=root)
+    assert threads.returncode == 2
+    assert (
+        run_cli("run", "--rm", "--stop-timeout", "-1", "busybox", "true", root=root).returncode == 3
+    )
+    assert (
+        run_cli("run", "--rm", "--pids-limit", "-5", "busybox", "true", root=root).returncode == 3
+    )
+    envf = tmp_path / "env"
+    envf.write_bytes(b"A=\xff\xfe\n")
+    assert (
+        run_cli("run", "--rm", "--env-file", str(envf), "busybox", "true", root=root).returncode
+        == 3
+    )
+    other = "linux/arm64" if __import__("platform").machine() == "x86_64" else "linux/amd64"
+    wrong = run_cli("run", "--rm", "--platform", other, "busybox", "true", root=root)
+    assert wrong.returncode == 5, wrong.stderr

@@ -38,7 +38,7 @@ from urllib3.exceptions import (
     SSLError,
 )
 
-from imgpipe.formats.errors import ImgpipeError, NotFound, Unavailable
+from imgpipe.formats.errors import ImgpipeError, InvalidArgument, NotFound, Unavailable
 
 __all__ = [
     "BACKOFF_INITIAL",
@@ -219,7 +219,9 @@ class HttpClient:
                 except FileNotFoundError:
                     raise NotFound(f"CA file {ca}: no such file") from None
                 except ssl.SSLError as e:
-                    raise Unavailable(f"CA file {ca}: not PEM certificates ({e.reason})") from None
+                    raise InvalidArgument(
+                        f"CA file {ca}: not PEM certificates ({e.reason})"
+                    ) from None
                 self._contexts[ca] = ctx
             return ctx
 

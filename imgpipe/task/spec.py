@@ -216,8 +216,10 @@ class ContainerSettings:
             raise InvalidArgument(f"invalid memory limit {self.memory}: must be positive")
         if self.cpus is not None and not 0 < self.cpus <= 4096:
             raise InvalidArgument(f"invalid --cpus {self.cpus}: must be above 0")
-        if self.pids_limit is not None and self.pids_limit == 0:
-            raise InvalidArgument("invalid pids limit 0 (use -1 for unlimited)")
+        if self.pids_limit is not None and (self.pids_limit == 0 or self.pids_limit < -1):
+            raise InvalidArgument(
+                f"invalid pids limit {self.pids_limit} (a positive count, or -1 for unlimited)"
+            )
         if self.workdir and not self.workdir.startswith("/"):
             raise InvalidArgument(f"working directory {self.workdir!r} must be absolute")
 

@@ -446,7 +446,17 @@ def _image_config(store: Store, name: str, platform: str | Platform | None) -> I
     from imgpipe.formats.manifest import MAX_DOCUMENT_SIZE  # noqa: PLC0415
 
     doc = _manifest(store, name, platform)
-    return parse_config(store.content.read_bytes(doc.config.digest, limit=MAX_DOCUMENT_SIZE))
+    config = parse_config(store.content.read_bytes(doc.config.digest, limit=MAX_DOCUMENT_SIZE))
+    if platform is not None:
+        # a single-manifest image has no index to choose from: its config says what it is
+        from imgpipe.formats.platform import Platform, match  # noqa: PLC0415
+
+        want = Platform.parse(platform) if isinstance(platform, str) else platform
+        if not match(want, config.platform()):
+            raise NotFound(
+                f"image {name}: no manifest for platform {want} (has: {config.platform()})"
+            )
+    return config
 
 
 def _manifest(store: Store, name: str, platform: str | Platform | None) -> Manifest:
