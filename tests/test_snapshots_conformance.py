@@ -787,17 +787,18 @@ def wait_for_builds_to_end(lock: Path, *, timeout: float = 30.0) -> None:
     was starting (``btrfs ...``, between fork and exec) holding the lock for a moment;
     cleanup rightly spares ``new-*`` directories until then."""
     fd = os.open(lock, os.O_RDWR)
+    taken = threading.Event()
+
+    def take() -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # blocks until the last holder lets go
+        taken.set()
+
+    threading.Thread(target=take, daemon=True).start()
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                assert time.monotonic() < deadline, "the build lock stays held"
-                time.sleep(0.005)
+        assert taken.wait(timeout), "the build lock stays held"
     finally:
-        os.close(fd)
+        if taken.is_set():
+            os.close(fd)
 
 
 def test_crash_consistency(env: Env) -> None:
