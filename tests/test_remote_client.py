@@ -511,3 +511,18 @@ def test_wrong_manifest_for_a_digest_is_refused(
     with pytest.raises(IntegrityError):
         imgpipe.pull(f"{proxy.host}/{layered_repo}@{digest}", store=store)
     assert store.db.list_images() == []
+
+
+def test_tls_probe_tells_plain_http_from_tls(registry, registry_basic_tls) -> None:  # type: ignore[no-untyped-def]
+    """The handshake-only probe that spares loopback plain-HTTP registries the HTTPS
+    attempt: False only for a server that plainly does not speak TLS."""
+    import socket
+
+    from imgpipe.remote.http import speaks_tls
+
+    assert speaks_tls(registry.host) is False
+    assert speaks_tls(registry_basic_tls.host) is True
+    with socket.socket() as s:  # a port nobody listens on: no verdict, HTTPS decides
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    assert speaks_tls(f"127.0.0.1:{free}") is True

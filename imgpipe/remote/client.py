@@ -71,7 +71,7 @@ from .auth import Authorizer
 from .credentials import Credentials
 from .credentials import lookup as lookup_credentials
 from .hosts import Endpoint, RegistryConfig, load_registry_config
-from .http import HttpClient, NotTLS, is_retryable, read_limited, redact_url
+from .http import HttpClient, NotTLS, is_retryable, read_limited, redact_url, speaks_tls
 from .options import TransportOptions
 
 if TYPE_CHECKING:
@@ -207,7 +207,14 @@ class RegistryClient:
     def schemes(self, ep: Endpoint) -> tuple[str, ...]:
         with self._lock:
             known = self._schemes.get(ep.host)
-        return (known,) if known else ep.schemes
+        if known:
+            return (known,)
+        if ep.schemes == ("https", "http") and not speaks_tls(ep.host):
+            # A plain-HTTP registry on loopback (or marked insecure): found by a bare
+            # handshake, so the HTTPS attempt and its CA bundle (~30 ms a pull) are skipped.
+            self.remember_scheme(ep.host, "http")
+            return ("http",)
+        return ep.schemes
 
     def remember_scheme(self, host: str, scheme: str) -> None:
         with self._lock:
