@@ -12,12 +12,12 @@ import hashlib
 import io
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
 import tarfile
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -192,22 +192,20 @@ def assert_clean(root: Path, name: str) -> None:
     assert not (root / "tasks" / name).exists()
 
 
-def wait_for(cond: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_LIMIT
-    while not cond():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)  # a poll interval, not a synchronisation
+READY = ["sh", "-c", "echo ready; exec sleep 1000"]
 
 
-def is_running(root: Path, name: str) -> Callable[[], bool]:
-    def check() -> bool:
-        out = subprocess.run(
-            ["runc", "--root", root / "runc", "state", name], capture_output=True, text=True
-        )
-        return out.returncode == 0 and json.loads(out.stdout)["status"] == "running"
+def wait_ready(proc: subprocess.Popen[bytes]) -> None:
+    """Block until the container says it runs (its first stdout line), at most WAIT_LIMIT.
 
-    return check
+    The line is written by the container's own process, so once it is read runc has
+    started the container and imgpipe forwards signals to it.
+    """
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], WAIT_LIMIT)
+    if not ready:
+        pytest.fail("timed out waiting for the container to run")
+    assert proc.stdout.readline() == b"ready\n"
 
 
 # --- exit status, stdio ------------------------------------------------------------------
@@ -223,11 +221,11 @@ def test_exit_code_passes_through(root: Path, code: int) -> None:
 def test_killed_by_signal_is_128_plus_n(root: Path) -> None:
     name = "killed"
     with subprocess.Popen(
-        [IMGPIPE, "--root", root, "run", "--rm", "--name", name, "busybox", "sleep", "1000"],
+        [IMGPIPE, "--root", root, "run", "--rm", "--name", name, "busybox", *READY],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     ) as proc:
-        wait_for(is_running(root, name), "the container to run")
+        wait_ready(proc)
         subprocess.run(["runc", "--root", root / "runc", "kill", name, "KILL"], check=True)
         assert proc.wait(timeout=WAIT_LIMIT) == 128 + signal.SIGKILL
     assert_clean(root, name)
@@ -424,9 +422,14 @@ def test_cleanup_after_missing_command(root: Path) -> None:
     ("name", "cmd", "extra", "expected"),
     [
         # a shell that handles SIGTERM: the forwarded signal decides the exit status
-        ("trapper", ["sh", "-c", "trap 'exit 7' TERM; while :; do sleep 0.05; done"], [], 7),
+        (
+            "trapper",
+            ["sh", "-c", "trap 'exit 7' TERM; echo ready; while :; do sleep 0.05; done"],
+            [],
+            7,
+        ),
         # sleep as PID 1 ignores SIGTERM: SIGKILL after the stop timeout
-        ("stubborn", ["sleep", "1000"], ["--stop-timeout", "0.2"], 128 + signal.SIGKILL),
+        ("stubborn", READY, ["--stop-timeout", "0.2"], 128 + signal.SIGKILL),
     ],
 )
 def test_cleanup_after_sigterm_to_imgpipe(
@@ -437,7 +440,7 @@ def test_cleanup_after_sigterm_to_imgpipe(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     ) as proc:
-        wait_for(is_running(root, name), "the container to run")
+        wait_ready(proc)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=WAIT_LIMIT) == expected
     assert_clean(root, name)
@@ -462,11 +465,11 @@ def test_ps_and_rm(root: Path) -> None:
 def test_rm_force_kills_a_running_container(root: Path) -> None:
     name = "forced"
     with subprocess.Popen(
-        [IMGPIPE, "--root", root, "run", "--name", name, "busybox", "sleep", "1000"],
+        [IMGPIPE, "--root", root, "run", "--name", name, "busybox", *READY],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     ) as proc:
-        wait_for(is_running(root, name), "the container to run")
+        wait_ready(proc)
         res = imgpipe(root, "rm", name)
         assert res.returncode == 10 and "rm -f" in res.stderr  # FailedPrecondition
         assert imgpipe(root, "rm", "-f", name).returncode == 0
