@@ -170,6 +170,27 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, int]:
     return wall, rusage.ru_utime + rusage.ru_stime, rusage.ru_maxrss
 
 
+def push_with_skopeo(work: Path, src: Path, tag: str, ref: str) -> tuple[dict[str, str], Path]:
+    """Push the layout ``src:tag`` to ``ref`` with skopeo, under a private HOME (never the
+    machine's credentials or policy). Returns that environment and the policy file, for
+    the measured commands to use the same way."""
+    policy = work / "policy.json"
+    policy.write_text('{"default":[{"type":"insecureAcceptAnything"}]}')
+    home = work / "home"
+    (home / "tmp").mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("DOCKER_CONFIG", "REGISTRY_AUTH_FILE")}
+    env.update(HOME=str(home), TMPDIR=str(home / "tmp"), XDG_RUNTIME_DIR=str(home))
+    subprocess.run(
+        [
+            "skopeo", "--policy", str(policy), "copy", "--quiet", "--preserve-digests",
+            "--dest-tls-verify=false", f"oci:{src}:{tag}", f"docker://{ref}",
+        ],
+        check=True,
+        env=env,
+    )  # fmt: skip
+    return env, policy
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -193,30 +214,8 @@ def main() -> int:
         subprocess.run([sys.executable, __file__, "--make-layout", str(src)], check=True)
         total = sum(p.stat().st_size for p in (src / "blobs" / "sha256").iterdir())
         registry, host = start_registry(work)
-        policy = work / "policy.json"
-        policy.write_text('{"default":[{"type":"insecureAcceptAnything"}]}')
-        home = work / "home"
-        (home / "tmp").mkdir(parents=True)
-        env = {
-            k: v for k, v in os.environ.items() if k not in ("DOCKER_CONFIG", "REGISTRY_AUTH_FILE")
-        }
-        env.update(HOME=str(home), TMPDIR=str(home / "tmp"), XDG_RUNTIME_DIR=str(home))
         ref = f"{host}/{REPO}:{TAG}"
-        subprocess.run(
-            [
-                "skopeo",
-                "--policy",
-                str(policy),
-                "copy",
-                "--quiet",
-                "--preserve-digests",
-                "--dest-tls-verify=false",
-                f"oci:{src}:{TAG}",
-                f"docker://{ref}",
-            ],
-            check=True,
-            env=env,
-        )
+        env, policy = push_with_skopeo(work, src, TAG, ref)
         extra = (
             []
             if args.max_concurrent is None

@@ -72,30 +72,8 @@ def main() -> int:
         total, entries = unpack_bench.make_layout(src)
         blobs = sum(p.stat().st_size for p in (src / "blobs" / "sha256").iterdir())
         registry, host = pull_bench.start_registry(work)
-        policy = work / "policy.json"
-        policy.write_text('{"default":[{"type":"insecureAcceptAnything"}]}')
-        home = work / "home"
-        (home / "tmp").mkdir(parents=True)
-        env = {
-            k: v for k, v in os.environ.items() if k not in ("DOCKER_CONFIG", "REGISTRY_AUTH_FILE")
-        }
-        env.update(HOME=str(home), TMPDIR=str(home / "tmp"), XDG_RUNTIME_DIR=str(home))
         ref = f"{host}/{REPO}:{unpack_bench.TAG}"
-        subprocess.run(
-            [
-                "skopeo",
-                "--policy",
-                str(policy),
-                "copy",
-                "--quiet",
-                "--preserve-digests",
-                "--dest-tls-verify=false",
-                f"oci:{src}:{unpack_bench.TAG}",
-                f"docker://{ref}",
-            ],
-            check=True,
-            env=env,
-        )
+        env, _ = pull_bench.push_with_skopeo(work, src, unpack_bench.TAG, ref)
         sns = args.snapshotters.split(",")
         results: dict[tuple[str, str], list[tuple[float, float, int]]] = {
             (sn, m): [] for sn in sns for m in MODES
