@@ -38,6 +38,7 @@ from imgpipe.formats.errors import (
 from imgpipe.formats.mediatype import MediaType
 
 from .limits import Limits
+from .streams import PassThrough, Readable
 
 __all__ = [
     "CHUNK_SIZE",
@@ -121,14 +122,6 @@ class ProcessorParams:
         object.__setattr__(self, "recipients", tuple(self.recipients))
 
 
-class Readable(Protocol):
-    """The least a processor's input must do: ``read(n)`` and ``close()``."""
-
-    def read(self, size: int = -1, /) -> bytes: ...
-
-    def close(self) -> None: ...
-
-
 @runtime_checkable
 class ProcessedStream(Protocol):
     """A binary, read-only stream out of a processor. ``annotations()`` is final after EOF."""
@@ -191,33 +184,20 @@ def read_full(stream: Any, size: int) -> bytes:
     return b"".join(parts)
 
 
-class FullReads(io.RawIOBase):
+class FullReads(PassThrough):
     """``raw`` with short reads undone (see :func:`read_full`). Closes ``raw``."""
-
-    def __init__(self, raw: Any) -> None:
-        super().__init__()
-        self._raw = raw
-
-    def readable(self) -> bool:
-        return True
 
     def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:
-            return bytes(self._raw.read())
+            return self.readall()
         return read_full(self._raw, size)
 
     def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        n = len(data)
-        memoryview(buffer).cast("B")[:n] = data
-        return n
-
-    def close(self) -> None:
-        if not self.closed:
-            try:
-                self._raw.close()
-            finally:
-                super().close()
+        view = memoryview(buffer).cast("B")
+        have = 0
+        while have < len(view) and (n := super().readinto(view[have:])):
+            have += n
+        return have
 
 
 class ChunkReader(io.RawIOBase):

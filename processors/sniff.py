@@ -11,7 +11,6 @@ starts with those bytes (a tar starts with a file name), so plain tars are never
 
 from __future__ import annotations
 
-import io
 from typing import Any, BinaryIO, Final, Literal
 
 from imgpipe.formats.descriptor import Descriptor
@@ -33,6 +32,7 @@ from imgpipe.formats.mediatype import (
 from .base import Direction, ProcessorParams
 from .gzip import GzipDecoder
 from .limits import BoundedReader, CountingReader
+from .streams import PassThrough
 from .zstd import ZstdDecoder
 
 __all__ = [
@@ -86,47 +86,34 @@ def detect(head: bytes) -> Compression:
     return ""
 
 
-class PrefixedReader(io.RawIOBase):
+class PrefixedReader(PassThrough):
     """``prefix`` then the rest of ``raw``: puts back what ``peek`` took. Closes ``raw``."""
 
     def __init__(self, prefix: bytes, raw: BinaryIO) -> None:
-        super().__init__()
+        super().__init__(raw)
         self._prefix = prefix
-        self._raw = raw
-
-    def readable(self) -> bool:
-        return True
 
     def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
-            out = self._prefix + self._raw.read()
-            self._prefix = b""
-            return out
-        if self._prefix:
-            head, self._prefix = self._prefix[:size], self._prefix[size:]
-            if len(head) < size:
-                head += self._raw.read(size - len(head))
-            return head
-        return self._raw.read(size)
+        if not self._prefix or size is None or size < 0:
+            return super().read(size)
+        head, self._prefix = self._prefix[:size], self._prefix[size:]
+        if len(head) < size:
+            head += super().read(size - len(head))
+        return head
 
     def readall(self) -> bytes:
-        return self.read(-1)
+        head, self._prefix = self._prefix, b""
+        return head + super().readall()
 
     def readinto(self, buffer: Any) -> int:
+        if not self._prefix:
+            return super().readinto(buffer)
         data = self.read(len(buffer))
-        n = len(data)
-        memoryview(buffer).cast("B")[:n] = data
-        return n
+        memoryview(buffer).cast("B")[: len(data)] = data
+        return len(data)
 
     def annotations(self) -> dict[str, str]:
         return {}
-
-    def close(self) -> None:
-        if not self.closed:
-            try:
-                self._raw.close()
-            finally:
-                super().close()
 
 
 def peek(stream: BinaryIO, size: int = MAGIC_SIZE) -> tuple[bytes, PrefixedReader]:

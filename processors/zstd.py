@@ -51,6 +51,7 @@ from .base import (
     ProcessorParams,
     Readable,
 )
+from .streams import PassThrough
 
 __all__ = [
     "MAX_WINDOW_SIZE",
@@ -101,7 +102,7 @@ class FrameWalker:
     def at_boundary(self) -> bool:
         return not self.invalid and self._state == _MAGIC and not self._head and self._skip == 0
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
         pos, end = 0, len(data)
         while pos < end and not self.invalid:
             if self._skip:
@@ -153,21 +154,19 @@ class FrameWalker:
             self._state, self._need = _MAGIC, 4
 
 
-class _Watched:
+class _Watched(PassThrough):
     """The decoder's input: every byte read also goes through the frame walker."""
 
     def __init__(self, raw: Readable, walker: FrameWalker) -> None:
-        self._raw = raw
+        super().__init__(raw)
         self._walker = walker
         self.eof = False
 
-    def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size)
-        if data:
-            self._walker.feed(data)
-        else:
-            self.eof = True
-        return data
+    def _seen(self, chunk: bytes | memoryview) -> None:
+        self._walker.feed(chunk)
+
+    def _eof(self) -> None:
+        self.eof = True
 
 
 class ZstdDecoder(ChunkReader):
@@ -182,7 +181,6 @@ class ZstdDecoder(ChunkReader):
         import zstandard  # noqa: PLC0415 (loaded when a zstd stream is opened)
 
         self._zstd_error = zstandard.ZstdError
-        self._raw = raw
         self.walker = FrameWalker()
         self._source = _Watched(raw, self.walker)
         source: Any = self._source  # zstandard wants IO[bytes]; read() is all it uses
@@ -211,7 +209,7 @@ class ZstdDecoder(ChunkReader):
         try:
             self._reader.close()
         finally:
-            self._raw.close()
+            self._source.close()
 
 
 class ZstdEncoder(ChunkReader):
