@@ -46,6 +46,7 @@ __all__ = [
     "ZSTD_LEVEL",
     "ZSTD_THREADS",
     "ChunkReader",
+    "Compressor",
     "CorruptData",
     "Direction",
     "FullReads",
@@ -162,6 +163,28 @@ class Processor(Protocol):
         MalformedDocument without ocicrypt annotations, ProcessorFailed).
         """
         ...
+
+
+class Compressor:
+    """The shared half of the gzip and zstd encoders: which types they take and give.
+
+    A known uncompressed layer type (see ``formats.mediatype.LAYER_TYPES``) becomes its
+    ``compression`` variant of the same family; subclasses add ``name`` and ``open``.
+    """
+
+    compression: Literal["gzip", "zstd"]
+    direction: Direction = "encode"
+
+    def accepts(self, media_type: MediaType) -> bool:
+        return MediaType(media_type.base).compressed(self.compression) is not None
+
+    def output_type(self, media_type: MediaType) -> MediaType:
+        out = MediaType(media_type.base).compressed(self.compression)
+        if out is None:
+            raise NoProcessor(
+                f"no {self.compression} variant of {media_type}", media_type=media_type
+            )
+        return out
 
 
 def read_full(stream: Any, size: int) -> bytes:

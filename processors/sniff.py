@@ -11,23 +11,10 @@ starts with those bytes (a tar starts with a file name), so plain tars are never
 
 from __future__ import annotations
 
-from typing import Any, BinaryIO, Final, Literal
+from typing import Any, BinaryIO, Final
 
 from imgpipe.formats.descriptor import Descriptor
-from imgpipe.formats.mediatype import (
-    DOCKER_FOREIGN_LAYER,
-    DOCKER_FOREIGN_LAYER_GZIP,
-    DOCKER_LAYER,
-    DOCKER_LAYER_GZIP,
-    DOCKER_LAYER_ZSTD,
-    OCI_LAYER,
-    OCI_LAYER_GZIP,
-    OCI_LAYER_NONDIST,
-    OCI_LAYER_NONDIST_GZIP,
-    OCI_LAYER_NONDIST_ZSTD,
-    OCI_LAYER_ZSTD,
-    MediaType,
-)
+from imgpipe.formats.mediatype import LAYER_TYPES, OCI_LAYER, Compression, MediaType
 
 from .base import Direction, ProcessorParams
 from .gzip import GzipDecoder
@@ -37,41 +24,18 @@ from .zstd import ZstdDecoder
 
 __all__ = [
     "GZIP_MAGIC",
-    "LAYER_TYPES",
     "MAGIC_SIZE",
     "ZSTD_MAGIC",
-    "Compression",
     "Decompress",
     "PrefixedReader",
     "detect",
     "peek",
 ]
 
-Compression = Literal["gzip", "zstd", ""]
-
 GZIP_MAGIC: Final = b"\x1f\x8b\x08"
 ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
 #: Bytes needed to tell the formats apart.
 MAGIC_SIZE: Final = 4
-
-#: Every unencrypted layer type the built-in decompressor takes: OCI (distributable and
-#: not) and Docker (and foreign), uncompressed, gzip and zstd. Unknown suffixes
-#: (``+foo``) are not in it: those need a processor that knows them.
-LAYER_TYPES: Final = frozenset(
-    {
-        OCI_LAYER,
-        OCI_LAYER_GZIP,
-        OCI_LAYER_ZSTD,
-        OCI_LAYER_NONDIST,
-        OCI_LAYER_NONDIST_GZIP,
-        OCI_LAYER_NONDIST_ZSTD,
-        DOCKER_LAYER,
-        DOCKER_LAYER_GZIP,
-        DOCKER_LAYER_ZSTD,
-        DOCKER_FOREIGN_LAYER,
-        DOCKER_FOREIGN_LAYER_GZIP,
-    }
-)
 
 
 def detect(head: bytes) -> Compression:
@@ -138,6 +102,7 @@ class Decompress:
     direction: Direction = "decode"
 
     def accepts(self, media_type: MediaType) -> bool:
+        # every known unencrypted layer type; unknown suffixes need a processor of their own
         return media_type.base in LAYER_TYPES
 
     def output_type(self, media_type: MediaType) -> MediaType:

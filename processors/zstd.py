@@ -32,21 +32,12 @@ from typing import Any, BinaryIO, Final, cast
 
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.errors import InvalidArgument
-from imgpipe.formats.mediatype import (
-    DOCKER_LAYER,
-    DOCKER_LAYER_ZSTD,
-    OCI_LAYER,
-    OCI_LAYER_NONDIST,
-    OCI_LAYER_NONDIST_ZSTD,
-    OCI_LAYER_ZSTD,
-    MediaType,
-)
 
 from .base import (
     CHUNK_SIZE,
     ChunkReader,
+    Compressor,
     CorruptData,
-    Direction,
     FullReads,
     ProcessorParams,
     Readable,
@@ -64,11 +55,6 @@ __all__ = [
 #: The largest window a frame may ask for (libzstd's default decoder limit, 2**27).
 MAX_WINDOW_SIZE: Final = 1 << 27
 
-_ENCODED: Final[dict[str, MediaType]] = {
-    OCI_LAYER: OCI_LAYER_ZSTD,
-    OCI_LAYER_NONDIST: OCI_LAYER_NONDIST_ZSTD,
-    DOCKER_LAYER: DOCKER_LAYER_ZSTD,
-}
 
 _ZSTD_MAGIC: Final = 0xFD2FB528
 _SKIPPABLE_MASK: Final = 0xFFFFFFF0
@@ -237,17 +223,11 @@ class ZstdEncoder(ChunkReader):
             self._raw.close()
 
 
-class ZstdCompress:
+class ZstdCompress(Compressor):
     """Encoder: uncompressed layer tar -> the zstd variant of its media type."""
 
     name = "zstd-compress"
-    direction: Direction = "encode"
-
-    def accepts(self, media_type: MediaType) -> bool:
-        return media_type.base in _ENCODED
-
-    def output_type(self, media_type: MediaType) -> MediaType:
-        return _ENCODED[media_type.base]
+    compression = "zstd"
 
     def open(self, stream: BinaryIO, desc: Descriptor, params: ProcessorParams) -> ZstdEncoder:
         return ZstdEncoder(stream, level=params.zstd_level, threads=params.zstd_threads)
