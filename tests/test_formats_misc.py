@@ -19,6 +19,7 @@ from imgpipe.formats import (
     chain_id,
     chain_ids,
 )
+from imgpipe.formats import mediatype as m
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.digest import Digest, Digester
 from imgpipe.formats.mediatype import MediaType
@@ -346,8 +347,6 @@ def test_public_namespace_is_pinned() -> None:
 
 
 def test_compressed_variants_are_the_known_layer_types() -> None:
-    from imgpipe.formats import mediatype as m  # noqa: PLC0415
-
     gzip = {t: t.compressed("gzip") for t in m.LAYER_TYPES if t.compressed("gzip")}
     zstd = {t: t.compressed("zstd") for t in m.LAYER_TYPES if t.compressed("zstd")}
     assert gzip == {
