@@ -11,7 +11,7 @@ it through a fresh bytearray: on a 1 MiB-chunk chain that copy shows in the benc
 from __future__ import annotations
 
 import io
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol, cast
 
 __all__ = ["PassThrough", "Readable"]
 
@@ -36,9 +36,11 @@ class PassThrough(io.RawIOBase):
     """
 
     def __init__(self, raw: Readable) -> None:
-        # any BinaryIO is one; only read, close and (when present) readinto are used
         super().__init__()
-        self._raw = raw
+        # Any BinaryIO is a Readable, and this class uses only read, close and (when
+        # present) readinto. ``_raw`` is typed BinaryIO so that a subclass over a real
+        # file may also seek (the progress reader does); such a subclass takes a BinaryIO.
+        self._raw = cast(BinaryIO, raw)
         self._at_eof = False
 
     # hooks: subclasses override these, not the reads
