@@ -117,16 +117,23 @@ class SnapshotTable(Database):
         parent: str,
         backend_id: str,
         labels: Mapping[str, str],
-        created_at: float | None = None,
     ) -> SnapshotRecord:
-        """Create or replace the record ``(snapshotter, key)`` from its fields and return
+        """Create or update the record ``(snapshotter, key)`` from its fields and return
         it: :meth:`put_snapshot` for callers that do not build records themselves.
 
-        ``updated_at`` is now, ``created_at`` too unless given. InvalidArgument for a bad
-        kind, key, snapshotter name or label; then nothing is written.
+        ``updated_at`` is now; ``created_at`` too for a new record, and kept on update.
+        InvalidArgument for a bad kind, key, snapshotter name or label; then nothing is
+        written.
         """
         now = time.time()
-        created = now if created_at is None else created_at
-        rec = SnapshotRecord(snapshotter, key, kind, parent, backend_id, dict(labels), created, now)
-        self.put_snapshot(rec)
+        with self.transaction() as conn:
+            row = conn.execute(
+                "SELECT created_at FROM snapshots WHERE snapshotter = ? AND key = ?",
+                (snapshotter, key),
+            ).fetchone()
+            created = now if row is None else row[0]
+            rec = SnapshotRecord(
+                snapshotter, key, kind, parent, backend_id, dict(labels), created, now
+            )
+            self.put_snapshot(rec)
         return rec

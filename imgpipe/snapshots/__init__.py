@@ -2,8 +2,10 @@
 
 :func:`open_snapshotter` opens one by name on ``<imgpipe root>/snapshots/<name>``;
 :func:`default_snapshotter_name` picks overlay where it works and native elsewhere.
-:mod:`.base` defines the protocol and types (its docstring walks through the workflow and
-the crash-safety rules), :mod:`.mount` mounts what snapshotters return.
+:mod:`.protocol` defines the protocol and types (its docstring walks through the
+workflow), :mod:`.base` the bookkeeping the three share (and the crash-safety rules),
+:mod:`.records` the narrow metadata protocol they keep their records through, and
+:mod:`.mount` mounts what snapshotters return.
 
 =========  ===========================================  ==============================
 name       a snapshot is                                 mounts as
@@ -22,10 +24,11 @@ from pathlib import Path
 from typing import Final
 
 from imgpipe.formats.errors import NotFound, Unsupported
-from imgpipe.metadata import MetadataDB
 
-from .base import DirSnapshotter, Kind, Mount, SnapshotInfo, Snapshotter, Usage
+from .base import DirSnapshotter
 from .mount import check_overlay, direct_path, mount_all, unmount
+from .protocol import Kind, Mount, SnapshotInfo, Snapshotter, Usage
+from .records import SnapshotRecords
 
 __all__ = [
     "SNAPSHOTTER_NAMES",
@@ -33,6 +36,7 @@ __all__ = [
     "Kind",
     "Mount",
     "SnapshotInfo",
+    "SnapshotRecords",
     "Snapshotter",
     "Usage",
     "default_snapshotter_name",
@@ -43,26 +47,26 @@ __all__ = [
 ]
 
 
-def _overlay(root: Path, db: MetadataDB) -> Snapshotter:
+def _overlay(root: Path, db: SnapshotRecords) -> Snapshotter:
     from .overlay import OverlaySnapshotter  # noqa: PLC0415 (imported when opened)
 
     return OverlaySnapshotter(root, db)
 
 
-def _btrfs(root: Path, db: MetadataDB) -> Snapshotter:
+def _btrfs(root: Path, db: SnapshotRecords) -> Snapshotter:
     from .btrfs import BtrfsSnapshotter  # noqa: PLC0415 (imported when opened)
 
     return BtrfsSnapshotter(root, db)
 
 
-def _native(root: Path, db: MetadataDB) -> Snapshotter:
+def _native(root: Path, db: SnapshotRecords) -> Snapshotter:
     from .native import NativeSnapshotter  # noqa: PLC0415 (imported when opened)
 
     return NativeSnapshotter(root, db)
 
 
 # The registry: one entry per snapshotter, each imported only when opened.
-_SNAPSHOTTERS: Final[dict[str, Callable[[Path, MetadataDB], Snapshotter]]] = {
+_SNAPSHOTTERS: Final[dict[str, Callable[[Path, SnapshotRecords], Snapshotter]]] = {
     "overlay": _overlay,
     "btrfs": _btrfs,
     "native": _native,
@@ -72,7 +76,7 @@ _SNAPSHOTTERS: Final[dict[str, Callable[[Path, MetadataDB], Snapshotter]]] = {
 SNAPSHOTTER_NAMES: Final = tuple(sorted(_SNAPSHOTTERS))
 
 
-def open_snapshotter(name: str, root: str | os.PathLike[str], db: MetadataDB) -> Snapshotter:
+def open_snapshotter(name: str, root: str | os.PathLike[str], db: SnapshotRecords) -> Snapshotter:
     """The snapshotter ``name`` keeping its directories under ``root`` (by convention
     ``<imgpipe root>/snapshots/<name>``) and its records in ``db``.
 
