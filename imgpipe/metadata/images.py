@@ -29,13 +29,8 @@ class ImageRecord:
 
 def _image_from_row(row: Any) -> ImageRecord:
     name, target, labels, created_at, updated_at = row
-    return ImageRecord(
-        name=name,
-        target=Descriptor.from_json(json.loads(target)),
-        created_at=created_at,
-        updated_at=updated_at,
-        labels=load_labels(labels),
-    )
+    target = Descriptor.from_json(json.loads(target))
+    return ImageRecord(name, target, created_at, updated_at, load_labels(labels))
 
 
 class ImageTable(Database):

@@ -64,7 +64,7 @@ def build_lock(lock: Path, *, exclusive: bool = False) -> Iterator[bool]:
     fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH)
+            fcntl.flock(fd, (fcntl.LOCK_EX | fcntl.LOCK_NB) if exclusive else fcntl.LOCK_SH)
             held = True
         except BlockingIOError:
             held = False  # someone holds it: with exclusive, we do without
@@ -88,7 +88,7 @@ def highest_id(snapshots: Path) -> int:
 def discard(snapshots: Path, backend_id: str, delete: Callable[[Path], None]) -> None:
     """Delete the directory of ``backend_id`` (its record is gone, or never committed):
     renamed to ``rm-*`` first, so a half-deleted tree is never taken for a snapshot."""
-    dst = snapshots / f"{RM}{backend_id}-{secrets.token_hex(4)}"
+    dst = _doomed(snapshots, backend_id)
     try:
         os.rename(snapshots / backend_id, dst)
     except FileNotFoundError:
@@ -106,10 +106,15 @@ def claim_leftovers(snapshots: Path, live: set[str], *, take_new: bool) -> list[
         names = [e.name for e in it]
     for n in names:
         if (n.isdigit() and n not in live) or (n.startswith(NEW) and take_new):
-            dst = snapshots / f"{RM}{n}-{secrets.token_hex(4)}"
+            dst = _doomed(snapshots, n)
             with suppress(FileNotFoundError):
                 os.rename(snapshots / n, dst)
                 doomed.append((n, dst))
         elif n.startswith(RM):
             doomed.append((n, snapshots / n))
     return doomed
+
+
+def _doomed(snapshots: Path, name: str) -> Path:
+    # A fresh name each time, so it never meets what an earlier, crashed deletion left.
+    return snapshots / f"{RM}{name}-{secrets.token_hex(4)}"
