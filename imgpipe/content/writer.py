@@ -12,12 +12,12 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from types import TracebackType
 from typing import Final
 
 from imgpipe.formats.digest import Digest, Digester
 from imgpipe.formats.errors import FailedPrecondition, IntegrityError, SizeMismatch
 
+from .closing import Closing
 from .layout import BLOB_MODE, DATA_MODE, Layout, check_digest, check_size, fsync_dir
 from .locks import IngestLock
 from .meta import fmt_time, read_meta, set_meta, write_meta
@@ -28,7 +28,7 @@ __all__ = ["Writer", "rehash"]
 _DEFAULT_ALGORITHM: Final = "sha256"
 
 
-class Writer:
+class Writer(Closing):
     """Appends to one ingest while hashing; ``commit`` makes it a blob.
 
     Obtain one from ``ContentStore.writer``. It holds the ingest's lock until ``commit``,
@@ -297,17 +297,6 @@ class Writer:
             write_meta(self._lock.directory, "updatedat", fmt_time(time.time()))
         finally:
             self._release()
-
-    def __enter__(self) -> Writer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __del__(self) -> None:
         # A writer dropped without close must not keep the ref locked for the life of
