@@ -42,7 +42,7 @@ from .options import MAX_DEVICE_MAJOR, MAX_DEVICE_MINOR, MAX_ID, ApplyOptions, A
 from .state import ApplyState
 from .tarstream import TarSource, tar_entries
 from .whiteouts import WH_PREFIX, apply_whiteout
-from .writers import links_to_itself, write_dir, write_other, write_regular
+from .writers import links_to_itself, write_entry
 
 __all__ = ["apply_layer"]
 
@@ -119,12 +119,9 @@ def _entry(state: ApplyState, tar: tarfile.TarFile, member: tarfile.TarInfo) -> 
 
     times = entry_times(member)
     meta = Meta(uid, gid, member.mode & 0o7777, layer_xattrs(member, state.warn))
-    if kind == tarfile.REGTYPE:
-        st = write_regular(state, tar, member, pfd, base, meta=meta, times=times)
-    elif kind == tarfile.DIRTYPE:
-        st = write_dir(state, member, pfd, comps, meta=meta, times=times, exists=old is not None)
-    else:
-        st = write_other(state, member, pfd, base, meta=meta, times=times)
+    st = write_entry(
+        state, tar, member, pfd, comps, kind=kind, meta=meta, times=times, exists=old is not None
+    )
     state.made.add((st.st_dev, st.st_ino))
 
 

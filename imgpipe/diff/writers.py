@@ -35,7 +35,7 @@ from imgpipe.fs import (
 from .metadata import Meta, copy_meta_fd, meta_fd, meta_name
 from .state import ApplyState, DirTimes
 
-__all__ = ["links_to_itself", "write_dir", "write_other", "write_regular"]
+__all__ = ["links_to_itself", "write_entry"]
 
 _NEW_FILE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _DEVICE_FORMATS: Final = {
@@ -45,62 +45,43 @@ _DEVICE_FORMATS: Final = {
 }
 
 
-def write_regular(
+def write_entry(
     state: ApplyState,
     tar: tarfile.TarFile,
     member: tarfile.TarInfo,
     pfd: int,
-    base: str,
-    *,
-    meta: Meta,
-    times: tuple[int, int],
-) -> os.stat_result:
-    fd = os.open(base, _NEW_FILE, 0o600, dir_fd=pfd)
-    try:
-        _copy_data(tar, member, fd)
-        meta_fd(fd, member, meta, same_owner=state.same_owner, warn=state.warn)
-        os.utime(fd, ns=times)
-        return os.fstat(fd)
-    finally:
-        os.close(fd)
-
-
-def write_dir(
-    state: ApplyState,
-    member: tarfile.TarInfo,
-    pfd: int,
     comps: list[str],
     *,
+    kind: bytes,
     meta: Meta,
     times: tuple[int, int],
     exists: bool,
 ) -> os.stat_result:
-    """A directory entry: made if missing, merged (metadata replaced) if it exists. Its
-    times are set at the end of the layer (:class:`~imgpipe.diff.state.DirTimes`)."""
+    """Create ``comps[-1]`` in ``pfd`` as the entry says (``exists``: a directory over a
+    directory, which merges) and return its stat. Directory times are set at the end of
+    the layer (:class:`~imgpipe.diff.state.DirTimes`): children change them. ``kind`` is
+    the entry's type, REGTYPE for every regular and sparse file."""
     base = comps[-1]
-    if not exists:
-        os.mkdir(base, 0o700, dir_fd=pfd)
-    fd = os.open(base, DIR_NOFOLLOW, dir_fd=pfd)
-    try:
-        meta_fd(fd, member, meta, same_owner=state.same_owner, warn=state.warn, merge=exists)
-        st = os.fstat(fd)
-    finally:
-        os.close(fd)
-    state.dirs.append(DirTimes(comps, st.st_ino, st.st_dev, *times))
-    return st
-
-
-def write_other(
-    state: ApplyState,
-    member: tarfile.TarInfo,
-    pfd: int,
-    base: str,
-    *,
-    meta: Meta,
-    times: tuple[int, int],
-) -> os.stat_result:
-    """A symlink, hardlink, device node or FIFO."""
-    kind = member.type
+    if kind == tarfile.REGTYPE:
+        fd = os.open(base, _NEW_FILE, 0o600, dir_fd=pfd)
+        try:
+            _copy_data(tar, member, fd)
+            meta_fd(fd, member, meta, same_owner=state.same_owner, warn=state.warn)
+            os.utime(fd, ns=times)
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
+    if kind == tarfile.DIRTYPE:
+        if not exists:
+            os.mkdir(base, 0o700, dir_fd=pfd)
+        fd = os.open(base, DIR_NOFOLLOW, dir_fd=pfd)
+        try:
+            meta_fd(fd, member, meta, same_owner=state.same_owner, warn=state.warn, merge=exists)
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        state.dirs.append(DirTimes(comps, st.st_ino, st.st_dev, *times))
+        return st
     if kind == tarfile.SYMTYPE:
         os.symlink(member.linkname, base, dir_fd=pfd)
     elif kind == tarfile.LNKTYPE:

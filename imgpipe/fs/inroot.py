@@ -26,6 +26,7 @@ ENOSYS/EPERM (old kernel, seccomp filters) switch it off for the resolver.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -176,7 +177,7 @@ def walk_in_root(
             os.close(f)
 
 
-class RootResolver:
+class RootResolver(contextlib.AbstractContextManager["RootResolver"]):
     """Open files of one root by in-root resolution: openat2 when the kernel has it, the
     walk otherwise (and to create parents).
 
@@ -195,12 +196,9 @@ class RootResolver:
         return self._use_openat2
 
     def close(self) -> None:
-        if self.root_fd >= 0:
-            os.close(self.root_fd)
-            self.root_fd = -1
-
-    def __enter__(self) -> RootResolver:
-        return self
+        fd, self.root_fd = self.root_fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def __exit__(self, *exc: object) -> None:
         self.close()
