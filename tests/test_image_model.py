@@ -23,7 +23,6 @@ from imgpipe.image import (
     Image,
     Index,
     Layer,
-    StoredBlobs,
     check_layer_keys,
     load,
     select,
@@ -79,7 +78,7 @@ def test_a_layer_outside_an_image_hashes_its_diff_id(fixture_dir: Path) -> None:
 
 def test_store_index_children_skip_platforms_never_pulled(fixture_dir: Path, store: Store) -> None:
     rec = imgpipe.pull(f"oci:{fixture_dir / 'busybox-multiarch'}:busybox-multiarch", store=store)
-    root = load(StoredBlobs(store.content), rec.target)
+    root = load(store.content, rec.target)
     assert isinstance(root, Index) and isinstance(root, BlobIndex)
     with pytest.raises(NotFound):
         root.children()  # the other platform's manifest is not in the store

@@ -5,7 +5,7 @@ archive) is a :class:`BlobReader`; :func:`load` makes an :class:`Image` or
 :class:`Index` of a descriptor it names, reading only that document; everything else is
 read when asked for, and always through :func:`open_verified`::
 
-    img = load(StoredBlobs(store.content), record.target)      # or a transport source
+    img = load(store.content, record.target)      # or a transport source
     if isinstance(img, Index):
         img = select.pick(img.manifests(skip_missing=True), want, lambda i: i.platform())
     check_layer_keys(img.layers(), keys)
@@ -17,7 +17,7 @@ Beside it: :func:`walk_image` (the one graph walk, to an eager :class:`ImagePlan
 """
 
 from . import select
-from .blobs import BlobReader, StoredBlobs, open_verified, read_document
+from .blobs import BlobReader, open_verified, read_document
 from .keys import check_layer_keys, layer_name
 from .lazy import MAX_INDEX_DEPTH, BlobImage, BlobIndex, BlobLayer, load, wrap
 from .model import Image, Index, Layer
@@ -34,7 +34,6 @@ __all__ = [
     "ImagePlan",
     "Index",
     "Layer",
-    "StoredBlobs",
     "check_layer_keys",
     "layer_name",
     "load",
