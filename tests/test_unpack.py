@@ -35,8 +35,9 @@ from imgpipe.formats.chainid import chain_ids
 from imgpipe.formats.config import ImageConfig
 from imgpipe.formats.platform import host_platform
 from imgpipe.metadata.labels import LABEL_GC_REF_SNAPSHOT, LABEL_UNCOMPRESSED
-from imgpipe.pipeline import Context, LoadImage, Pipeline
+from imgpipe.pipeline import Context, Pipeline
 from imgpipe.store import Store
+from imgpipe.unpack.stages import FindImage
 from imgpipe.unpacking import (
     Unpack,
     UnpackResult,
@@ -509,7 +510,7 @@ def test_unpack_stage_in_pull_and_load_pipelines(fixture_dir: Path, store: Store
     pipeline = Pipeline.pull(name="layered").insert_after("record", Unpack(snapshotter="overlay"))
     result = pipeline.run(imgpipe.formats.reference.parse_transport(ref), store=store)
     assert isinstance(result, UnpackResult) and len(result.layers) == 4
-    again = Pipeline([LoadImage(), Unpack(snapshotter="overlay")]).run(
+    again = Pipeline([FindImage(), Unpack(snapshotter="overlay")]).run(
         "docker.io/library/layered:latest", store=store
     )
     assert all(layer.reused for layer in again.layers)

@@ -77,7 +77,7 @@ def _manifest(store: Store, name: str, platform: str | Platform | None) -> Manif
         store.content.read_bytes(desc.digest, limit=MAX_DOCUMENT_SIZE), desc.media_type
     )
     if isinstance(doc, Index):
-        # The same choice as the unpack stage makes (imgpipe.unpack.target.select_target), so the
+        # The same choice as the unpack stage makes (imgpipe.unpack.target.choose), so the
         # config run uses and the rootfs it mounts come from one manifest: among the
         # manifests in the store, the only one when no platform is asked for, else the
         # best match for the platform (default: this host).

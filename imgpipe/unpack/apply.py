@@ -5,23 +5,25 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import io
 import os
 import secrets
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, cast
 
-from imgpipe.decode import ReadAhead, default_registry, open_decoded
+from imgpipe.decode import ReadAhead
 from imgpipe.diff import WHITEOUT_DELETE, WHITEOUT_OVERLAY, ApplyOptions, ApplyResult, apply_layer
 from imgpipe.errors import AlreadyExists, ImgpipeError, InvalidArgument, NotFound
 from imgpipe.formats.digest import Digest
+from imgpipe.image import check_layer_keys
+from imgpipe.image.keys import in_layer, layer_name
 from imgpipe.metadata import Lease
 from imgpipe.metadata.labels import LABEL_GC_REF_SNAPSHOT, LABEL_UNCOMPRESSED
 from imgpipe.pipeline import BlobFetch, Event, Observer
-from imgpipe.processors import ProcessorRegistry
+from imgpipe.processors.streams import PassThrough
 from imgpipe.snapshots import Mount, Snapshotter, direct_path, mount_all, unmount
 from imgpipe.store import Store
 
@@ -32,7 +34,7 @@ from .result import (
     LayerUnpack,
     UnpackResult,
 )
-from .target import Target, check_keys, committed, in_layer, layer_name
+from .target import Target, committed
 
 if TYPE_CHECKING:
     from imgpipe.processors.ocicrypt import DecryptKey
@@ -70,65 +72,52 @@ class Aborted(Exception):
     fetch's error instead (not an ImgpipeError, so no layer name is put in front)."""
 
 
-class _Checked(io.RawIOBase):
-    """Pass-through reader that calls ``check()`` before each read: an apply running
-    while blobs download stops at its next MiB when a download fails."""
+class _Checked(PassThrough):
+    """Calls ``check()`` at each read: an apply running while blobs download stops at
+    its next MiB when a download fails."""
 
-    def __init__(self, src: BinaryIO, check: Callable[[], None]) -> None:
-        super().__init__()
-        self._src = src
+    def __init__(self, raw: BinaryIO, check: Callable[[], None]) -> None:
+        super().__init__(raw)
         self._check = check
 
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
+    def _seen(self, chunk: bytes | memoryview) -> None:
         self._check()
-        return self._src.read(-1 if size is None else size)
 
-    def readinto(self, b: Any) -> int:
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        if not self.closed:
-            self._src.close()
-        super().close()
+    def _eof(self) -> None:
+        self._check()
 
 
+@dataclass
 class Applier:
     """Decode one layer blob and apply it into a snapshot (shared by all modes).
 
-    ``abort`` (pull --unpack) is called before each read of the blob and raises
-    :class:`Aborted` when the overlapping fetch has failed.
+    With ``fetch`` (pull --unpack) each layer first waits for its blob, and every read
+    raises :class:`Aborted` once any download of the run has failed.
     """
 
-    def __init__(
-        self,
-        store: Store,
-        target: Target,
-        keys: list[DecryptKey],
-        reg: ProcessorRegistry,
-        abort: Callable[[], None] | None = None,
-    ) -> None:
-        self.store = store
-        self.target = target
-        self.keys = keys
-        self.reg = reg
-        self.abort = abort
+    store: Store
+    target: Target
+    keys: Sequence[DecryptKey]
+    fetch: BlobFetch | None = None
+
+    def _abort_if_failed(self) -> None:
+        if self.fetch is not None and self.fetch.error is not None:
+            raise Aborted
+
+    def wait_blob(self, i: int) -> None:
+        if self.fetch is not None:
+            self.fetch.wait(self.target.layers[i].descriptor.digest)
 
     def apply(self, i: int, root: Path, options: ApplyOptions) -> ApplyResult:
-        desc = self.target.layers[i]
+        layer = self.target.layers[i]
+        desc = layer.descriptor
         where = layer_name(i, len(self.target.layers), desc)
         if not self.store.content.exists(desc.digest):
             raise NotFound(f"{where}: blob not in the store (pull the image again)")
         try:
-            raw = cast(
-                BinaryIO, open_decoded(self.store.content, desc, keys=self.keys, registry=self.reg)
-            )
-            if self.abort is not None:
-                raw = cast(BinaryIO, _Checked(raw, self.abort))
+            raw = layer.open_uncompressed(keys=self.keys)
+            if self.fetch is not None:
+                raw = cast(BinaryIO, _Checked(raw, self._abort_if_failed))
             with ReadAhead(raw, depth=_PREFETCH_DEPTH, name="unpack-decode") as s:
                 return apply_layer(
                     root,
@@ -191,22 +180,17 @@ def _commit(sn: Snapshotter, lease: Lease | None, chain: Digest, key: str, **kw:
         remove_quietly(sn, key)
 
 
-def _unpack_sequential(
-    sn: Snapshotter,
-    lease: Lease | None,
-    applier: Applier,
-    emit: Observer,
-    wait_blob: Callable[[int], None] | None = None,
+def _apply_all(
+    sn: Snapshotter, lease: Lease | None, applier: Applier, emit: Observer
 ) -> list[LayerUnpack]:
-    """Apply the layers in order; ``wait_blob(i)`` (pull --unpack) blocks until layer
-    ``i``'s blob is stored. It is called before anything is prepared, so a failed
-    download leaves no active snapshot behind, and for reused layers too, so a layer is
-    only reported once its blob is in."""
+    """Apply the layers in order. With a fetch (pull --unpack), layer ``i`` first waits
+    for its blob: before anything is prepared, so a failed download leaves no active
+    snapshot behind, and for reused layers too, so a layer is only reported once its
+    blob is in."""
     t = applier.target
     out: list[LayerUnpack] = []
     for i in range(len(t.layers)):
-        if wait_blob is not None:
-            wait_blob(i)
+        applier.wait_blob(i)
         t0 = time.monotonic()
         chain = t.chains[i]
         parent = str(t.chains[i - 1]) if i else ""
@@ -225,36 +209,35 @@ def _unpack_sequential(
                     except BaseException as e:
                         remove_quietly(sn, key)
                         if isinstance(e, ImgpipeError):
-                            _layer_failed(t, i, e, emit)
+                            _layer_event(t, i, EVENT_LAYER_FAILED, str(e), emit)
                         raise
-        out.append(_layer_done(applier, i, reused, time.monotonic() - t0, emit))
+        _prove_diff_id(applier.store, t, i)
+        _layer_event(t, i, EVENT_LAYER_UNPACKED, "reused" if reused else "unpacked", emit)
+        out.append(
+            LayerUnpack(
+                t.layers[i].descriptor.digest,
+                t.diff_ids[i],
+                t.chains[i],
+                reused,
+                time.monotonic() - t0,
+            )
+        )
     return out
 
 
-def _layer_failed(t: Target, i: int, e: ImgpipeError, emit: Observer) -> None:
-    desc = t.layers[i]
-    emit(Event(EVENT_LAYER_FAILED, desc.digest, desc.media_type, desc.size, str(e)))
+def _layer_event(t: Target, i: int, kind: str, detail: str, emit: Observer) -> None:
+    desc = t.layers[i].descriptor
+    emit(Event(kind, desc.digest, desc.media_type, desc.size, detail))
 
 
-def _layer_done(
-    applier: Applier, i: int, reused: bool, seconds: float, emit: Observer
-) -> LayerUnpack:
-    t = applier.target
-    desc = t.layers[i]
+def _set_label(store: Store, digest: Digest, key: str, value: str) -> None:
+    if store.db.content_labels(digest).get(key) != value:
+        store.db.set_content_labels(digest, {key: value})
+
+
+def _prove_diff_id(store: Store, t: Target, i: int) -> None:
     # the DiffID is now proven for this blob (applied and checked, or committed earlier)
-    have = applier.store.db.content_labels(desc.digest).get(LABEL_UNCOMPRESSED)
-    if have != str(t.diff_ids[i]):
-        applier.store.db.set_content_labels(desc.digest, {LABEL_UNCOMPRESSED: str(t.diff_ids[i])})
-    emit(
-        Event(
-            EVENT_LAYER_UNPACKED,
-            desc.digest,
-            desc.media_type,
-            desc.size,
-            "reused" if reused else "unpacked",
-        )
-    )
-    return LayerUnpack(desc.digest, t.diff_ids[i], t.chains[i], reused, seconds)
+    _set_label(store, t.layers[i].descriptor.digest, LABEL_UNCOMPRESSED, str(t.diff_ids[i]))
 
 
 def unpack_target(
@@ -262,34 +245,19 @@ def unpack_target(
     sn: Snapshotter,
     lease: Lease | None,
     target: Target,
-    keys: list[DecryptKey],
+    keys: Sequence[DecryptKey],
     *,
     emit: Observer,
-    registry: ProcessorRegistry | None,
     fetch: BlobFetch | None = None,
 ) -> UnpackResult:
-    """Unpack ``target``; with ``fetch`` (pull --unpack), each layer waits for its blob
-    and every apply stops (:class:`Aborted`) as soon as any download fails."""
+    """Unpack ``target`` into ``sn``; with ``fetch`` (pull --unpack), each layer waits
+    for its blob and every apply stops (:class:`Aborted`) as soon as any download fails."""
     if not target.layers:
         raise InvalidArgument(f"image {target.image} has no layers to unpack")
-    check_keys(store, sn.name, target, keys)
-    wait_blob: Callable[[int], None] | None = None
-    abort: Callable[[], None] | None = None
-    if fetch is not None:
-        bf = fetch
-
-        def _wait(i: int) -> None:
-            bf.wait(target.layers[i].digest)
-
-        def _abort() -> None:
-            if bf.error is not None:
-                raise Aborted
-
-        wait_blob, abort = _wait, _abort
-    applier = Applier(store, target, keys, registry or default_registry(), abort)
-    layers = _unpack_sequential(sn, lease, applier, emit, wait_blob)
+    check_layer_keys(target.layers, keys)
+    layers = _apply_all(sn, lease, Applier(store, target, keys, fetch), emit)
     top = target.chains[-1]
-    label = f"{LABEL_GC_REF_SNAPSHOT}.{sn.name}"
-    if store.db.content_labels(target.config_desc.digest).get(label) != str(top):
-        store.db.set_content_labels(target.config_desc.digest, {label: str(top)})
+    _set_label(
+        store, target.model.manifest.config.digest, f"{LABEL_GC_REF_SNAPSHOT}.{sn.name}", str(top)
+    )
     return UnpackResult(target.image, sn.name, top, tuple(layers))

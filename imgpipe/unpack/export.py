@@ -1,25 +1,56 @@
 """Exporting an image's flattened rootfs into a plain directory: no snapshotter, no
-mount, no root needed."""
+mount, no root needed. ``export_rootfs`` is ``Pipeline([FindImage(), ExportRootfs(dir)])``."""
 
 from __future__ import annotations
 
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from imgpipe.decode import default_registry
 from imgpipe.diff import WHITEOUT_DELETE, ApplyOptions
 from imgpipe.errors import FailedPrecondition
 from imgpipe.formats.platform import Platform
-from imgpipe.pipeline import Observer, normalize_name
+from imgpipe.image import check_layer_keys
+from imgpipe.metadata import ImageRecord
+from imgpipe.pipeline import Context, Observer, Pipeline
 from imgpipe.store import Store
 
 from .apply import Applier
 from .result import LayerUnpack, Root, UnpackResult
 from .snapshotters import opened
-from .stages import lease_context, plan_of
-from .target import as_platform, check_keys, load_keys, select_target
+from .stages import FindImage
+from .target import as_platform, load_keys, stored_target
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportRootfs:
+    """A stored image -> its layers applied in order into the directory ``target``, with
+    plain whiteouts (:class:`UnpackResult` with no snapshotter)."""
+
+    name = "export-rootfs"
+    target: Path
+    platform: str | Platform | None = None
+    decrypt_keys: Sequence[str] = ()
+
+    def run(self, item: ImageRecord, ctx: Context) -> UnpackResult:
+        t = stored_target(
+            ctx.store, item, as_platform(self.platform), default_registry(), ctx.protect
+        )
+        keys = load_keys(self.decrypt_keys)
+        check_layer_keys(t.layers, keys)
+        applier = Applier(ctx.store, t, keys)
+        layers: list[LayerUnpack] = []
+        for i, layer in enumerate(t.layers):
+            digest = layer.descriptor.digest
+            ctx.protect(digest)
+            t0 = time.monotonic()
+            applier.apply(i, self.target, ApplyOptions(whiteouts=WHITEOUT_DELETE))
+            seconds = time.monotonic() - t0
+            layers.append(LayerUnpack(digest, t.diff_ids[i], t.chains[i], False, seconds))
+        return UnpackResult(t.image, "", t.chains[-1], tuple(layers))
 
 
 def export_rootfs(
@@ -44,21 +75,7 @@ def export_rootfs(
     tgt.mkdir(parents=True, exist_ok=True)
     if any(tgt.iterdir()):
         raise FailedPrecondition(f"export target {tgt} is not empty")
-    with opened(store, root) as s, lease_context(s, observer) as ctx:
-        plan = plan_of(normalize_name(name), ctx)
-        t = select_target(plan, s, as_platform(platform))
-        keys = load_keys(decrypt_keys)
-        check_keys(s, None, t, keys)
-        applier = Applier(s, t, keys, default_registry())
-        layers: list[LayerUnpack] = []
-        for i in range(len(t.layers)):
-            assert ctx.lease is not None
-            ctx.lease.add_content(t.layers[i].digest)
-            t0 = time.monotonic()
-            applier.apply(i, tgt, ApplyOptions(whiteouts=WHITEOUT_DELETE))
-            layers.append(
-                LayerUnpack(
-                    t.layers[i].digest, t.diff_ids[i], t.chains[i], False, time.monotonic() - t0
-                )
-            )
-        return UnpackResult(t.image, "", t.chains[-1], tuple(layers))
+    stage = ExportRootfs(target=tgt, platform=platform, decrypt_keys=decrypt_keys)
+    with opened(store, root) as s:
+        result: UnpackResult = Pipeline([FindImage(), stage]).run(name, store=s, observer=observer)
+        return result

@@ -10,18 +10,20 @@ import os
 import secrets
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from imgpipe.errors import AlreadyExists, NotFound, Unsupported
 from imgpipe.formats.platform import Platform
-from imgpipe.snapshots import mount_all, unmount
+from imgpipe.pipeline import Context, Pipeline
+from imgpipe.snapshots import Mount, Snapshotter, mount_all, unmount
 from imgpipe.store import Store
 
 from .apply import remove_quietly
 from .result import DEFAULT_SNAPSHOTTER, Root
 from .snapshotters import open_store_snapshotter, opened
-from .verbs import prepare_rootfs
+from .stages import rootfs_stages
 
 #: ``<root>/mounts/<hash of target>.json``: what :func:`mount` mounted where.
 MOUNTS_DIR: Final = "mounts"
@@ -37,6 +39,33 @@ def _resolve_target(target: str | os.PathLike[str]) -> Path:
     if not p.is_dir():
         raise NotFound(f"mount point {target} is not an existing directory")
     return p
+
+
+@dataclass(frozen=True, kw_only=True)
+class MountRootfs:
+    """After :class:`~imgpipe.unpack.stages.PrepareRootfs`: write ``target -> snapshot``
+    to the open mount ``record`` and mount the rootfs on ``target`` -> the snapshot key.
+    On failure the snapshot is removed again."""
+
+    name = "mount"
+    snapshotter: Snapshotter
+    key: str
+    target: Path
+    record: int
+
+    def run(self, item: list[Mount], ctx: Context) -> str:
+        try:
+            entry = {
+                "target": str(self.target),
+                "snapshotter": self.snapshotter.name,
+                "key": self.key,
+            }
+            os.write(self.record, json.dumps(entry).encode())
+            mount_all(item, self.target)
+        except BaseException:
+            remove_quietly(self.snapshotter, self.key)
+            raise
+        return self.key
 
 
 def mount(
@@ -74,23 +103,18 @@ def mount(
         except FileExistsError:
             raise AlreadyExists(f"{tgt} already has an imgpipe mount: umount it first") from None
         try:
-            sn, mounts = prepare_rootfs(
-                name,
+            sn = open_store_snapshotter(s, snapshotter)
+            stages = rootfs_stages(
+                sn,
                 key,
-                snapshotter=snapshotter,
                 platform=platform,
-                read_only=read_only,
                 decrypt_keys=decrypt_keys,
-                store=s,
+                read_only=read_only,
                 labels={"imgpipe.mount.target": str(tgt)},
             )
-            try:
-                record = {"target": str(tgt), "snapshotter": sn.name, "key": key}
-                os.write(fd, json.dumps(record).encode())
-                mount_all(mounts, tgt)
-            except BaseException:
-                remove_quietly(sn, key)
-                raise
+            Pipeline([*stages, MountRootfs(snapshotter=sn, key=key, target=tgt, record=fd)]).run(
+                name, store=s
+            )
         except BaseException:
             os.close(fd)
             rec_path.unlink(missing_ok=True)

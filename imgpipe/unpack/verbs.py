@@ -5,20 +5,18 @@ mount)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
 from imgpipe.formats.platform import Platform
 from imgpipe.formats.reference import TransportRef, parse_transport
 from imgpipe.metadata import ImageRecord
-from imgpipe.metadata.labels import LABEL_GC_ROOT
-from imgpipe.pipeline import DEFAULT_MAX_CONCURRENT, Observer, Pipeline, normalize_name
+from imgpipe.pipeline import DEFAULT_MAX_CONCURRENT, Observer, Pipeline
 from imgpipe.snapshots import Mount, Snapshotter
 from imgpipe.store import Store
 from imgpipe.transports import TransportOptions
 
 from .result import DEFAULT_SNAPSHOTTER, Root, UnpackResult
 from .snapshotters import open_store_snapshotter, opened
-from .stages import FetchUnpack, Unpack, lease_context
+from .stages import FetchUnpack, FindImage, RecordUnpacked, Unpack, rootfs_stages
 from .target import as_platform
 
 
@@ -40,13 +38,10 @@ def unpack(
     ``decrypt_keys`` are ``FILE[:PASSWORD]`` private keys for encrypted layers. Errors:
     see the module docstring; on any error no half-applied snapshot is committed.
     """
-    stage = Unpack(
-        snapshotter=snapshotter,
-        platform=platform,
-        decrypt_keys=decrypt_keys,
-    )
-    with opened(store, root) as s, lease_context(s, observer) as ctx:
-        return stage.run(normalize_name(name), ctx)
+    stage = Unpack(snapshotter=snapshotter, platform=platform, decrypt_keys=decrypt_keys)
+    with opened(store, root) as s:
+        result: UnpackResult = Pipeline([FindImage(), stage]).run(name, store=s, observer=observer)
+        return result
 
 
 def pull_unpack(
@@ -79,13 +74,14 @@ def pull_unpack(
         decrypt_keys=decrypt_keys,
         max_concurrent=options.max_concurrent if options is not None else DEFAULT_MAX_CONCURRENT,
     )
-    pipeline = Pipeline.pull(
-        name=name, platform=plat, all_platforms=all_platforms, options=options
-    ).replace("fetch-blobs", stage)
+    pipeline = (
+        Pipeline.pull(name=name, platform=plat, all_platforms=all_platforms, options=options)
+        .replace("fetch-blobs", stage)
+        .replace("record", RecordUnpacked(name or ""))
+    )
     with opened(store, root) as s:
-        rec: ImageRecord = pipeline.run(ref, store=s, observer=observer)
-        assert stage.result is not None
-        return rec, stage.result
+        out: tuple[ImageRecord, UnpackResult] = pipeline.run(ref, store=s, observer=observer)
+        return out
 
 
 def prepare_rootfs(
@@ -109,13 +105,15 @@ def prepare_rootfs(
     (and the layers under it) alone while it exists. AlreadyExists if ``key`` is taken;
     otherwise the errors of :func:`unpack`.
     """
-    lab = {LABEL_GC_ROOT: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), **(labels or {})}
-    with opened(store, root) as s, lease_context(s, None) as ctx:
+    with opened(store, root) as s:
         sn = open_store_snapshotter(s, snapshotter)
-        result = Unpack(platform=platform, decrypt_keys=decrypt_keys).run_on(
-            sn, normalize_name(name), ctx
+        stages = rootfs_stages(
+            sn,
+            key,
+            platform=platform,
+            decrypt_keys=decrypt_keys,
+            read_only=read_only,
+            labels=labels,
         )
-        assert ctx.lease is not None
-        ctx.lease.add_snapshot(sn.name, key)
-        make = sn.view if read_only else sn.prepare
-        return sn, make(key, str(result.chain_id), labels=lab)
+        mounts: list[Mount] = Pipeline(stages).run(name, store=s)
+        return sn, mounts
