@@ -1,20 +1,22 @@
-"""The image a container runs: found in the store or pulled, and its manifest and config
-for the platform."""
+"""The image a container runs: the stored copy or a pull, then the manifest for the
+platform by unpack's rule (:func:`imgpipe.unpack.target.choose`, over
+:func:`imgpipe.image.select.pick`), so the config run uses and the rootfs it mounts come
+from one manifest."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from imgpipe.errors import InvalidArgument, NotFound
+from imgpipe.errors import NotFound
 
 if TYPE_CHECKING:
-    from imgpipe.formats.config import ImageConfig
-    from imgpipe.formats.descriptor import Descriptor
-    from imgpipe.formats.manifest import Manifest
     from imgpipe.formats.platform import Platform
+    from imgpipe.metadata import ImageRecord
     from imgpipe.pipeline import Observer
     from imgpipe.store import Store
     from imgpipe.transports import TransportOptions
+    from imgpipe.unpack.target import Target
 
 
 def find_image(
@@ -24,77 +26,41 @@ def find_image(
     platform: str | Platform | None,
     observer: Observer | None,
     options: TransportOptions | None,
-) -> tuple[str, ImageConfig]:
-    """The stored name of ``image`` and its config for ``platform``; pulled first when
-    it is not in the store (or is a transport string such as ``oci:DIR:TAG``)."""
+) -> ImageRecord:
+    """The stored image ``image``, else pulled first (a name not in the store, or a
+    transport string such as ``oci:DIR:TAG``): ``ctr run`` runs the stored copy of a
+    registry reference the same way."""
     from imgpipe.formats.reference import parse_transport  # noqa: PLC0415
 
     ref = parse_transport(image)
-    name: str | None = None
     if ref.transport == "docker" and ref.reference is not None:
-        # a registry reference: run the stored copy if there is one, as ctr does
         try:
-            store.db.get_image(str(ref.reference))
-            name = str(ref.reference)
+            return store.db.get_image(str(ref.reference))
         except NotFound:
             pass
-    if name is None:
-        from imgpipe.api import pull  # noqa: PLC0415 (only when pulling)
+    from imgpipe.api import pull  # noqa: PLC0415 (only when pulling)
 
-        name = pull(ref, platform=platform, store=store, observer=observer, options=options).name
-    return name, _image_config(store, name, platform)
+    return pull(ref, platform=platform, store=store, observer=observer, options=options)
 
 
-def encrypted_layers(store: Store, name: str, platform: str | Platform | None) -> list[Descriptor]:
-    """The encrypted layer descriptors of the manifest ``run`` will use."""
-    return [d for d in _manifest(store, name, platform).layers if d.media_type.is_encrypted()]
+def run_target(store: Store, rec: ImageRecord, platform: str | Platform | None) -> Target:
+    """The manifest of ``rec`` a container of it runs, with its config and layers."""
+    from imgpipe.unpack.target import as_platform, stored_target  # noqa: PLC0415
+
+    return stored_target(store, rec, as_platform(platform))
 
 
-def _image_config(store: Store, name: str, platform: str | Platform | None) -> ImageConfig:
-    from imgpipe.formats.config import parse_config  # noqa: PLC0415
-    from imgpipe.formats.manifest import MAX_DOCUMENT_SIZE  # noqa: PLC0415
+def check_run_keys(target: Target, decrypt_keys: Sequence[str]) -> None:
+    """Unpacked once with a key is not a licence to run without one (imgcrypt's
+    authorization check): every encrypted layer must open with ``decrypt_keys``."""
+    if not any(layer.media_type.is_encrypted() for layer in target.layers):
+        return  # no cryptography to import
+    from imgpipe.image import check_layer_keys  # noqa: PLC0415
+    from imgpipe.image.keys import in_layer  # noqa: PLC0415
+    from imgpipe.processors.ocicrypt import NoDecryptionKey  # noqa: PLC0415
+    from imgpipe.unpack.target import load_keys  # noqa: PLC0415
 
-    doc = _manifest(store, name, platform)
-    config = parse_config(store.content.read_bytes(doc.config.digest, limit=MAX_DOCUMENT_SIZE))
-    if platform is not None:
-        # a single-manifest image has no index to choose from: its config says what it is
-        from imgpipe.formats.platform import Platform, match  # noqa: PLC0415
-
-        want = Platform.parse(platform) if isinstance(platform, str) else platform
-        if not match(want, config.platform()):
-            raise NotFound(
-                f"image {name}: no manifest for platform {want} (has: {config.platform()})"
-            )
-    return config
-
-
-def _manifest(store: Store, name: str, platform: str | Platform | None) -> Manifest:
-    from imgpipe.formats.manifest import MAX_DOCUMENT_SIZE, Index, parse_document  # noqa: PLC0415
-    from imgpipe.formats.platform import Platform, best_match, host_platform  # noqa: PLC0415
-
-    desc = store.db.get_image(name).target
-    doc = parse_document(
-        store.content.read_bytes(desc.digest, limit=MAX_DOCUMENT_SIZE), desc.media_type
-    )
-    if isinstance(doc, Index):
-        # The same choice as the unpack stage makes (imgpipe.unpack.target.choose), so the
-        # config run uses and the rootfs it mounts come from one manifest: among the
-        # manifests in the store, the only one when no platform is asked for, else the
-        # best match for the platform (default: this host).
-        want = Platform.parse(platform) if isinstance(platform, str) else platform
-        candidates = [d for d in doc.manifests if store.content.exists(d.digest)]
-        if want is None and len(candidates) == 1:
-            pick: int | None = 0
-        else:
-            typed = [d for d in candidates if d.platform is not None]
-            found = best_match(want or host_platform(), [d.platform for d in typed if d.platform])
-            pick = None if found is None else candidates.index(typed[found])
-        if pick is None:
-            raise NotFound(f"image {name}: no manifest for platform {want or host_platform()}")
-        desc = candidates[pick]
-        doc = parse_document(
-            store.content.read_bytes(desc.digest, limit=MAX_DOCUMENT_SIZE), desc.media_type
-        )
-    if isinstance(doc, Index):
-        raise InvalidArgument(f"image {name}: nested index is not runnable")
-    return doc
+    try:
+        check_layer_keys(target.layers, load_keys(decrypt_keys))
+    except NoDecryptionKey as e:
+        raise in_layer(e, f"image {target.image}: an encrypted layer refuses to run") from None

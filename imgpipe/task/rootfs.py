@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Protocol
 
 from imgpipe.errors import NotFound
 
-from .images import encrypted_layers
+from .images import check_run_keys
 
 if TYPE_CHECKING:
-    from imgpipe.formats.config import ImageConfig
     from imgpipe.formats.platform import Platform
     from imgpipe.snapshots import Mount, Snapshotter
     from imgpipe.store import Store
+    from imgpipe.unpack.target import Target
 
 
 class RootfsProvider(Protocol):
@@ -65,23 +65,24 @@ class ImageRootfs:
 
     When the image is already unpacked in the snapshotter the snapshot is prepared
     directly on its committed top chain ID (the fast path of ``imgpipe run``: no pipeline
-    to import); otherwise :func:`imgpipe.unpack.prepare_rootfs` unpacks it first. Either
+    to import); otherwise :func:`imgpipe.unpack.stages.rootfs_stages` (FindImage ->
+    Unpack -> PrepareRootfs) unpack it first. Either
     way the snapshot is labelled ``containerd.io/gc.root`` while the container exists.
     """
 
     def __init__(
         self,
         store: Store,
-        name: str,
-        config: ImageConfig,
+        target: Target,
         *,
         snapshotter: str | None = None,
         platform: str | Platform | None = None,
         decrypt_keys: Sequence[str] = (),
     ) -> None:
         self.store = store
-        self.name = name
-        self.config = config
+        #: the manifest to run (:func:`~imgpipe.task.images.run_target`)
+        self.target = target
+        self.name = target.image
         self.snapshotter_name = snapshotter
         self.platform = platform
         self.decrypt_keys = tuple(decrypt_keys)
@@ -110,27 +111,6 @@ class ImageRootfs:
             self.snapshotter = open_snapshotter(name, base / name, self.store.db)
         return self.snapshotter
 
-    def _authorize(self) -> None:
-        layers = encrypted_layers(self.store, self.name, self.platform)
-        if not layers:
-            return
-        from imgpipe.processors.ocicrypt import (  # noqa: PLC0415 (only for encrypted images)
-            NoDecryptionKey,
-            check_authorization,
-            load_private_key,
-        )
-
-        keys = [load_private_key(k) for k in self.decrypt_keys]
-        for i, layer in enumerate(layers):
-            try:
-                check_authorization(layer.annotations, keys=keys)
-            except NoDecryptionKey:
-                raise NoDecryptionKey(
-                    f"image {self.name}: encrypted layer {i + 1}/{len(layers)} "
-                    f"({layer.digest}) opens with none of the given keys "
-                    "(--decrypt-key FILE[:PASSWORD])"
-                ) from None
-
     def _unpacked_in(self, top: str) -> str | None:
         """The snapshotter holding ``top`` committed, among those a run may use
         (the one asked for; else overlay, the default wherever it works)."""
@@ -143,36 +123,33 @@ class ImageRootfs:
         return None
 
     def prepare(self, key: str, *, read_only: bool = False) -> Sequence[Mount]:
-        from imgpipe.formats.chainid import chain_ids  # noqa: PLC0415
-        from imgpipe.metadata.labels import LABEL_GC_ROOT  # noqa: PLC0415
-
-        ids = chain_ids(self.config.diff_ids)
-        if ids:
-            top = str(ids[-1])
+        chains = self.target.chains
+        if chains:
+            top = str(chains[-1])
             found = self._unpacked_in(top)
             if found is not None:
-                # Unpacked once with a key is not a licence to run without one (imgcrypt's
-                # authorization check): every encrypted layer must open with our keys.
-                self._authorize()
+                check_run_keys(self.target, self.decrypt_keys)
                 sn = self._open(found, probe=False)
+                from imgpipe.metadata.labels import LABEL_GC_ROOT  # noqa: PLC0415
+
                 labels = {LABEL_GC_ROOT: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
                 make = sn.view if read_only else sn.prepare
                 try:
                     return make(key, top, labels=labels)
                 except NotFound:
                     pass  # collected since we looked: unpack again below
-        from imgpipe.unpack.verbs import prepare_rootfs  # noqa: PLC0415 (heavy: only to unpack)
+        # heavy: the pipeline is imported only to unpack
+        from imgpipe.pipeline import Pipeline  # noqa: PLC0415
+        from imgpipe.unpack.stages import rootfs_stages  # noqa: PLC0415
 
-        sn = self._open()
-        self.snapshotter, mounts = prepare_rootfs(
-            self.name,
+        stages = rootfs_stages(
+            self._open(),
             key,
-            snapshotter=sn.name,
             platform=self.platform,
-            read_only=read_only,
             decrypt_keys=self.decrypt_keys,
-            store=self.store,
+            read_only=read_only,
         )
+        mounts: list[Mount] = Pipeline(stages).run(self.name, store=self.store)
         return mounts
 
     def release(self, key: str) -> None:

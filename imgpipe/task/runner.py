@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import state
-from .images import find_image
+from .images import find_image, run_target
 from .relay import DEFAULT_STOP_TIMEOUT, Relay, relay_terminal, wait_task
 from .rootfs import ImageRootfs, RootfsProvider
 from .runc import Runc
@@ -117,18 +117,12 @@ def run(
 
                 config = ContainerConfig()
         else:
-            image_name, image_cfg = find_image(
-                st, image, platform=platform, observer=observer, options=options
-            )
+            record = find_image(st, image, platform=platform, observer=observer, options=options)
+            target = run_target(st, record, platform)
             provider = ImageRootfs(
-                st,
-                image_name,
-                image_cfg,
-                snapshotter=snapshotter,
-                platform=platform,
-                decrypt_keys=decrypt_keys,
+                st, target, snapshotter=snapshotter, platform=platform, decrypt_keys=decrypt_keys
             )
-            config = image_cfg.config
+            config = target.model.config().config
         bundle = state.claim_task_dir(imgroot, container_id)
         job = _Run(
             id=container_id,

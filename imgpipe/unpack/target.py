@@ -72,19 +72,25 @@ def stored_target(
     store: Store,
     rec: ImageRecord,
     platform: Platform | None,
-    registry: ProcessorRegistry,
-    protect: Callable[[Digest], None],
+    registry: ProcessorRegistry | None = None,
+    protect: Callable[[Digest], None] | None = None,
 ) -> Target:
-    """:func:`choose` over the stored image ``rec`` (entries never pulled left out);
-    ``protect`` leases each document read and the chosen config."""
-    protect(rec.target.digest)
+    """:func:`choose` over the stored image ``rec`` (entries never pulled left out).
+    ``registry`` decodes its layers; ``protect`` leases each document read and the
+    chosen config."""
+    lease = protect if protect is not None else _no_lease
+    lease(rec.target.digest)
     root = load(store.content, rec.target, registry=registry)
     images = root.manifests(skip_missing=True) if isinstance(root, Index) else (root,)
     for img in images:
-        protect(img.descriptor.digest)
+        lease(img.descriptor.digest)
     target = choose(rec.name, store, images, platform)
-    protect(target.model.manifest.config.digest)
+    lease(target.model.manifest.config.digest)
     return target
+
+
+def _no_lease(_digest: Digest) -> None:
+    pass
 
 
 def committed(store: Store, sn_name: str, chain: Digest) -> bool:
