@@ -5,39 +5,5 @@
 
 from __future__ import annotations
 
-from imgpipe.unpack.admin import cleanup_snapshotters, snapshot_remove, snapshots_list
-from imgpipe.unpack.export import export_rootfs
-from imgpipe.unpack.mounts import mount, mounted, umount
-from imgpipe.unpack.result import (
-    DEFAULT_SNAPSHOTTER,
-    EVENT_LAYER_FAILED,
-    EVENT_LAYER_UNPACKED,
-    LABEL_SNAPSHOT_REF,
-    LayerUnpack,
-    UnpackResult,
-)
-from imgpipe.unpack.snapshotters import open_store_snapshotter
-from imgpipe.unpack.stages import FetchUnpack, Unpack
-from imgpipe.unpack.verbs import prepare_rootfs, pull_unpack, unpack
-
-__all__ = [
-    "DEFAULT_SNAPSHOTTER",
-    "EVENT_LAYER_FAILED",
-    "EVENT_LAYER_UNPACKED",
-    "LABEL_SNAPSHOT_REF",
-    "FetchUnpack",
-    "LayerUnpack",
-    "Unpack",
-    "UnpackResult",
-    "cleanup_snapshotters",
-    "export_rootfs",
-    "mount",
-    "mounted",
-    "open_store_snapshotter",
-    "prepare_rootfs",
-    "pull_unpack",
-    "snapshot_remove",
-    "snapshots_list",
-    "umount",
-    "unpack",
-]
+from imgpipe.unpack import *  # noqa: F403
+from imgpipe.unpack import __all__  # noqa: F401 (the names the star import brought)

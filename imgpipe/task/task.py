@@ -37,10 +37,7 @@ class Task:
         pid: int = 0,
         console: int | None = None,
     ) -> None:
-        self.id = container_id
-        self.bundle = bundle
-        self.runtime = runtime
-        self.pid = pid
+        self.id, self.bundle, self.runtime, self.pid = container_id, bundle, runtime, pid
         #: the pty master when created with ``terminal=True`` (the caller closes it)
         self.console = console
         self.exit_code: int | None = None
