@@ -51,7 +51,7 @@ _PREFETCH_DEPTH: Final = 8
 @contextlib.contextmanager
 def chain_lock(sn: Snapshotter, chain: Digest) -> Iterator[None]:
     """Serialise extractions of one chain ID across threads and processes (see the
-    module docstring); the lock goes with the file descriptor."""
+    package docstring); the lock goes with the file descriptor."""
     d = Path(sn.root) / _LOCK_DIR
     d.mkdir(exist_ok=True, mode=0o700)
     fd = os.open(d / chain.hex[:2], os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
