@@ -5,8 +5,12 @@
 * :mod:`.user` — USER resolved from the rootfs's /etc/passwd and /etc/group, read
   inside the root with size and id-range limits (CVE-2024-40635);
 * :mod:`.runc` — the runtime binary: create/start/kill/delete/state, ``run``;
-* :mod:`.task` — :class:`Task` (one container) and :func:`run` (pull, unpack, mount,
-  run, clean up);
+* :mod:`.task` — :class:`Task` (one container: create, start, wait, kill, delete);
+* :mod:`.rootfs` — where the rootfs comes from (:class:`ImageRootfs`, :class:`DirectoryRootfs`);
+* :mod:`.images` — the image to run: found or pulled, its manifest and config;
+* :mod:`.relay` — signals forwarded to the container, the terminal relay;
+* :mod:`.runner` — :func:`run` (pull, unpack, mount, run, clean up);
+* :mod:`.remove` — :func:`remove_container` (``imgpipe rm``);
 * :mod:`.state` — containers on disk under ``<root>/tasks/<id>/`` for ``ps``/``rm``.
 
 Importing this package imports only the standard library and :mod:`imgpipe.errors`:
@@ -16,6 +20,9 @@ because start-up time is part of every ``imgpipe run``.
 
 from __future__ import annotations
 
+from .relay import DEFAULT_STOP_TIMEOUT
+from .remove import remove_container
+from .rootfs import DirectoryRootfs, ImageRootfs, RootfsProvider
 from .runc import (
     DEFAULT_RUNTIME,
     CommandNotExecutable,
@@ -23,17 +30,10 @@ from .runc import (
     Runc,
     RuntimeFailed,
 )
+from .runner import run
 from .spec import ContainerSettings, Volume, build_spec, default_spec, parse_volume
 from .state import TaskRecord, list_records
-from .task import (
-    DEFAULT_STOP_TIMEOUT,
-    DirectoryRootfs,
-    ImageRootfs,
-    RootfsProvider,
-    Task,
-    remove_container,
-    run,
-)
+from .task import Task
 from .user import ResolvedUser, UserNotFound, resolve_user
 
 __all__ = [

@@ -1,0 +1,63 @@
+"""ImagePlan: an image graph read once, eagerly, as the transfer stages need it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+from imgpipe.formats.descriptor import Descriptor
+from imgpipe.formats.digest import Digest
+from imgpipe.formats.errors import InvalidArgument
+from imgpipe.formats.manifest import Index, Manifest
+from imgpipe.formats.reference import TransportRef
+from imgpipe.processors import ProcessorRegistry
+
+from .blobs import BlobReader
+from .lazy import BlobImage
+
+__all__ = ["ImagePlan"]
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    """An image's structure: the root, its parsed documents, and the blobs they reach.
+
+    ``manifests`` are the manifests selected (by platform, or all); ``blobs`` are their
+    configs and layers, each once, in manifest order.
+    """
+
+    root: Descriptor
+    documents: Mapping[Digest, Manifest | Index]
+    manifests: tuple[Descriptor, ...]
+    blobs: tuple[Descriptor, ...]
+    # document descriptors in parent-before-child order (root first)
+    document_descriptors: tuple[Descriptor, ...] = field(default=())
+    name: str = ""  # the local name (normalised), when known
+    #: where the blobs can be read from (the open transport, or the store), and where
+    #: that is (for messages, and the distribution-source labels of a registry)
+    source: BlobReader | None = field(default=None, compare=False, repr=False)
+    origin: TransportRef | None = field(default=None, compare=False)
+
+    def total_size(self) -> int:
+        """Bytes of every document and blob in the plan."""
+        return sum(d.size for d in self.document_descriptors) + sum(d.size for d in self.blobs)
+
+    def descriptors(self) -> Iterator[Descriptor]:
+        """Every descriptor, children before parents (the order to write them in)."""
+        yield from self.blobs
+        yield from reversed(self.document_descriptors)
+
+    def images(
+        self, reader: BlobReader | None = None, *, registry: ProcessorRegistry | None = None
+    ) -> tuple[BlobImage, ...]:
+        """The selected manifests as model Images whose blobs ``reader`` (default: the
+        plan's source) reads; the documents are not read again."""
+        reader = reader if reader is not None else self.source
+        if reader is None:
+            raise InvalidArgument("the plan has no source to read its blobs from")
+        out = []
+        for desc in self.manifests:
+            doc = self.documents[desc.digest]
+            assert isinstance(doc, Manifest)
+            out.append(BlobImage(reader, desc, doc, registry=registry))
+        return tuple(out)

@@ -1,0 +1,263 @@
+"""Applying an image's layers into snapshots keyed by chain ID (see the package docstring):
+reuse what is committed, else prepare, decode, apply, commit, in order."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, cast
+
+from imgpipe.decode import ReadAhead
+from imgpipe.diff import WHITEOUT_DELETE, WHITEOUT_OVERLAY, ApplyOptions, ApplyResult, apply_layer
+from imgpipe.errors import AlreadyExists, ImgpipeError, InvalidArgument, NotFound
+from imgpipe.formats.digest import Digest
+from imgpipe.image import check_layer_keys
+from imgpipe.image.keys import in_layer, layer_name
+from imgpipe.metadata import Lease
+from imgpipe.metadata.labels import LABEL_GC_REF_SNAPSHOT, LABEL_UNCOMPRESSED
+from imgpipe.pipeline import BlobFetch, Event, Observer
+from imgpipe.processors.streams import PassThrough
+from imgpipe.snapshots import Mount, Snapshotter, direct_path, mount_all, unmount
+from imgpipe.store import Store
+
+from .result import (
+    EVENT_LAYER_FAILED,
+    EVENT_LAYER_UNPACKED,
+    LABEL_SNAPSHOT_REF,
+    LayerUnpack,
+    UnpackResult,
+)
+from .target import Target, committed
+
+if TYPE_CHECKING:
+    from imgpipe.processors.ocicrypt import DecryptKey
+
+#: Lock buckets per snapshotter (a chain ID's first byte): bounded files, rare sharing.
+_LOCK_DIR: Final = "unpack-locks"
+#: Attempts at a unique extraction key, as containerd (a clash is practically impossible).
+_PREPARE_ATTEMPTS: Final = 3
+#: How many 1 MiB decoded chunks the decode thread may run ahead of the applier
+#: (imgpipe.decode.ReadAhead): 8 MiB per layer at most.
+_PREFETCH_DEPTH: Final = 8
+
+
+@contextlib.contextmanager
+def chain_lock(sn: Snapshotter, chain: Digest) -> Iterator[None]:
+    """Serialise extractions of one chain ID across threads and processes (see the
+    package docstring); the lock goes with the file descriptor."""
+    d = Path(sn.root) / _LOCK_DIR
+    d.mkdir(exist_ok=True, mode=0o700)
+    fd = os.open(d / chain.hex[:2], os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _extract_key(chain: Digest) -> str:
+    # containerd's UnpackKeyFormat: "extract-<nanoseconds>-<random> <chainID>"
+    return f"extract-{time.time_ns()}-{secrets.token_urlsafe(3)} {chain}"
+
+
+class Aborted(Exception):
+    """The apply was stopped because the fetch it overlaps failed; the stage raises the
+    fetch's error instead (not an ImgpipeError, so no layer name is put in front)."""
+
+
+class _Checked(PassThrough):
+    """Calls ``check()`` at each read: an apply running while blobs download stops at
+    its next MiB when a download fails."""
+
+    def __init__(self, raw: BinaryIO, check: Callable[[], None]) -> None:
+        super().__init__(raw)
+        self._check = check
+
+    def _seen(self, chunk: bytes | memoryview) -> None:
+        self._check()
+
+    def _eof(self) -> None:
+        self._check()
+
+
+@dataclass
+class Applier:
+    """Decode one layer blob and apply it into a snapshot (shared by all modes).
+
+    With ``fetch`` (pull --unpack) each layer first waits for its blob, and every read
+    raises :class:`Aborted` once any download of the run has failed.
+    """
+
+    store: Store
+    target: Target
+    keys: Sequence[DecryptKey]
+    fetch: BlobFetch | None = None
+
+    def _abort_if_failed(self) -> None:
+        if self.fetch is not None and self.fetch.error is not None:
+            raise Aborted
+
+    def wait_blob(self, i: int) -> None:
+        if self.fetch is not None:
+            self.fetch.wait(self.target.layers[i].descriptor.digest)
+
+    def apply(self, i: int, root: Path, options: ApplyOptions) -> ApplyResult:
+        layer = self.target.layers[i]
+        desc = layer.descriptor
+        where = layer_name(i, len(self.target.layers), desc)
+        if not self.store.content.exists(desc.digest):
+            raise NotFound(f"{where}: blob not in the store (pull the image again)")
+        try:
+            raw = layer.open_uncompressed(keys=self.keys)
+            if self.fetch is not None:
+                raw = cast(BinaryIO, _Checked(raw, self._abort_if_failed))
+            with ReadAhead(raw, depth=_PREFETCH_DEPTH, name="unpack-decode") as s:
+                return apply_layer(
+                    root,
+                    cast(BinaryIO, s),
+                    options=options,
+                    expected_diff_id=self.target.diff_ids[i],
+                )
+        except ImgpipeError as e:
+            raise in_layer(e, where) from e
+
+    def apply_into(self, sn: Snapshotter, key: str, mounts: list[Mount], i: int) -> None:
+        upper = sn.upperdir(key)
+        if upper is not None:
+            # overlay: write the upper dir directly; the kernel reads these whiteouts
+            opts = ApplyOptions(whiteouts=WHITEOUT_OVERLAY, lowers=tuple(sn.parent_dirs(key)))
+            self.apply(i, upper, opts)
+            return
+        path = direct_path(mounts)
+        if path is not None:
+            self.apply(i, path, ApplyOptions(whiteouts=WHITEOUT_DELETE))
+            return
+        tmp = Path(tempfile.mkdtemp(prefix="apply-", dir=sn.root))
+        try:
+            mount_all(mounts, tmp)
+            try:
+                self.apply(i, tmp, ApplyOptions(whiteouts=WHITEOUT_DELETE))
+            finally:
+                unmount(tmp)
+        finally:
+            os.rmdir(tmp)
+
+
+def remove_quietly(sn: Snapshotter, key: str) -> None:
+    with contextlib.suppress(NotFound):
+        sn.remove(key)
+
+
+def _prepare_unique(
+    sn: Snapshotter, lease: Lease | None, chain: Digest, parent: str
+) -> tuple[str, list[Mount]]:
+    for attempt in range(_PREPARE_ATTEMPTS):
+        key = _extract_key(chain)
+        if lease is not None:
+            lease.add_snapshot(sn.name, key)  # before it exists: gc must not race it
+        try:
+            return key, sn.prepare(key, parent, labels={LABEL_SNAPSHOT_REF: str(chain)})
+        except AlreadyExists:
+            if attempt == _PREPARE_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _commit(sn: Snapshotter, lease: Lease | None, chain: Digest, key: str, **kw: Any) -> None:
+    """Commit ``key`` as ``chain``; if another unpack committed it first, drop ours."""
+    if lease is not None:
+        lease.add_snapshot(sn.name, str(chain))
+    try:
+        sn.commit(str(chain), key, **kw)
+    except AlreadyExists:
+        remove_quietly(sn, key)
+
+
+def _apply_all(
+    sn: Snapshotter, lease: Lease | None, applier: Applier, emit: Observer
+) -> list[LayerUnpack]:
+    """Apply the layers in order. With a fetch (pull --unpack), layer ``i`` first waits
+    for its blob: before anything is prepared, so a failed download leaves no active
+    snapshot behind, and for reused layers too, so a layer is only reported once its
+    blob is in."""
+    t = applier.target
+    out: list[LayerUnpack] = []
+    for i in range(len(t.layers)):
+        applier.wait_blob(i)
+        t0 = time.monotonic()
+        chain = t.chains[i]
+        parent = str(t.chains[i - 1]) if i else ""
+        if lease is not None:
+            lease.add_snapshot(sn.name, str(chain))  # first: then check it exists
+        reused = committed(applier.store, sn.name, chain)
+        if not reused:
+            with chain_lock(sn, chain):
+                # Another unpack may have committed it while we waited for the lock.
+                reused = committed(applier.store, sn.name, chain)
+                if not reused:
+                    key, mounts = _prepare_unique(sn, lease, chain, parent)
+                    try:
+                        applier.apply_into(sn, key, mounts, i)
+                        _commit(sn, lease, chain, key)
+                    except BaseException as e:
+                        remove_quietly(sn, key)
+                        if isinstance(e, ImgpipeError):
+                            _layer_event(t, i, EVENT_LAYER_FAILED, str(e), emit)
+                        raise
+        _prove_diff_id(applier.store, t, i)
+        _layer_event(t, i, EVENT_LAYER_UNPACKED, "reused" if reused else "unpacked", emit)
+        out.append(
+            LayerUnpack(
+                t.layers[i].descriptor.digest,
+                t.diff_ids[i],
+                t.chains[i],
+                reused,
+                time.monotonic() - t0,
+            )
+        )
+    return out
+
+
+def _layer_event(t: Target, i: int, kind: str, detail: str, emit: Observer) -> None:
+    desc = t.layers[i].descriptor
+    emit(Event(kind, desc.digest, desc.media_type, desc.size, detail))
+
+
+def _set_label(store: Store, digest: Digest, key: str, value: str) -> None:
+    if store.db.content_labels(digest).get(key) != value:
+        store.db.set_content_labels(digest, {key: value})
+
+
+def _prove_diff_id(store: Store, t: Target, i: int) -> None:
+    # the DiffID is now proven for this blob (applied and checked, or committed earlier)
+    _set_label(store, t.layers[i].descriptor.digest, LABEL_UNCOMPRESSED, str(t.diff_ids[i]))
+
+
+def unpack_target(
+    store: Store,
+    sn: Snapshotter,
+    lease: Lease | None,
+    target: Target,
+    keys: Sequence[DecryptKey],
+    *,
+    emit: Observer,
+    fetch: BlobFetch | None = None,
+) -> UnpackResult:
+    """Unpack ``target`` into ``sn``; with ``fetch`` (pull --unpack), each layer waits
+    for its blob and every apply stops (:class:`Aborted`) as soon as any download fails."""
+    if not target.layers:
+        raise InvalidArgument(f"image {target.image} has no layers to unpack")
+    check_layer_keys(target.layers, keys)
+    layers = _apply_all(sn, lease, Applier(store, target, keys, fetch), emit)
+    top = target.chains[-1]
+    _set_label(
+        store, target.model.manifest.config.digest, f"{LABEL_GC_REF_SNAPSHOT}.{sn.name}", str(top)
+    )
+    return UnpackResult(target.image, sn.name, top, tuple(layers))

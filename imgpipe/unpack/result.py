@@ -1,0 +1,49 @@
+"""What an unpack returns, and the names (labels, event kinds) it writes."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Final
+
+from imgpipe.formats.digest import Digest
+
+#: Where a function without ``store`` opens one: a root directory (None: the default root).
+Root = str | os.PathLike[str] | None
+
+#: None: the snapshotter is :func:`imgpipe.snapshots.default_snapshotter_name` of the
+#: root (overlay where overlayfs works, else native), resolved on each call.
+DEFAULT_SNAPSHOTTER: Final[str | None] = None
+
+#: On the extraction snapshot, as containerd: the chain ID it will be committed as.
+LABEL_SNAPSHOT_REF: Final = "containerd.io/snapshot.ref"
+
+#: The kind of the :class:`~imgpipe.pipeline.Event` sent per layer; ``detail`` is
+#: ``"reused"`` or ``"unpacked"``.
+EVENT_LAYER_UNPACKED: Final = "layer.unpacked"
+#: Sent when applying a layer fails (its active snapshot is already removed); ``detail``
+#: is the error message.
+EVENT_LAYER_FAILED: Final = "layer.failed"
+
+
+@dataclass(frozen=True)
+class LayerUnpack:
+    """One layer of an unpack: its blob digest, DiffID and chain ID, whether an existing
+    committed snapshot was reused, and the seconds spent (decode + apply + commit)."""
+
+    digest: Digest
+    diff_id: Digest
+    chain_id: Digest
+    reused: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
+class UnpackResult:
+    """An unpacked image: its name, the snapshotter (``""`` for an export), the top
+    chain ID (the snapshot to prepare a rootfs on) and each layer, base first."""
+
+    image: str
+    snapshotter: str
+    chain_id: Digest
+    layers: tuple[LayerUnpack, ...]

@@ -1,0 +1,204 @@
+"""The unpack stages, each with one typed input and output.
+
+* :class:`FindImage` ``str -> ImageRecord``: a stored image by name;
+* :class:`Unpack` ``ImageRecord -> UnpackResult``: its layers into snapshots;
+* :class:`FetchUnpack` ``ImagePlan -> Unpacked``: pull --unpack's fetch and apply at once;
+* :class:`RecordUnpacked` ``Unpacked -> (ImageRecord, UnpackResult)``: then name it;
+* :class:`PrepareRootfs` ``UnpackResult -> list[Mount]``: an active snapshot on top.
+
+So ``Pipeline.pull().insert_after("record", Unpack())`` pulls then unpacks, and
+``Pipeline([FindImage(), Unpack()])`` unpacks a stored image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from imgpipe.decode import default_registry
+from imgpipe.errors import InvalidArgument
+from imgpipe.formats.platform import Platform
+from imgpipe.image import ImagePlan
+from imgpipe.metadata import ImageRecord
+from imgpipe.metadata.labels import LABEL_GC_ROOT
+from imgpipe.pipeline import (
+    DEFAULT_MAX_CONCURRENT,
+    Context,
+    FetchBlobs,
+    Record,
+    Stage,
+    normalize_name,
+)
+from imgpipe.processors import ProcessorRegistry
+from imgpipe.snapshots import Mount, Snapshotter
+
+from .apply import Aborted, unpack_target
+from .result import DEFAULT_SNAPSHOTTER, UnpackResult
+from .snapshotters import open_store_snapshotter
+from .target import as_platform, choose, load_keys, stored_target
+
+if TYPE_CHECKING:
+    from imgpipe.processors.ocicrypt import DecryptKey
+
+
+class FindImage:
+    """A stored image by name (normalised as the CLI does): NotFound if there is none."""
+
+    name = "find-image"
+
+    def run(self, item: str, ctx: Context) -> ImageRecord:
+        return ctx.store.db.get_image(normalize_name(item))
+
+
+@dataclass(kw_only=True)
+class _Options:
+    """What both unpack stages take. ``snapshotter``: a name (None: the root's default)
+    or one the caller opened and keeps using; ``decrypt_keys``: ``FILE[:PASSWORD]`` specs
+    or loaded keys; ``registry``: the decoders (default: configured, entry points,
+    built-ins)."""
+
+    snapshotter: str | Snapshotter | None = DEFAULT_SNAPSHOTTER
+    platform: str | Platform | None = None
+    decrypt_keys: Sequence[str | DecryptKey] = ()
+    registry: ProcessorRegistry | None = None
+
+    def _open(self, ctx: Context) -> tuple[Snapshotter, list[DecryptKey], ProcessorRegistry]:
+        """What can fail without reading a layer, opened before any layer moves."""
+        sn = self.snapshotter
+        if sn is None or isinstance(sn, str):
+            sn = open_store_snapshotter(ctx.store, sn)
+        reg = self.registry if self.registry is not None else default_registry()
+        return sn, load_keys(self.decrypt_keys), reg
+
+
+@dataclass(kw_only=True)
+class Unpack(_Options):
+    """A stored image -> :class:`UnpackResult`: the manifest for ``platform`` (default:
+    this host's) applied into snapshots, reusing those already committed.
+
+    Runs under the pipeline's lease.
+    """
+
+    name = "unpack"
+
+    def run(self, item: ImageRecord, ctx: Context) -> UnpackResult:
+        sn, keys, reg = self._open(ctx)
+        target = stored_target(ctx.store, item, as_platform(self.platform), reg, ctx.protect)
+        return unpack_target(ctx.store, sn, ctx.lease, target, keys, emit=ctx.emit)
+
+
+@dataclass(frozen=True)
+class Unpacked:
+    """What :class:`FetchUnpack` hands on: the plan it fetched (for the record) and the
+    unpack of its manifest."""
+
+    plan: ImagePlan
+    result: UnpackResult
+
+
+@dataclass(kw_only=True)
+class FetchUnpack(_Options):
+    """The stage of ``pull --unpack``, in place of ``fetch-blobs``: fetch the plan's
+    blobs and unpack its layers at the same time -> :class:`Unpacked`.
+
+    As containerd's unpacker: the blobs download on worker threads (``max_concurrent``
+    at once, configs first, then layers in order) while this thread applies layer *k*
+    as soon as blob *k* is stored, strictly in order (*k* is prepared on the committed
+    *k-1*), DiffIDs checked. A failed download stops the apply at its next read (its
+    active snapshot is removed, no layer whose blob failed is committed); a failed apply
+    cancels the downloads (queued ones never start, running ones stop at their next
+    read). Either way the first error is raised after the workers are joined, so the
+    pipeline's rollback sees every blob this run committed.
+
+    The stage returns only when every blob is stored *and* the unpack succeeded, so
+    :class:`RecordUnpacked` after it names the image only then: a failed ``pull
+    --unpack`` records nothing and the pipeline takes back the blobs it fetched, as
+    containerd's pull does (it waits for the unpacker before creating the image). Lower
+    layers committed before the failure stay as unreferenced snapshots: the next pull
+    reuses them, ``gc`` removes them.
+    """
+
+    name = "fetch-unpack"
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT
+    _fetch: FetchBlobs = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._fetch = FetchBlobs(max_concurrent=self.max_concurrent)
+
+    def run(self, item: ImagePlan, ctx: Context) -> Unpacked:
+        if not item.name:
+            raise InvalidArgument("unpack: the plan names no image")
+        sn, keys, reg = self._open(ctx)
+        images = item.images(ctx.store.content, registry=reg)
+        configs = [img.manifest.config.digest for img in images]
+        with self._fetch.start(item, ctx, first=configs) as fetch:
+            for c in configs:
+                fetch.wait(c)
+            target = choose(item.name, ctx.store, images, as_platform(self.platform))
+            try:
+                result = unpack_target(
+                    ctx.store, sn, ctx.lease, target, keys, emit=ctx.emit, fetch=fetch
+                )
+            except Aborted:
+                fetch.check()  # the download's error, not the interrupted apply's
+                raise AssertionError("apply aborted without a fetch error") from None
+            fetch.finish()
+        return Unpacked(item, result)
+
+
+class RecordUnpacked:
+    """After :class:`FetchUnpack`: name the image (:class:`~imgpipe.pipeline.Record`)
+    -> ``(record, unpack result)``."""
+
+    name = "record"
+
+    def __init__(self, image_name: str = "") -> None:
+        self._record = Record(image_name)
+
+    def run(self, item: Unpacked, ctx: Context) -> tuple[ImageRecord, UnpackResult]:
+        return self._record.run(item.plan, ctx), item.result
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrepareRootfs:
+    """After :class:`Unpack` into ``snapshotter``: the active snapshot (``read_only``:
+    a view) ``key`` on the image's top layer -> the mounts that show it.
+
+    The snapshot is labelled ``containerd.io/gc.root`` (and ``labels``), so garbage
+    collection leaves it and the layers under it alone while it exists; the key is
+    leased before it exists, so a concurrent ``gc`` cannot take it before that label
+    does. AlreadyExists if ``key`` is taken.
+    """
+
+    name = "prepare-rootfs"
+    snapshotter: Snapshotter
+    key: str
+    read_only: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def run(self, item: UnpackResult, ctx: Context) -> list[Mount]:
+        if ctx.lease is not None:
+            ctx.lease.add_snapshot(self.snapshotter.name, self.key)
+        labels = {LABEL_GC_ROOT: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), **self.labels}
+        make = self.snapshotter.view if self.read_only else self.snapshotter.prepare
+        return make(self.key, str(item.chain_id), labels=labels)
+
+
+def rootfs_stages(
+    sn: Snapshotter,
+    key: str,
+    *,
+    platform: str | Platform | None = None,
+    decrypt_keys: Sequence[str] = (),
+    read_only: bool = False,
+    labels: dict[str, str] | None = None,
+) -> list[Stage[Any, Any]]:
+    """A stored image's name -> the mounts of a fresh rootfs ``key`` in ``sn``:
+    :class:`FindImage`, :class:`Unpack` (if needed), :class:`PrepareRootfs`."""
+    return [
+        FindImage(),
+        Unpack(snapshotter=sn, platform=platform, decrypt_keys=decrypt_keys),
+        PrepareRootfs(snapshotter=sn, key=key, read_only=read_only, labels=labels or {}),
+    ]
