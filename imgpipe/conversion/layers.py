@@ -32,16 +32,9 @@ from imgpipe.formats.digest import Digest, Digester
 from imgpipe.formats.errors import DigestMismatch
 from imgpipe.formats.mediatype import (
     DOCKER_FOREIGN_LAYER,
-    DOCKER_FOREIGN_LAYER_GZIP,
     DOCKER_LAYER,
-    DOCKER_LAYER_GZIP,
-    DOCKER_LAYER_ZSTD,
     OCI_LAYER,
-    OCI_LAYER_GZIP,
     OCI_LAYER_NONDIST,
-    OCI_LAYER_NONDIST_GZIP,
-    OCI_LAYER_NONDIST_ZSTD,
-    OCI_LAYER_ZSTD,
     MediaType,
 )
 from imgpipe.processors import ProcessorParams, ProcessorRegistry, open_chain
@@ -49,38 +42,25 @@ from imgpipe.processors.registry import ChainStream
 
 __all__ = [
     "ENCRYPTED_SUFFIX",
-    "Compression",
     "LayerKind",
     "LayerPlan",
     "open_converted",
 ]
-
-Compression = Literal["", "gzip", "zstd"]
 
 ENCRYPTED_SUFFIX: Final = "+encrypted"
 #: Chunks a layer's first half may run ahead of its second (see imgpipe.decode.ReadAhead):
 #: enough to ride out a stall of either side, little memory (a few MiB per layer in flight).
 READ_AHEAD_DEPTH: Final = 4
 
-# (family, non-distributable, compression) -> the unencrypted media type. Docker has no
-# non-distributable zstd type, and its zstd type is one no tool agrees on: a Docker
-# manifest that would need either becomes OCI (see LayerKind.needs_oci).
-_TYPES: Final[dict[tuple[str, bool, str], MediaType]] = {
-    ("oci", False, ""): OCI_LAYER,
-    ("oci", False, "gzip"): OCI_LAYER_GZIP,
-    ("oci", False, "zstd"): OCI_LAYER_ZSTD,
-    ("oci", True, ""): OCI_LAYER_NONDIST,
-    ("oci", True, "gzip"): OCI_LAYER_NONDIST_GZIP,
-    ("oci", True, "zstd"): OCI_LAYER_NONDIST_ZSTD,
-    ("docker", False, ""): DOCKER_LAYER,
-    ("docker", False, "gzip"): DOCKER_LAYER_GZIP,
-    ("docker", True, ""): DOCKER_FOREIGN_LAYER,
-    ("docker", True, "gzip"): DOCKER_FOREIGN_LAYER_GZIP,
-}
-_KINDS: Final[dict[str, tuple[str, bool, str]]] = {
-    **{str(mt): key for key, mt in _TYPES.items()},
-    str(DOCKER_LAYER_ZSTD): ("docker", False, "zstd"),
-}
+
+def _layer_type(family: str, nondistributable: bool, compression: str) -> MediaType:
+    """The unencrypted layer type of these three choices, from formats' base types: OCI
+    names the compression as ``+gzip``, Docker as ``.gzip``."""
+    if family == "oci":
+        base = OCI_LAYER_NONDIST if nondistributable else OCI_LAYER
+        return MediaType(base + "+" + compression if compression else base)
+    base = DOCKER_FOREIGN_LAYER if nondistributable else DOCKER_LAYER
+    return MediaType(base + "." + compression if compression else base)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,20 +69,26 @@ class LayerKind:
 
     family: Literal["oci", "docker"]
     nondistributable: bool
-    compression: Compression
+    compression: str  # as MediaType.compression(): "gzip", "zstd" or ""
     encrypted: bool
 
     @classmethod
     def parse(cls, media_type: str) -> LayerKind | None:
         """The kind of a known layer type, or None (a type we do not convert: wasm,
         in-toto, an unknown ``+suffix``: such layers pass through untouched)."""
-        base = MediaType(media_type).base
-        encrypted = base.endswith(ENCRYPTED_SUFFIX)
-        key = _KINDS.get(base.removesuffix(ENCRYPTED_SUFFIX))
-        if key is None:
+        mt = MediaType(media_type)
+        plain = MediaType(mt.base.removesuffix(ENCRYPTED_SUFFIX))
+        if not plain.is_layer():
             return None
-        family, nondist, comp = key
-        return cls(family, nondist, comp, encrypted)  # type: ignore[arg-type]
+        family: Literal["oci", "docker"] = "docker" if plain.is_docker() else "oci"
+        kind = cls(family, plain.is_non_distributable(), plain.compression(), mt.is_encrypted())
+        # Known means the three choices name this very type again (no unknown suffix);
+        # Docker has no non-distributable zstd type (see needs_oci).
+        if _layer_type(family, kind.nondistributable, kind.compression) != plain.base or (
+            family == "docker" and kind.nondistributable and kind.compression == "zstd"
+        ):
+            return None
+        return kind
 
     def needs_oci(self) -> bool:
         """Whether only an OCI manifest can carry this layer (zstd, encrypted)."""
@@ -111,7 +97,7 @@ class LayerKind:
     def media_type(self, *, oci: bool) -> MediaType:
         """The media type in an OCI (``oci=True``) or Docker manifest."""
         family = "oci" if oci or self.needs_oci() else "docker"
-        base = _TYPES[(family, self.nondistributable, self.compression)]
+        base = _layer_type(family, self.nondistributable, self.compression)
         return MediaType(base + ENCRYPTED_SUFFIX) if self.encrypted else base
 
 
@@ -129,7 +115,7 @@ class LayerPlan:
     target_type: MediaType
     decrypt: bool = False
     recompress: bool = False
-    compression: Compression = ""
+    compression: str = ""
     encrypt: bool = False
     diff_id: Digest | None = None
 
@@ -289,7 +275,7 @@ def open_converted(
             )
             steps.append(tee)
             if plan.compression:
-                goal = OCI_LAYER_GZIP if plan.compression == "gzip" else OCI_LAYER_ZSTD
+                goal = _layer_type("oci", False, plan.compression)
                 step_desc = replace(desc, media_type=mt)
                 current = open_chain(current, step_desc, registry.encoder_chain(mt, goal), params)
                 steps.append(current)

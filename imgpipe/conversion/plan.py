@@ -20,7 +20,7 @@ from imgpipe.formats.manifest import Index, Manifest, parse_document
 from imgpipe.formats.mediatype import DOCKER_CONFIG, OCI_CONFIG, MediaType
 from imgpipe.formats.platform import Platform, PlatformMatcher
 
-from .layers import Compression, LayerKind, LayerPlan
+from .layers import LayerKind, LayerPlan
 from .options import ConvertOptions
 from .sources import Source
 
@@ -163,9 +163,9 @@ class Planner:
         if k_in is None:
             return None, None, False, False
         want_enc = bool(spec.recipients) and (selected is None or i in selected)
-        comp: Compression = k_in.compression
+        comp = k_in.compression
         if spec.compression is not None:
-            comp = "" if spec.compression == "none" else spec.compression  # type: ignore[assignment]
+            comp = "" if spec.compression == "none" else spec.compression
         decrypt = False
         if k_in.encrypted:
             if spec.decrypt_keys:
