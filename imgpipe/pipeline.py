@@ -35,9 +35,9 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, BinaryIO, Final, Protocol, TypeVar, cast
 
@@ -55,8 +55,9 @@ from imgpipe.formats.errors import (
 )
 from imgpipe.formats.layout import ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME
 from imgpipe.formats.manifest import MAX_DOCUMENT_SIZE, Index, Manifest, parse_document
-from imgpipe.formats.platform import Platform, best_match, host_platform
+from imgpipe.formats.platform import Platform
 from imgpipe.formats.reference import TransportRef, parse_reference
+from imgpipe.image import ImagePlan, walk_image
 from imgpipe.metadata import ImageRecord, Lease
 from imgpipe.metadata.gc import collect
 from imgpipe.metadata.labels import (
@@ -154,111 +155,6 @@ class Resolved:
     ref: TransportRef
     root: Descriptor
     name: str = ""
-
-
-@dataclass(frozen=True)
-class ImagePlan:
-    """An image's structure: the root, its parsed documents, and the blobs they reach.
-
-    ``manifests`` are the manifests selected (by platform, or all); ``blobs`` are their
-    configs and layers, each once, in manifest order.
-    """
-
-    root: Descriptor
-    documents: Mapping[Digest, Manifest | Index]
-    manifests: tuple[Descriptor, ...]
-    blobs: tuple[Descriptor, ...]
-    # document descriptors in parent-before-child order (root first)
-    document_descriptors: tuple[Descriptor, ...] = field(default=())
-    name: str = ""  # the local name (normalised), when known
-
-    def total_size(self) -> int:
-        """Bytes of every document and blob in the plan."""
-        return sum(d.size for d in self.document_descriptors) + sum(d.size for d in self.blobs)
-
-    def descriptors(self) -> Iterator[Descriptor]:
-        """Every descriptor, children before parents (the order to write them in)."""
-        yield from self.blobs
-        yield from reversed(self.document_descriptors)
-
-
-def _platform_choice(
-    index: Index, want: Platform | None, all_platforms: bool
-) -> tuple[Descriptor, ...]:
-    """The index entries to follow: all, or the best match for ``want``.
-
-    Entries without a platform are followed too, as containerd does: they are often
-    nested indexes or artifacts that apply to every platform.
-    """
-    if all_platforms:
-        return index.manifests
-    target = want or host_platform()
-    untyped = [d for d in index.manifests if d.platform is None]
-    typed = [d for d in index.manifests if d.platform is not None]
-    picked: list[Descriptor] = []
-    if typed:
-        best = best_match(target, [d.platform for d in typed if d.platform is not None])
-        if best is not None:
-            picked.append(typed[best])
-    if not picked and not untyped:
-        have = ", ".join(str(d.platform) for d in typed) or "none"
-        raise NotFound(f"no manifest for platform {target} in index {index.digest} (has: {have})")
-    return tuple(picked + untyped)
-
-
-def walk_image(
-    root: Descriptor,
-    read_document: Callable[[Descriptor], Manifest | Index | None],
-    *,
-    platform: Platform | None = None,
-    all_platforms: bool = False,
-) -> ImagePlan:
-    """Walk an image graph from ``root`` and return its plan.
-
-    ``read_document`` returns the parsed document for an index or manifest descriptor,
-    or None to skip that subtree (an export of content that is not all present).
-    """
-    documents: dict[Digest, Manifest | Index] = {}
-    doc_descs: list[Descriptor] = []
-    manifests: list[Descriptor] = []
-    blobs: dict[Digest, Descriptor] = {}
-
-    def visit(desc: Descriptor, depth: int) -> None:
-        if depth > _MAX_INDEX_DEPTH:
-            raise InvalidArgument(
-                f"image index nesting deeper than {_MAX_INDEX_DEPTH} at {desc.digest}"
-            )
-        if not (desc.media_type.is_index() or desc.media_type.is_manifest()):
-            blobs.setdefault(desc.digest, desc)
-            return
-        if desc.digest in documents:
-            return
-        doc = read_document(desc)
-        if doc is None:
-            return
-        documents[desc.digest] = doc
-        doc_descs.append(desc)
-        if isinstance(doc, Index):
-            for child in _platform_choice(doc, platform, all_platforms):
-                visit(child, depth + 1)
-        else:
-            manifests.append(desc)
-            for child in (doc.config, *doc.layers):
-                blobs.setdefault(child.digest, child)
-
-    visit(root, 0)
-    return ImagePlan(
-        root=root,
-        documents=documents,
-        manifests=tuple(manifests),
-        blobs=tuple(blobs.values()),
-        document_descriptors=tuple(doc_descs),
-    )
-
-
-# An index may point at indexes; real images nest one level (an index of per-platform
-# indexes is rare). The bound stops a hostile cycle of distinct documents.
-_MAX_INDEX_DEPTH: Final = 8
 
 
 #: A blob's BLOB_PROGRESS events are at least this many seconds apart (the last one,

@@ -47,11 +47,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Final
 
+from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.digest import ALGORITHMS, Digest, Digester
 from imgpipe.formats.errors import (
     AlreadyExists,
     Conflict,
-    DigestMismatch,
     FailedPrecondition,
     IntegrityError,
     InvalidArgument,
@@ -60,8 +60,16 @@ from imgpipe.formats.errors import (
     ResourceLimit,
     SizeMismatch,
 )
+from imgpipe.formats.mediatype import MediaType
 
-from .verify import CHUNK_SIZE, VerifyingReader, digest_stream
+from .verify import (
+    CHUNK_SIZE,
+    BlobReader,
+    VerifyingReader,
+    check_hashed,
+    digest_stream,
+    open_verified,
+)
 
 __all__ = [
     "DEFAULT_LOCK_TIMEOUT",
@@ -100,6 +108,9 @@ _DATA_MODE: Final = 0o644
 _BLOB_MODE: Final = 0o444
 
 _DEFAULT_ALGORITHM: Final = "sha256"
+
+# What ``ingest`` calls a stream it is handed without a descriptor.
+_OCTET_STREAM: Final = MediaType("application/octet-stream")
 
 
 def _backoff_sleep(seconds: float) -> None:
@@ -169,6 +180,16 @@ class _Lock:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)  # closing the only descriptor drops the flock
+
+
+class _OneStream:
+    """A BlobReader over one stream already open (``ContentStore.ingest``)."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+
+    def open_blob(self, desc: Descriptor) -> BinaryIO:
+        return self._stream
 
 
 class ContentStore:
@@ -409,6 +430,57 @@ class ContentStore:
         finally:
             lock.release()
 
+    def open_blob(self, desc: Descriptor) -> BinaryIO:
+        """The committed blob ``desc`` names, raw (``open``): the store as a BlobReader.
+
+        Read it through ``open_verified(store, desc)`` to have it checked again.
+        """
+        return self.open(desc.digest)
+
+    def ingest_blob(
+        self,
+        source: BlobReader,
+        desc: Descriptor,
+        *,
+        ref: str | None = None,
+        timeout: float = DEFAULT_LOCK_TIMEOUT,
+    ) -> bool:
+        """Copy the blob ``desc`` from ``source`` into the store, verified on the way.
+
+        The ingest is named ``ref`` (default ``import-<digest>``, so two processes
+        fetching one blob share one ingest). If the ingest resumes at offset N, the
+        source stream starts at N (``open_verified(source, desc, resume=writer)``: a
+        seek, which a registry stream turns into a Range request) and the hash of the
+        N bytes already stored is continued, so every byte is hashed once. The source
+        is not opened at all when the blob is already committed. Returns True if this
+        call committed the blob, False if it already existed (before or by the time of
+        the commit).
+
+        A stream that is shorter or longer than ``desc.size``, or whose bytes hash to
+        another digest, raises SizeMismatch or DigestMismatch (from the verifying reader,
+        before its last chunk is written) and the ingest is discarded. Any other error
+        (the stream failing mid-way) keeps the ingest for a later resume. Raises Conflict
+        as ``writer`` does after waiting ``timeout`` seconds.
+        """
+        try:
+            w = self.writer(
+                ref if ref is not None else f"import-{desc.digest}",
+                expected=desc.digest,
+                total=desc.size,
+                timeout=timeout,
+            )
+        except AlreadyExists:
+            return False
+        with w:
+            try:
+                with open_verified(source, desc, resume=w) as reader:
+                    w._copy_verified(reader)
+            except IntegrityError:
+                w.discard()
+                raise
+            w.commit(desc.size, desc.digest)  # fsync, then rename into blobs/
+            return w.committed_new
+
     def ingest(
         self,
         ref: str,
@@ -418,50 +490,17 @@ class ContentStore:
         size: int,
         timeout: float = DEFAULT_LOCK_TIMEOUT,
     ) -> bool:
-        """Copy ``stream`` into the store as the blob ``digest`` of ``size`` bytes.
+        """``ingest_blob`` for a stream already open: the blob ``digest`` of ``size`` bytes.
 
-        Opens ``writer(ref, expected=digest, total=size)``; if that resumes at offset N,
-        the first N bytes of ``stream`` are skipped (by seeking if it is seekable, else by
-        reading and discarding). Copies in 1 MiB chunks and commits. Returns True if
-        this call committed the blob, False if it already existed (before or by the
-        time of the commit).
-
-        A stream that is shorter or longer than ``size``, or whose bytes hash to another
-        digest, raises SizeMismatch or DigestMismatch and the ingest is discarded. Any
-        other error (the stream failing mid-way) keeps the ingest for a later resume.
-        Raises Conflict as ``writer`` does after waiting ``timeout`` seconds.
+        If the ingest resumes at offset N, the first N bytes of ``stream`` are skipped
+        (by seeking if it is seekable, else by reading and discarding). Returns and
+        raises as ``ingest_blob``; ``stream`` is not read if the blob exists, and is
+        closed once it was read from.
         """
-        try:
-            w = self.writer(ref, expected=digest, total=size, timeout=timeout)
-        except AlreadyExists:
-            return False
-        with w:
-            try:
-                if w.offset:
-                    _skip(stream, w.offset)
-                remaining = size - w.offset
-                while remaining > 0:
-                    chunk = stream.read(min(CHUNK_SIZE, remaining))
-                    if not chunk:
-                        raise SizeMismatch(
-                            f"content {digest}: stream ended after {size - remaining} "
-                            f"bytes, {size} were declared",
-                            expected=size,
-                            actual=size - remaining,
-                        )
-                    w.write(chunk)  # refuses to go past `size` (SizeMismatch)
-                    remaining -= len(chunk)
-                if stream.read(1):
-                    raise SizeMismatch(
-                        f"content {digest}: stream has more than the {size} bytes declared",
-                        expected=size,
-                        actual=size + 1,
-                    )
-            except IntegrityError:
-                w.discard()
-                raise
-            w.commit(size, digest)  # discards the ingest itself on a mismatch
-            return w.committed_new
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise InvalidArgument(f"size must be a non-negative integer, not {size!r}")
+        desc = Descriptor(media_type=_OCTET_STREAM, digest=_check_digest(digest), size=size)
+        return self.ingest_blob(_OneStream(stream), desc, ref=ref, timeout=timeout)
 
     # -- internals ------------------------------------------------------------------------
 
@@ -706,6 +745,12 @@ class Writer:
         """True after a ``commit`` that created the blob (False if it already existed)."""
         return self._committed_new
 
+    @property
+    def digester(self) -> Digester:
+        """The live hash of the bytes written so far: a verified read resuming this
+        ingest (``open_verified(..., resume=writer)``) continues it in place."""
+        return self._digester
+
     def digest(self) -> Digest:
         """The digest of the bytes written so far (the ingest's algorithm)."""
         return self._digester.digest()
@@ -720,9 +765,9 @@ class Writer:
         write fails the data file is cut back to the previous offset, so the ingest stays
         consistent for a resume.
         """
-        fd = self._require_open()
         view = memoryview(data).cast("B")
         n = len(view)
+        self._require_open()
         if self._total is not None and self._offset + n > self._total:
             raise SizeMismatch(
                 f"ingest {self.ref!r}: writing {n} bytes at offset {self._offset} goes past "
@@ -730,18 +775,38 @@ class Writer:
                 expected=self._total,
                 actual=self._offset + n,
             )
+        self._append(view)
+        self._digester.update(view)
+        return n
+
+    def _copy_verified(self, reader: VerifyingReader) -> None:
+        """Append everything ``reader`` delivers, through one reused buffer.
+
+        ``reader`` resumed this writer (``open_verified(..., resume=self)``), so it hashes
+        into this writer's digester and checks size and digest itself: the bytes are
+        hashed once, and the last chunk of a bad blob never reaches the disk.
+        """
+        view = memoryview(bytearray(CHUNK_SIZE))
+        # One read of the source per write: what arrived is on disk before the next
+        # read, which may fail, so a resume keeps it.
+        while n := reader.readinto1(view):
+            self._append(view[:n])
+
+    def _append(self, view: memoryview) -> None:
+        """Write ``view`` at the end of the data, unhashed. If the disk write fails the
+        data file is cut back to the previous offset, so the ingest stays consistent for
+        a resume."""
+        fd = self._require_open()
         done = 0
         try:
-            while done < n:
+            while done < len(view):
                 done += os.write(fd, view[done:])
         except BaseException:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, self._offset)
                 os.lseek(fd, self._offset, os.SEEK_SET)
             raise
-        self._digester.update(view)
-        self._offset += n
-        return n
+        self._offset += len(view)
 
     def truncate(self) -> None:
         """Drop everything written: back to offset 0 with a fresh hash."""
@@ -773,25 +838,14 @@ class Writer:
                 # A caller bug, not bad content: keep the ingest.
                 raise InvalidArgument(f"size must be a non-negative integer, not {size!r}")
             os.fsync(fd)
-            actual_size = os.fstat(fd).st_size
-            if actual_size != size:
+            digester = self._digester
+            if expected.algorithm != digester.algorithm:
+                digester = _rehash(fd, expected.algorithm)[0]
+            try:
+                check_hashed(digester, os.fstat(fd).st_size, digest=expected, size=size)
+            except IntegrityError:
                 store._remove_ingest_dir(directory)
-                raise SizeMismatch(
-                    f"ingest {self.ref!r}: {actual_size} bytes written, commit says {size}",
-                    expected=size,
-                    actual=actual_size,
-                )
-            if expected.algorithm == self._digester.algorithm:
-                actual = self._digester.digest()
-            else:
-                actual = _rehash(fd, expected.algorithm)[0].digest()
-            if actual != expected:
-                store._remove_ingest_dir(directory)
-                raise DigestMismatch(
-                    f"ingest {self.ref!r}: content hashes to {actual}, commit says {expected}",
-                    expected=str(expected),
-                    actual=str(actual),
-                )
+                raise
             target = store._ensure_blob_dir(expected.algorithm) / expected.encoded
             if os.path.lexists(target):
                 store._remove_ingest_dir(directory)
@@ -930,26 +984,6 @@ def _rehash(fd: int, algorithm: str) -> tuple[Digester, int]:
         d.update(view[:n])
         pos += n
     return d, pos
-
-
-def _skip(stream: BinaryIO, n: int) -> None:
-    """Advance ``stream`` by ``n`` bytes; SizeMismatch if it ends first."""
-    seekable = False
-    with contextlib.suppress(AttributeError, OSError, ValueError):
-        seekable = stream.seekable()
-    if seekable:
-        stream.seek(n, os.SEEK_CUR)
-        return
-    left = n
-    while left:
-        chunk = stream.read(min(CHUNK_SIZE, left))
-        if not chunk:
-            raise SizeMismatch(
-                f"stream ended after {n - left} bytes while skipping the {n} already stored",
-                expected=n,
-                actual=n - left,
-            )
-        left -= len(chunk)
 
 
 def _fmt_time(t: float) -> str:

@@ -1,0 +1,45 @@
+"""The lazy image model: Image, Layer and Index over any blob reader.
+
+go-containerregistry's ``v1`` is the model. An end (the store, a registry, a layout, an
+archive) is a :class:`BlobReader`; :func:`load` makes an :class:`Image` or
+:class:`Index` of a descriptor it names, reading only that document; everything else is
+read when asked for, and always through :func:`open_verified`::
+
+    img = load(store.content, record.target)      # or a transport source
+    if isinstance(img, Index):
+        img = select.pick(img.manifests(skip_missing=True), want, lambda i: i.platform())
+    check_layer_keys(img.layers(), keys)
+    with img.layers()[0].open_uncompressed(keys=keys) as tar: ...
+
+Beside it: :func:`walk_image` (the one graph walk, to an eager :class:`ImagePlan`),
+:mod:`imgpipe.image.select` (the one platform/manifest choice) and
+:func:`check_layer_keys` (the one encrypted-layer authorisation).
+"""
+
+from . import select
+from .blobs import BlobReader, open_verified, read_document
+from .keys import check_layer_keys, layer_name
+from .lazy import MAX_INDEX_DEPTH, BlobImage, BlobIndex, BlobLayer, load, wrap
+from .model import Image, Index, Layer
+from .plan import ImagePlan
+from .walk import walk_image
+
+__all__ = [
+    "MAX_INDEX_DEPTH",
+    "BlobImage",
+    "BlobIndex",
+    "BlobLayer",
+    "BlobReader",
+    "Image",
+    "ImagePlan",
+    "Index",
+    "Layer",
+    "check_layer_keys",
+    "layer_name",
+    "load",
+    "open_verified",
+    "read_document",
+    "select",
+    "walk_image",
+    "wrap",
+]

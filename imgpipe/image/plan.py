@@ -1,0 +1,54 @@
+"""ImagePlan: an image graph read once, eagerly, as the transfer stages need it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+from imgpipe.formats.descriptor import Descriptor
+from imgpipe.formats.digest import Digest
+from imgpipe.formats.manifest import Index, Manifest
+from imgpipe.processors import ProcessorRegistry
+
+from .blobs import BlobReader
+from .lazy import BlobImage
+
+__all__ = ["ImagePlan"]
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    """An image's structure: the root, its parsed documents, and the blobs they reach.
+
+    ``manifests`` are the manifests selected (by platform, or all); ``blobs`` are their
+    configs and layers, each once, in manifest order.
+    """
+
+    root: Descriptor
+    documents: Mapping[Digest, Manifest | Index]
+    manifests: tuple[Descriptor, ...]
+    blobs: tuple[Descriptor, ...]
+    # document descriptors in parent-before-child order (root first)
+    document_descriptors: tuple[Descriptor, ...] = field(default=())
+    name: str = ""  # the local name (normalised), when known
+
+    def total_size(self) -> int:
+        """Bytes of every document and blob in the plan."""
+        return sum(d.size for d in self.document_descriptors) + sum(d.size for d in self.blobs)
+
+    def descriptors(self) -> Iterator[Descriptor]:
+        """Every descriptor, children before parents (the order to write them in)."""
+        yield from self.blobs
+        yield from reversed(self.document_descriptors)
+
+    def images(
+        self, reader: BlobReader, *, registry: ProcessorRegistry | None = None
+    ) -> tuple[BlobImage, ...]:
+        """The selected manifests as model Images whose blobs ``reader`` reads (the
+        documents are not read again)."""
+        out = []
+        for desc in self.manifests:
+            doc = self.documents[desc.digest]
+            assert isinstance(doc, Manifest)
+            out.append(BlobImage(reader, desc, doc, registry=registry))
+        return tuple(out)
