@@ -9,18 +9,18 @@ cache so the same layer of another image is found or mounted instead of converte
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, BinaryIO, Final
+from typing import TYPE_CHECKING, BinaryIO, Final
 
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.digest import Digest
 from imgpipe.formats.errors import DigestMismatch, SizeMismatch, Unavailable
 from imgpipe.pipeline import PROGRESS_INTERVAL, Event, EventKind, Observer
+from imgpipe.processors.streams import PassThrough
 
 from .destinations import Destination, PushRejected, RegistryDestination
 from .layers import LayerPlan, open_converted
@@ -57,51 +57,32 @@ class CacheEntry:
     places: set[tuple[str, str]] = field(default_factory=set)
 
 
-class _Progress(io.RawIOBase):
+class _Progress(PassThrough):
     """Source bytes read, as BLOB_PROGRESS events (no ``annotations``: it is the source)."""
 
     def __init__(self, raw: BinaryIO, emit: Observer, desc: Descriptor) -> None:
-        super().__init__()
-        self._raw = raw
+        super().__init__(raw)
         self._emit = emit
         self._desc = desc
         self._offset = 0
         self._last = 0.0
 
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
-        data = bytes(self._raw.read(-1 if size is None else size))
-        if data:
-            self._offset += len(data)
-            now = time.monotonic()
-            if now - self._last >= PROGRESS_INTERVAL or self._offset >= self._desc.size:
-                self._last = now
-                d = self._desc
-                self._emit(
-                    Event(
-                        EventKind.BLOB_PROGRESS,
-                        d.digest,
-                        d.media_type,
-                        d.size,
-                        "converting",
-                        self._offset,
-                    )
+    def _seen(self, chunk: bytes | memoryview) -> None:
+        self._offset += len(chunk)
+        now = time.monotonic()
+        d = self._desc
+        if now - self._last >= PROGRESS_INTERVAL or self._offset >= d.size:
+            self._last = now
+            self._emit(
+                Event(
+                    EventKind.BLOB_PROGRESS,
+                    d.digest,
+                    d.media_type,
+                    d.size,
+                    "converting",
+                    self._offset,
                 )
-        return data
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        memoryview(buffer).cast("B")[: len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        if not self.closed:
-            try:
-                self._raw.close()
-            finally:
-                super().close()
+            )
 
 
 def _progress(raw: BinaryIO, emit: Observer, desc: Descriptor) -> BinaryIO:

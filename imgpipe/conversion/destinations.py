@@ -42,6 +42,8 @@ from imgpipe.formats.reference import Reference
 from imgpipe.metadata.labels import LABEL_UNCOMPRESSED
 from imgpipe.transports import ImageSink
 
+from .layers import Recording
+
 if TYPE_CHECKING:
     from imgpipe.metadata import Lease
     from imgpipe.remote.client import Repository
@@ -51,7 +53,6 @@ __all__ = [
     "COPY_CHUNK_SIZE",
     "Destination",
     "PushRejected",
-    "Recording",
     "RegistryDestination",
     "SinkDestination",
     "StoreDestination",
@@ -235,39 +236,6 @@ def _rejected(name: str, e: ImgpipeError) -> ImgpipeError:
     if isinstance(e, Unavailable | FailedPrecondition | NotFound | Unsupported | ResourceLimit):
         return PushRejected(f"{name}: the destination refused the push: {e}")
     return e
-
-
-class Recording(io.RawIOBase):
-    """A read-only stream that remembers the first exception reading raised (``error``),
-    so that an upload that failed can be blamed on its source when the source failed."""
-
-    def __init__(self, inner: BinaryIO) -> None:
-        super().__init__()
-        self._inner = inner
-        self.error: BaseException | None = None
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
-        try:
-            return bytes(self._inner.read(-1 if size is None else size))
-        except BaseException as e:
-            if self.error is None:
-                self.error = e
-            raise
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        memoryview(buffer).cast("B")[: len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        if not self.closed:
-            try:
-                self._inner.close()
-            finally:
-                super().close()
 
 
 @contextlib.contextmanager

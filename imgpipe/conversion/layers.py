@@ -21,8 +21,6 @@ layer whose content is not what the config says.
 
 from __future__ import annotations
 
-import io
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, BinaryIO, Final, Literal
 
@@ -38,12 +36,13 @@ from imgpipe.formats.mediatype import (
     MediaType,
 )
 from imgpipe.processors import ProcessorParams, ProcessorRegistry, open_chain
-from imgpipe.processors.registry import ChainStream
+from imgpipe.processors.streams import PassThrough
 
 __all__ = [
     "ENCRYPTED_SUFFIX",
     "LayerKind",
     "LayerPlan",
+    "Recording",
     "open_converted",
 ]
 
@@ -132,58 +131,55 @@ class LayerPlan:
         return (str(self.source.digest), self.target_type.base, str(level))
 
 
-class _DiffIDTee(io.RawIOBase):
+class _DiffIDTee(PassThrough):
     """The decoded tar, hashed on the way; at EOF the DiffID is compared with ``expected``
-    before EOF is reported (DigestMismatch, sticky)."""
+    before EOF is reported (DigestMismatch; the ReadAhead over it keeps it raised)."""
 
-    def __init__(self, inner: ChainStream, expected: Digest | None, what: str) -> None:
-        super().__init__()
-        self._inner = inner
+    def __init__(self, inner: BinaryIO, expected: Digest | None, what: str) -> None:
+        super().__init__(inner)
         self._expected = expected
         self._what = what
         self._digester = Digester(expected.algorithm if expected is not None else "sha256")
-        self._error: DigestMismatch | None = None
         self.diff_id: Digest | None = None
 
-    def readable(self) -> bool:
-        return True
+    def _seen(self, chunk: bytes | memoryview) -> None:
+        self._digester.update(chunk)
 
-    def read(self, size: int | None = -1) -> bytes:
-        if self._error is not None:
-            raise self._error
-        data: bytes = self._inner.read(-1 if size is None else size)
-        if data:
-            self._digester.update(data)
-            return data
-        if self.diff_id is None:
-            self.diff_id = self._digester.digest()
-            if self._expected is not None and self.diff_id != self._expected:
-                self._error = DigestMismatch(
-                    f"{self._what}: the uncompressed layer is {self.diff_id}, "
-                    f"the image config says {self._expected}",
-                    expected=str(self._expected),
-                    actual=str(self.diff_id),
-                )
-                raise self._error
-        return b""
+    def _eof(self) -> None:
+        self.diff_id = self._digester.digest()
+        if self._expected is not None and self.diff_id != self._expected:
+            raise DigestMismatch(
+                f"{self._what}: the uncompressed layer is {self.diff_id}, "
+                f"the image config says {self._expected}",
+                expected=str(self._expected),
+                actual=str(self.diff_id),
+            )
+
+
+class Recording(PassThrough):
+    """A read-only stream that remembers the first exception reading raised (``error``),
+    so that an upload that failed can be blamed on its source when the source failed."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        super().__init__(raw)
+        self.error: BaseException | None = None
 
     def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        memoryview(buffer).cast("B")[: len(data)] = data
-        return len(data)
+        try:
+            return super().readinto(buffer)
+        except BaseException as e:
+            self.error = self.error or e
+            raise
 
-    def annotations(self) -> Mapping[str, str]:
-        return self._inner.annotations()
-
-    def close(self) -> None:
-        if not self.closed:
-            try:
-                self._inner.close()
-            finally:
-                super().close()
+    def read(self, size: int | None = -1) -> bytes:
+        try:
+            return super().read(size)
+        except BaseException as e:
+            self.error = self.error or e
+            raise
 
 
-class Converted(io.RawIOBase):
+class Converted(Recording):
     """The converted layer's bytes. After EOF: ``annotations()`` for its descriptor (the
     ocicrypt keys when encrypted) and ``diff_id`` when the layer was decoded.
 
@@ -192,48 +188,18 @@ class Converted(io.RawIOBase):
     Closing closes the whole chain and the source stream.
     """
 
-    def __init__(self, last: Any, steps: Sequence[Any], tee: _DiffIDTee | None) -> None:
-        super().__init__()
-        self._last = last
-        self._steps = list(steps)
+    def __init__(self, last: BinaryIO, encrypted: Any, tee: _DiffIDTee | None) -> None:
+        super().__init__(last)
+        self._encrypted = encrypted
         self._tee = tee
-        self.error: BaseException | None = None
 
     @property
     def diff_id(self) -> Digest | None:
         return self._tee.diff_id if self._tee is not None else None
 
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
-        try:
-            data: bytes = self._last.read(-1 if size is None else size)
-        except BaseException as e:
-            if self.error is None:
-                self.error = e
-            raise
-        return data
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        memoryview(buffer).cast("B")[: len(data)] = data
-        return len(data)
-
     def annotations(self) -> dict[str, str]:
-        merged: dict[str, str] = {}
-        for step in self._steps:
-            get = getattr(step, "annotations", None)
-            if get is not None:
-                merged.update(get())
-        return merged
-
-    def close(self) -> None:
-        if not self.closed:
-            try:
-                self._last.close()
-            finally:
-                super().close()
+        # Only encryption adds annotations (decoders and compressors add none).
+        return dict(self._encrypted.annotations()) if self._encrypted is not None else {}
 
 
 def open_converted(
@@ -255,42 +221,39 @@ def open_converted(
     desc = plan.source
     current: Any = source
     mt = desc.media_type
-    steps: list[Any] = []
+    encrypted: Any = None
     tee: _DiffIDTee | None = None
     try:
         if plan.decrypt:
             chain = [registry.find(mt, "decode")]
             current = open_chain(current, desc, chain, params)
-            steps.append(current)
             mt = current.media_type
         if plan.recompress:
             step_desc = desc if mt == desc.media_type else replace(desc, media_type=mt)
             current = open_chain(current, step_desc, registry.decoder_chain(mt), params)
-            steps.append(current)
             tee = _DiffIDTee(current, plan.diff_id, what)
             # fetch + verify + decompress + DiffID on one core, the rest on the other
             current, mt = (
                 ReadAhead(tee, depth=READ_AHEAD_DEPTH, name="convert-read-ahead"),
                 OCI_LAYER,
             )
-            steps.append(tee)
             if plan.compression:
                 goal = _layer_type("oci", False, plan.compression)
                 step_desc = replace(desc, media_type=mt)
                 current = open_chain(current, step_desc, registry.encoder_chain(mt, goal), params)
-                steps.append(current)
                 mt = current.media_type
         if plan.encrypt:
             goal = MediaType(MediaType(mt).base + ENCRYPTED_SUFFIX)
             # The source descriptor itself when encryption reads the source blob: the
             # encryptor then records its (verified) digest instead of hashing again.
             step_desc = desc if current is source else replace(desc, media_type=mt)
-            current = open_chain(current, step_desc, registry.encoder_chain(mt, goal), params)
-            steps.append(current)
+            current = encrypted = open_chain(
+                current, step_desc, registry.encoder_chain(mt, goal), params
+            )
         if not plan.recompress:
             # decrypt or encrypt only: the output's hashing and sending on another core
             current = ReadAhead(current, depth=READ_AHEAD_DEPTH, name="convert-read-ahead")
     except BaseException:
         current.close()
         raise
-    return Converted(current, steps, tee)
+    return Converted(current, encrypted, tee)
