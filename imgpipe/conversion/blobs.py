@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, BinaryIO, Final
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, BinaryIO, Final
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.digest import Digest
 from imgpipe.formats.errors import DigestMismatch, SizeMismatch, Unavailable
+from imgpipe.image.keys import in_layer
 from imgpipe.pipeline import PROGRESS_INTERVAL, Event, EventKind, Observer
 from imgpipe.processors.streams import PassThrough
 
@@ -121,10 +122,7 @@ class BlobWork:
             if self.source.name in str(e):
                 raise
             # the verifying reader knows bytes, not where they came from: say it
-            where = f"{self.source.name}: blob {plan.source.digest}: {e}"
-            if isinstance(e, DigestMismatch):
-                raise DigestMismatch(where, expected=e.expected, actual=e.actual) from None
-            raise SizeMismatch(where, expected=e.expected, actual=e.actual) from None
+            raise in_layer(e, f"{self.source.name}: blob {plan.source.digest}") from None
 
     def _run_blob(self, plan: LayerPlan) -> Result:
         start = time.monotonic()
@@ -132,31 +130,10 @@ class BlobWork:
         emit = self.emit
         if plan.passthrough:
             out = replace(src, media_type=plan.target_type)
-            if self.dest.has_blob(out):
-                emit(
-                    Event(
-                        EventKind.BLOB_EXISTS,
-                        out.digest,
-                        out.media_type,
-                        out.size,
-                        "already exists",
-                    )
-                )
-                return Result(out, "exists", time.monotonic() - start)
-            origin = self.dest.mount_blob(out, self.source.registry_repo())
-            if origin:
-                emit(
-                    Event(
-                        EventKind.BLOB_EXISTS,
-                        out.digest,
-                        out.media_type,
-                        out.size,
-                        f"mounted from {origin}",
-                    )
-                )
-                return Result(out, "mounted", time.monotonic() - start)
+            if found := self._found(out, [self.source.registry_repo()], start):
+                return found
             emit(Event(EventKind.BLOB_START, src.digest, src.media_type, src.size, "copying"))
-            self.dest.copy_blob(out, _progress(self.source.open_blob(src), emit, src))
+            self.dest.copy_blob(out, _progress(plan.layer.open_compressed(), emit, src))
             emit(Event(EventKind.BLOB_DONE, out.digest, out.media_type, out.size, "done"))
             return Result(out, "copied", time.monotonic() - start)
         key = plan.cache_key(self.params)
@@ -169,31 +146,12 @@ class BlobWork:
                 hit = None
             if hit is not None:
                 out = self._descriptor(plan, hit.digest, hit.size, {})
-                if self.dest.has_blob(out):
-                    emit(
-                        Event(
-                            EventKind.BLOB_EXISTS,
-                            out.digest,
-                            out.media_type,
-                            out.size,
-                            "already exists",
-                        )
-                    )
-                    return Result(out, "exists", time.monotonic() - start, hit.diff_id)
-                for place in sorted(hit.places):
-                    origin = self.dest.mount_blob(out, place)
-                    if origin:
-                        detail = f"mounted from {origin}"
-                        emit(
-                            Event(
-                                EventKind.BLOB_EXISTS, out.digest, out.media_type, out.size, detail
-                            )
-                        )
-                        return Result(out, "mounted", time.monotonic() - start, hit.diff_id)
+                if found := self._found(out, sorted(hit.places), start, hit.diff_id):
+                    return found
         emit(Event(EventKind.BLOB_START, src.digest, src.media_type, src.size, "converting"))
         for attempt in range(LAYER_ATTEMPTS):
             stream = open_converted(
-                _progress(self.source.open_blob(src), emit, src),
+                _progress(plan.layer.open_compressed(), emit, src),
                 plan,
                 self.registry,
                 self.params,
@@ -219,6 +177,25 @@ class BlobWork:
                     entry.places.add((self.dest.ref.domain, self.dest.ref.path))
         emit(Event(EventKind.BLOB_DONE, out.digest, out.media_type, out.size, "done"))
         return Result(out, "converted", time.monotonic() - start, str(diff_id or ""))
+
+    def _found(
+        self,
+        out: Descriptor,
+        places: Sequence[tuple[str, str] | None],
+        start: float,
+        diff_id: str = "",
+    ) -> Result | None:
+        """``out`` found in the destination (HEAD) or mounted there from one of ``places``
+        (registry, repository); None when it has to be written."""
+        action: Action = "exists"
+        detail = "already exists"
+        if not self.dest.has_blob(out):
+            origin = next(filter(None, (self.dest.mount_blob(out, p) for p in places)), "")
+            if not origin:
+                return None
+            action, detail = "mounted", f"mounted from {origin}"
+        self.emit(Event(EventKind.BLOB_EXISTS, out.digest, out.media_type, out.size, detail))
+        return Result(out, action, time.monotonic() - start, diff_id)
 
     def _descriptor(
         self, plan: LayerPlan, digest: Digest, size: int, added: Mapping[str, str]

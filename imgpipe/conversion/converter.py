@@ -210,7 +210,7 @@ class Converter:
                 writer = DocumentWriter(dest, work.results)
                 ok = False
                 try:
-                    planner = Planner(src, spec)
+                    planner = Planner(src, spec, self._processors())
                     tree = planner.plan(root_in)
                     work.run_blobs(planner.tasks(tree))
                     root_out = writer.write(tree)

@@ -35,6 +35,7 @@ from imgpipe.formats.mediatype import (
     OCI_LAYER_NONDIST,
     MediaType,
 )
+from imgpipe.image import Layer
 from imgpipe.processors import ProcessorParams, ProcessorRegistry, open_chain
 from imgpipe.processors.streams import PassThrough
 
@@ -110,13 +111,18 @@ class LayerPlan:
     bytes pass through unchanged (``passthrough``), only the media type may change.
     """
 
-    source: Descriptor
+    layer: Layer
     target_type: MediaType
     decrypt: bool = False
     recompress: bool = False
     compression: str = ""
     encrypt: bool = False
     diff_id: Digest | None = None
+
+    @property
+    def source(self) -> Descriptor:
+        """The source layer's descriptor."""
+        return self.layer.descriptor
 
     @property
     def passthrough(self) -> bool:

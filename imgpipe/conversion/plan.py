@@ -10,15 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from imgpipe.formats.config import parse_config
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.digest import Digest
-from imgpipe.formats.errors import InvalidArgument, NotFound
-from imgpipe.formats.manifest import Index, Manifest, parse_document
+from imgpipe.formats.errors import (
+    DigestMismatch,
+    InvalidArgument,
+    MalformedDocument,
+    NotFound,
+    SizeMismatch,
+)
+from imgpipe.formats.manifest import Index, Manifest
 from imgpipe.formats.mediatype import DOCKER_CONFIG, OCI_CONFIG, MediaType
-from imgpipe.formats.platform import Platform, PlatformMatcher
+from imgpipe.image import BlobImage, BlobIndex, BlobLayer, check_layer_keys, load, select
+from imgpipe.image.keys import in_layer
+
+if TYPE_CHECKING:
+    from imgpipe.processors import ProcessorRegistry
 
 from .layers import LayerKind, LayerPlan
 from .options import ConvertOptions
@@ -36,6 +45,7 @@ class ManifestNode:
     oci: bool
     config_type: MediaType
     layers: list[LayerPlan]
+    image: BlobImage
     out: Descriptor | None = None
     raw: bytes = b""
 
@@ -68,39 +78,52 @@ def blob_key(plan: LayerPlan) -> BlobKey:
 class Planner:
     """Plans the conversion of ``source`` as ``spec`` says."""
 
-    def __init__(self, source: Source, spec: ConvertOptions) -> None:
+    def __init__(
+        self, source: Source, spec: ConvertOptions, registry: ProcessorRegistry | None = None
+    ) -> None:
         self.source = source
         self.spec = spec
+        self.registry = registry
 
-    def plan(self, desc: Descriptor, depth: int = 0) -> Node:
-        if depth > 8:
-            raise InvalidArgument(f"image index nesting deeper than 8 at {desc.digest}")
-        doc = parse_document(self.source.document(desc), desc.media_type)
-        if isinstance(doc, Manifest):
-            return self._plan_manifest(desc, doc)
+    def plan(self, desc: Descriptor) -> Node:
+        """The plan of the image ``desc`` names (its documents read, verified)."""
+        return self._node(self._load(desc, 0), 0)
+
+    def _load(self, desc: Descriptor, depth: int) -> BlobImage | BlobIndex:
+        # the model's load holds the one depth bound (MAX_INDEX_DEPTH)
+        try:
+            return load(self.source, desc, registry=self.registry, depth=depth)
+        except (DigestMismatch, SizeMismatch) as e:
+            raise in_layer(e, self.source.name) from None
+
+    def _node(self, value: BlobImage | BlobIndex, depth: int) -> Node:
+        if isinstance(value, BlobImage):
+            return self._plan_manifest(value)
+        doc = value.index
         children: list[tuple[Descriptor, Node]] = []
-        for entry in doc.manifests:
-            if not (entry.media_type.is_index() or entry.media_type.is_manifest()):
-                continue  # an artifact blob listed in an index: not ours to convert
-            if not self.source.present(entry):
-                continue  # a platform the store never pulled
-            if self.spec.platforms and entry.platform is not None:
-                wanted = self.spec.platforms
-                assert all(isinstance(p, Platform) for p in wanted)
-                if not any(
-                    PlatformMatcher(p, strict=True).match(entry.platform)  # type: ignore[arg-type]
-                    for p in wanted
-                ):
-                    continue
-            children.append((entry, self.plan(entry, depth + 1)))
+        entries = [
+            e for e in doc.manifests if e.media_type.is_index() or e.media_type.is_manifest()
+        ]
+        # (an artifact blob listed in an index is not ours to convert)
+        for entry in select.matching(entries, self.spec.platforms):  # type: ignore[arg-type]
+            try:
+                child = self._load(entry, depth + 1)
+            except NotFound:
+                if self.source.partial:
+                    continue  # a platform the store never pulled
+                raise
+            children.append((entry, self._node(child, depth + 1)))
         if not children:
             want = ", ".join(str(p) for p in self.spec.platforms) or "any"
-            raise NotFound(f"{self.source.name}: index {desc.digest} has no manifest for {want}")
+            raise NotFound(
+                f"{self.source.name}: index {value.descriptor.digest} has no manifest for {want}"
+            )
         oci = self.spec.oci or not doc.media_type.is_docker() or any(n.oci for _, n in children)
-        return IndexNode(desc, doc, children, oci)
+        return IndexNode(value.descriptor, doc, children, oci)
 
-    def _plan_manifest(self, desc: Descriptor, m: Manifest) -> ManifestNode:
+    def _plan_manifest(self, image: BlobImage) -> ManifestNode:
         spec = self.spec
+        desc, m = image.descriptor, image.manifest
         n = len(m.layers)
         selected: set[int] | None = None
         if spec.encrypt_layers is not None:
@@ -109,9 +132,10 @@ class Planner:
                 if not -n <= i < n:
                     raise InvalidArgument(f"encrypt layer {i}: manifest {m.digest} has {n} layers")
                 selected.add(i % n)
-        kinds: list[tuple[LayerKind | None, LayerKind | None, bool, bool]] = []
-        for i, layer in enumerate(m.layers):
-            kinds.append(self._layer_kind(i, layer, m, selected))
+        if spec.decrypt_keys:
+            # unwrap only, before any byte moves: a wrong key fails fast
+            check_layer_keys(m.layers, spec.decrypt_keys)
+        kinds = [self._layer_kind(i, layer, m, selected) for i, layer in enumerate(m.layers)]
         oci = (
             spec.oci
             or not m.media_type.is_docker()
@@ -123,19 +147,16 @@ class Planner:
         )
         diff_ids: tuple[Digest, ...] = ()
         if need_diff_ids and m.config.media_type.is_config():
-            config = parse_config(self.source.document(m.config))
-            if len(config.diff_ids) != n:
-                raise InvalidArgument(
-                    f"{self.source.name}: manifest {m.digest} has {n} layers, its config "
-                    f"{len(config.diff_ids)} DiffIDs"
-                )
-            diff_ids = config.diff_ids
+            try:
+                diff_ids = image.config().diff_ids  # the count checked against the layers
+            except (DigestMismatch, SizeMismatch, MalformedDocument) as e:
+                raise in_layer(e, self.source.name) from None
         plans = []
         for i, (layer, (k_in, k_out, decrypt, encrypt)) in enumerate(
-            zip(m.layers, kinds, strict=True)
+            zip(image.layers(), kinds, strict=True)
         ):
             if k_in is None or k_out is None:
-                plans.append(LayerPlan(layer, layer.media_type))
+                plans.append(LayerPlan(layer, layer.media_type))  # untouched
                 continue
             recompress = k_in.compression != k_out.compression
             plans.append(
@@ -152,7 +173,7 @@ class Planner:
         config_type = m.config.media_type
         if oci and config_type.base == DOCKER_CONFIG:
             config_type = OCI_CONFIG
-        return ManifestNode(desc, m, oci, config_type, plans)
+        return ManifestNode(desc, m, oci, config_type, plans, image)
 
     def _layer_kind(
         self, i: int, layer: Descriptor, m: Manifest, selected: set[int] | None
@@ -169,11 +190,7 @@ class Planner:
         decrypt = False
         if k_in.encrypted:
             if spec.decrypt_keys:
-                from imgpipe.processors.ocicrypt import check_authorization  # noqa: PLC0415
-
-                # unwrap only, before any byte moves: a wrong key fails fast
-                check_authorization(layer.annotations, keys=spec.decrypt_keys)
-                decrypt = True
+                decrypt = True  # the keys were checked for the whole manifest
             elif want_enc or comp != k_in.compression:
                 from imgpipe.processors.ocicrypt import NoDecryptionKey  # noqa: PLC0415
 
@@ -197,6 +214,10 @@ class Planner:
                 yield from self.tasks(child)
             return
         cfg = node.manifest.config
-        yield ("config", str(cfg.digest), node.config_type.base), LayerPlan(cfg, node.config_type)
+        config = BlobLayer(self.source, cfg)  # a blob like a layer, copied as it is
+        yield (
+            ("config", str(cfg.digest), node.config_type.base),
+            LayerPlan(config, node.config_type),
+        )
         for plan in node.layers:
             yield blob_key(plan), plan

@@ -1,8 +1,10 @@
 """Where a conversion reads from: the store, a registry, a layout or an archive.
 
-Every source hands out *verified* bytes (documents checked whole, blobs through a
-:class:`~imgpipe.content.verify.VerifyingReader` whose last read fails on a mismatch),
-so a corrupt source layer fails inside the destination's read, before it commits.
+Every source is a :class:`~imgpipe.content.verify.BlobReader` (raw bytes by descriptor)
+and nothing more is trusted of it: the image model reads it through
+:func:`~imgpipe.image.open_verified` (documents checked whole, blobs while read, the
+last read failing on a mismatch), so a corrupt source layer fails inside the
+destination's read, before it commits.
 """
 
 from __future__ import annotations
@@ -10,11 +12,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
-from imgpipe.content.verify import VerifyingReader
 from imgpipe.formats.descriptor import Descriptor
-from imgpipe.formats.digest import Digest
-from imgpipe.formats.errors import DigestMismatch, ResourceLimit, SizeMismatch
-from imgpipe.formats.manifest import MAX_DOCUMENT_SIZE
 from imgpipe.transports import ImageSource
 
 if TYPE_CHECKING:
@@ -24,47 +22,19 @@ if TYPE_CHECKING:
 __all__ = ["RegistrySourceEnd", "Source", "StoreSource", "TransportSourceEnd"]
 
 
-def verified_document(raw: bytes, desc: Descriptor, where: str) -> bytes:
-    """``raw`` if it is the document ``desc`` names; DigestMismatch / SizeMismatch."""
-    if len(raw) != desc.size:
-        raise SizeMismatch(
-            f"{where}: document {desc.digest} is {len(raw)} bytes, {desc.size} expected",
-            expected=desc.size,
-            actual=len(raw),
-        )
-    got = Digest.from_bytes(raw, desc.digest.algorithm)
-    if got != desc.digest:
-        raise DigestMismatch(
-            f"{where}: document {desc.digest} hashes to {got}",
-            expected=str(desc.digest),
-            actual=str(got),
-        )
-    return raw
-
-
-def _read_document(stream: BinaryIO, desc: Descriptor, where: str) -> bytes:
-    if desc.size > MAX_DOCUMENT_SIZE:
-        raise ResourceLimit(
-            f"{where}: {desc.media_type} {desc.digest} is {desc.size} bytes; documents over "
-            f"{MAX_DOCUMENT_SIZE} bytes are refused"
-        )
-    with stream:
-        raw = stream.read(desc.size + 1)
-    return verified_document(bytes(raw), desc, where)
-
-
 class Source(Protocol):
-    """An image to convert: its root, its documents and blobs, all verified."""
+    """An image to convert: a blob reader with a root.
 
-    name: str  # for messages and the report
+    ``name`` is for messages and the report; ``partial``: index entries may be missing
+    (the platforms a store never pulled), and are then left out rather than an error.
+    """
+
+    name: str
+    partial: bool
 
     def root(self) -> Descriptor: ...
 
-    def document(self, desc: Descriptor) -> bytes: ...
-
     def open_blob(self, desc: Descriptor) -> BinaryIO: ...
-
-    def present(self, desc: Descriptor) -> bool: ...
 
     def registry_repo(self) -> tuple[str, str] | None: ...
 
@@ -72,11 +42,9 @@ class Source(Protocol):
 
 
 class StoreSource:
-    """An image in the local store, by name. Blobs were verified when they came in.
+    """An image in the local store, by name; a conversion covers the platforms it has."""
 
-    Index entries whose manifests were never pulled are not ``present``: a conversion
-    of a store image covers the platforms the store has.
-    """
+    partial = True
 
     def __init__(self, store: Store, name: str) -> None:
         self.store = store
@@ -86,14 +54,8 @@ class StoreSource:
     def root(self) -> Descriptor:
         return self._target
 
-    def document(self, desc: Descriptor) -> bytes:
-        return _read_document(self.store.content.open(desc.digest), desc, self.name)
-
     def open_blob(self, desc: Descriptor) -> BinaryIO:
-        return self.store.content.open(desc.digest)
-
-    def present(self, desc: Descriptor) -> bool:
-        return self.store.content.exists(desc.digest)
+        return self.store.content.open_blob(desc)
 
     def registry_repo(self) -> tuple[str, str] | None:
         return None
@@ -103,7 +65,9 @@ class StoreSource:
 
 
 class TransportSourceEnd:
-    """An OCI layout, oci-archive or docker-archive (any ImageSource), verified here."""
+    """An OCI layout, oci-archive or docker-archive (any ImageSource)."""
+
+    partial = False
 
     def __init__(self, source: ImageSource, name: str) -> None:
         self._source = source
@@ -113,16 +77,9 @@ class TransportSourceEnd:
     def root(self) -> Descriptor:
         return self._source.resolve()
 
-    def document(self, desc: Descriptor) -> bytes:
-        return _read_document(self._source.open_blob(desc), desc, self.name)
-
     def open_blob(self, desc: Descriptor) -> BinaryIO:
         with self._lock:  # sources are not promised to be thread-safe on open
-            raw = self._source.open_blob(desc)
-        return VerifyingReader(raw, digest=desc.digest, size=desc.size)
-
-    def present(self, desc: Descriptor) -> bool:
-        return True
+            return self._source.open_blob(desc)
 
     def registry_repo(self) -> tuple[str, str] | None:
         return None
@@ -134,6 +91,8 @@ class TransportSourceEnd:
 class RegistrySourceEnd:
     """A registry repository, through a (possibly shared) RegistryClient."""
 
+    partial = False
+
     def __init__(self, repo: Repository, name: str) -> None:
         self._repo = repo
         self.name = name
@@ -141,20 +100,12 @@ class RegistrySourceEnd:
     def root(self) -> Descriptor:
         return self._repo.resolve()
 
-    def document(self, desc: Descriptor) -> bytes:
-        if desc.media_type.is_index() or desc.media_type.is_manifest():
-            return _read_document(self._repo.open_document(desc), desc, self.name)
-        return _read_document(self.open_blob(desc), desc, self.name)  # a config: a blob
-
     def open_blob(self, desc: Descriptor) -> BinaryIO:
+        if desc.media_type.is_index() or desc.media_type.is_manifest():
+            return self._repo.open_document(desc)
         from imgpipe.remote.client import as_binary  # noqa: PLC0415 (urllib3: on use)
 
-        return VerifyingReader(
-            as_binary(self._repo.open_blob(desc)), digest=desc.digest, size=desc.size
-        )
-
-    def present(self, desc: Descriptor) -> bool:
-        return True
+        return as_binary(self._repo.open_blob(desc))
 
     def registry_repo(self) -> tuple[str, str] | None:
         return self._repo.ref.domain, self._repo.name
