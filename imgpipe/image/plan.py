@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.digest import Digest
+from imgpipe.formats.errors import InvalidArgument
 from imgpipe.formats.manifest import Index, Manifest
+from imgpipe.formats.reference import TransportRef
 from imgpipe.processors import ProcessorRegistry
 
 from .blobs import BlobReader
@@ -31,6 +33,10 @@ class ImagePlan:
     # document descriptors in parent-before-child order (root first)
     document_descriptors: tuple[Descriptor, ...] = field(default=())
     name: str = ""  # the local name (normalised), when known
+    #: where the blobs can be read from (the open transport, or the store), and where
+    #: that is (for messages, and the distribution-source labels of a registry)
+    source: BlobReader | None = field(default=None, compare=False, repr=False)
+    origin: TransportRef | None = field(default=None, compare=False)
 
     def total_size(self) -> int:
         """Bytes of every document and blob in the plan."""
@@ -42,10 +48,13 @@ class ImagePlan:
         yield from reversed(self.document_descriptors)
 
     def images(
-        self, reader: BlobReader, *, registry: ProcessorRegistry | None = None
+        self, reader: BlobReader | None = None, *, registry: ProcessorRegistry | None = None
     ) -> tuple[BlobImage, ...]:
-        """The selected manifests as model Images whose blobs ``reader`` reads (the
-        documents are not read again)."""
+        """The selected manifests as model Images whose blobs ``reader`` (default: the
+        plan's source) reads; the documents are not read again."""
+        reader = reader if reader is not None else self.source
+        if reader is None:
+            raise InvalidArgument("the plan has no source to read its blobs from")
         out = []
         for desc in self.manifests:
             doc = self.documents[desc.digest]

@@ -1,0 +1,58 @@
+"""What a pipeline run shares between its stages, and the shape of a stage."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Protocol, TypeVar
+
+from imgpipe.events import Event, Observer
+from imgpipe.formats.digest import Digest
+from imgpipe.metadata import Lease
+from imgpipe.store import Store
+
+__all__ = ["Context", "Stage"]
+
+
+def _ignore(_event: Event) -> None:
+    pass
+
+
+class Context:
+    """What one pipeline run shares between its stages: the store, the observer, and
+    the run's bookkeeping. Data flows between stages only as their typed outputs.
+
+    ``resources`` closes transports and other handles when the run ends, whatever
+    happened. ``lease`` protects every blob the run writes from a concurrent ``gc``.
+    ``created`` lists the blobs this run committed, so a failed run can take them back.
+    """
+
+    def __init__(self, store: Store, *, observer: Observer | None = None) -> None:
+        self.store = store
+        self.observer: Observer = observer or _ignore
+        self.resources = contextlib.ExitStack()
+        self.lease: Lease | None = None
+        self.created: list[Digest] = []
+
+    def emit(self, event: Event) -> None:
+        self.observer(event)
+
+    def protect(self, digest: Digest) -> None:
+        """Lease ``digest`` before it is written or relied on (see imgpipe.metadata.gc)."""
+        if self.lease is not None:
+            self.lease.add_content(digest)
+
+
+In_contra = TypeVar("In_contra", contravariant=True)
+Out_co = TypeVar("Out_co", covariant=True)
+
+
+class Stage(Protocol[In_contra, Out_co]):
+    """One step of a pipeline: a name and ``run(item, ctx) -> item``.
+
+    ``run`` may raise any ImgpipeError; the pipeline stops there, and what the run
+    committed is released (and removed by the pipeline unless something else holds it).
+    """
+
+    name: str
+
+    def run(self, item: In_contra, ctx: Context) -> Out_co: ...

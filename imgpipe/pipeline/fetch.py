@@ -1,0 +1,278 @@
+"""Fetching into the store: documents, then blobs (all at once, or in the background).
+
+Every blob goes in through the store's verified ingest
+(:meth:`~imgpipe.content.ContentStore.ingest_blob`: size and digest checked while
+read, one hash pass, rename on success); the stages here add progress, leases,
+cancellation and the labels containerd keeps.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+from typing import BinaryIO
+
+from imgpipe.content.verify import BlobReader
+from imgpipe.events import Event, EventKind
+from imgpipe.formats.descriptor import Descriptor
+from imgpipe.formats.digest import Digest
+from imgpipe.formats.errors import DigestMismatch, InvalidArgument, SizeMismatch
+from imgpipe.formats.manifest import MAX_DOCUMENT_SIZE, Index, Manifest
+from imgpipe.formats.platform import Platform
+from imgpipe.formats.reference import TransportRef
+from imgpipe.image import ImagePlan, read_document, walk_image
+from imgpipe.metadata.labels import (
+    LABEL_DISTRIBUTION_SOURCE,
+    MAX_LABEL_SIZE,
+    index_child_labels,
+    manifest_child_labels,
+)
+
+from .context import Context, Stage
+from .resolve import Resolved
+from .scheduler import (
+    DEFAULT_MAX_CONCURRENT,
+    Background,
+    Cancelled,
+    announce_waiting,
+    run_concurrently,
+    with_progress,
+)
+
+__all__ = ["BlobFetch", "FetchBlobs", "FetchDocuments", "store_blob"]
+
+_Job = Callable[[threading.Event], object]
+
+
+class _Progress:
+    """``source`` as a BlobReader whose streams report progress (and stop on cancel)."""
+
+    def __init__(self, source: BlobReader, ctx: Context, cancel: threading.Event | None) -> None:
+        self._source = source
+        self._ctx = ctx
+        self._cancel = cancel
+
+    def open_blob(self, desc: Descriptor) -> BinaryIO:
+        raw = self._source.open_blob(desc)
+        return with_progress(raw, self._ctx.emit, desc, "downloading", cancel=self._cancel)
+
+
+def store_blob(
+    ctx: Context,
+    source: BlobReader,
+    desc: Descriptor,
+    *,
+    origin: TransportRef | None = None,
+    protect: bool = True,
+    cancel: threading.Event | None = None,
+) -> bool:
+    """Copy one blob from ``source`` into the store, verified. True if it was written.
+
+    ``origin`` names the source in messages. ``protect=False`` when the caller has
+    already leased ``desc`` (worker threads do not touch the database). ``cancel``:
+    once set, the transfer stops at its next read.
+    """
+    content = ctx.store.content
+    if cancel is not None and cancel.is_set():
+        raise Cancelled(f"transfer of {desc.digest} cancelled")
+    if protect:
+        ctx.protect(desc.digest)
+    if content.exists(desc.digest):
+        ctx.emit(
+            Event(EventKind.BLOB_EXISTS, desc.digest, desc.media_type, desc.size, "already exists")
+        )
+        return False
+    ctx.emit(Event(EventKind.BLOB_START, desc.digest, desc.media_type, desc.size, "downloading"))
+    # The ingest is the verifying reader: bytes past ``size`` are refused and size and
+    # digest are checked before the rename, hashed once. The ref is the digest, so two
+    # processes importing one blob share one ingest.
+    try:
+        written = content.ingest_blob(_Progress(source, ctx, cancel), desc)
+    except DigestMismatch as e:
+        raise DigestMismatch(
+            f"blob {desc.digest} from {origin or ''}: content hashes to {e.actual}",
+            expected=e.expected,
+            actual=e.actual,
+        ) from None
+    except SizeMismatch as e:
+        raise SizeMismatch(
+            f"blob {desc.digest} from {origin or ''}: expected {desc.size} bytes, "
+            + (f"got {e.actual}" if e.actual >= 0 else "got another size"),
+            expected=e.expected,
+            actual=e.actual,
+        ) from None
+    if written:
+        ctx.created.append(desc.digest)
+    ctx.emit(Event(EventKind.BLOB_DONE, desc.digest, desc.media_type, desc.size, "done"))
+    return written
+
+
+def _source_labels(ctx: Context, origin: TransportRef | None, digest: Digest) -> dict[str, str]:
+    """containerd's distribution-source label for a blob pulled from a registry.
+
+    ``containerd.io/distribution.source.<host>`` = the repositories on that registry the
+    blob is known to be in, comma-separated; the push side reads it to mount the blob
+    instead of uploading it. Empty when the source is not a registry, or when adding the
+    repository would pass the 4 KiB label limit (as containerd skips it).
+    """
+    if origin is None or origin.transport != "docker" or origin.reference is None:
+        return {}
+    key = f"{LABEL_DISTRIBUTION_SOURCE}.{origin.reference.domain}"
+    repo = origin.reference.path
+    have = ctx.store.db.content_labels(digest).get(key, "")
+    repos = [r for r in have.split(",") if r]
+    if repo in repos:
+        return {}
+    value = ",".join([*repos, repo])
+    if len(key.encode()) + len(value.encode()) > MAX_LABEL_SIZE:
+        return {}
+    return {key: value}
+
+
+def _label_sources(ctx: Context, origin: TransportRef | None, blobs: Iterable[Descriptor]) -> None:
+    # Where the blobs came from, for cross-repository mounts on a later push; on the
+    # calling thread, after every blob is in (a failed pull labels nothing).
+    for desc in blobs:
+        if labels := _source_labels(ctx, origin, desc.digest):
+            ctx.store.db.set_content_labels(desc.digest, labels)
+
+
+class FetchDocuments(Stage[Resolved, ImagePlan]):
+    """Fetch, verify and store the index and manifests; choose the platforms to follow.
+
+    Each document is stored (and labelled with its children, as containerd does) before
+    it is parsed, and parsed from the verified stored bytes. The plan carries the open
+    source on to FetchBlobs.
+    """
+
+    name = "fetch-documents"
+
+    def __init__(self, *, platform: Platform | None = None, all_platforms: bool = False) -> None:
+        self.platform = platform
+        self.all_platforms = all_platforms
+
+    def run(self, item: Resolved, ctx: Context) -> ImagePlan:
+        source = item.source
+        if source is None:
+            raise InvalidArgument("fetch-documents needs a source: run resolve first")
+        content = ctx.store.content
+
+        def read(desc: Descriptor) -> Manifest | Index:
+            if desc.size <= MAX_DOCUMENT_SIZE:  # read_document refuses the others
+                store_blob(ctx, source, desc, origin=item.ref)
+            doc = read_document(content, desc)
+            if isinstance(doc, Index):
+                labels = index_child_labels(doc.manifests)
+            else:
+                labels = manifest_child_labels(doc.config, doc.layers)
+            ctx.store.db.set_content_labels(
+                desc.digest, {**labels, **_source_labels(ctx, item.ref, desc.digest)}
+            )
+            return doc
+
+        plan = walk_image(item.root, read, platform=self.platform, all_platforms=self.all_platforms)
+        return replace(plan, name=item.name, source=source, origin=item.ref)
+
+
+class FetchBlobs(Stage[ImagePlan, ImagePlan]):
+    """Fetch, verify and store every config and layer of the plan not yet stored.
+
+    Up to ``max_concurrent`` blobs move at once, each on a worker thread; the observer is
+    called from those threads. The first failure stops the rest (running transfers
+    finish or fail on their own; queued ones never start) and is raised.
+    """
+
+    name = "fetch-blobs"
+
+    def __init__(self, *, max_concurrent: int = DEFAULT_MAX_CONCURRENT) -> None:
+        if max_concurrent < 1:
+            raise InvalidArgument(f"max_concurrent must be at least 1, not {max_concurrent}")
+        self.max_concurrent = max_concurrent
+
+    def run(self, item: ImagePlan, ctx: Context) -> ImagePlan:
+        source = _source_of(item, "fetch-blobs")
+        origin = item.origin
+        if self.max_concurrent == 1 or len(item.blobs) < 2:
+            for desc in item.blobs:
+                store_blob(ctx, source, desc, origin=origin)
+        else:
+            # Lease every blob here, on the calling thread: the workers never open
+            # database connections of their own.
+            for desc in item.blobs:
+                ctx.protect(desc.digest)
+            run_concurrently(
+                ctx.emit,
+                item.blobs,
+                self.max_concurrent,
+                "fetch",
+                lambda d: store_blob(ctx, source, d, origin=origin, protect=False),
+            )
+        _label_sources(ctx, origin, item.blobs)
+        return item
+
+    def start(self, item: ImagePlan, ctx: Context, *, first: Iterable[Digest] = ()) -> BlobFetch:
+        """Start fetching the plan's blobs in the background and return at once.
+
+        What :meth:`run` does, but the caller keeps its thread: ``pull --unpack`` applies
+        layer *k* as soon as :meth:`BlobFetch.wait` says blob *k* is stored, while later
+        blobs still download. Blobs in ``first`` are queued before the others (the
+        configs, which say what to unpack); the rest keep plan order. Every blob is
+        leased here, on the calling thread. Use the result as a context manager: leaving
+        it cancels what is still queued or running (on an error) and joins the workers.
+        """
+        source = _source_of(item, "fetch-blobs")
+        front = set(first)
+        order = [d for d in item.blobs if d.digest in front]
+        order += [d for d in item.blobs if d.digest not in front]
+        for desc in order:
+            ctx.protect(desc.digest)
+        return BlobFetch(ctx, source, order, self.max_concurrent, origin=item.origin)
+
+
+def _source_of(plan: ImagePlan, stage: str) -> BlobReader:
+    if plan.source is None:
+        raise InvalidArgument(f"{stage} needs a source: run resolve first")
+    return plan.source
+
+
+class BlobFetch(Background[Digest]):
+    """Blobs of a plan moving into the store on worker threads (:meth:`FetchBlobs.start`).
+
+    Per-blob completion: :meth:`wait` returns once that blob is stored. The first
+    failure of any transfer cancels the rest (queued ones never start, running ones stop
+    at their next read) and is raised by every later :meth:`wait`, :meth:`check` and
+    :meth:`finish`. A transfer stalled inside a read stops when the transport's read
+    timeout ends it. Workers touch no database; :meth:`finish` labels on the caller's
+    thread.
+    """
+
+    def __init__(
+        self,
+        ctx: Context,
+        source: BlobReader,
+        descs: Sequence[Descriptor],
+        workers: int,
+        *,
+        origin: TransportRef | None = None,
+    ) -> None:
+        self._ctx = ctx
+        self._descs = tuple(descs)
+        self._origin = origin
+        announce_waiting(ctx.emit, self._descs[workers:])
+
+        def job(d: Descriptor) -> tuple[Digest, _Job]:
+            return d.digest, lambda cancel: store_blob(
+                ctx, source, d, origin=origin, protect=False, cancel=cancel
+            )
+
+        super().__init__([job(d) for d in self._descs], workers, "fetch")
+
+    def finish(self) -> None:
+        """Wait for every blob, raise the first failure, then label the blobs with
+        where they came from (on this thread)."""
+        self.wait_all()
+        _label_sources(self._ctx, self._origin, self._descs)
+
+    def __enter__(self) -> BlobFetch:
+        return self

@@ -1,0 +1,308 @@
+"""The one scheduler: bounded concurrency, progress, cancellation, rollback.
+
+Every verb that moves or makes blobs uses these, so the knobs and the failure rules are
+the same everywhere:
+
+* :func:`run_concurrently` -- a job per item, ``workers`` at a time; the first failure
+  stops what has not started and is raised (pull's blobs, push's uploads, conversion).
+* :class:`Background` -- the same, started in the background with per-item waits and
+  cancellation (``pull --unpack`` applies a layer as soon as its blob is in).
+* :class:`ProgressReader` -- a pass-through that reports bytes read as BLOB_PROGRESS
+  and stops a cancelled transfer at its next read.
+* :func:`rollback` -- what a failed run committed goes again, unless something else
+  holds it by now.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from types import TracebackType
+from typing import Any, BinaryIO, Final, Generic, TypeVar, cast
+
+from imgpipe.events import Event, EventKind, Observer
+from imgpipe.formats.descriptor import Descriptor
+from imgpipe.formats.digest import Digest
+from imgpipe.formats.errors import FailedPrecondition, NotFound
+from imgpipe.metadata.gc import collect
+from imgpipe.processors.streams import PassThrough
+from imgpipe.store import Store
+
+__all__ = [
+    "DEFAULT_MAX_CONCURRENT",
+    "PROGRESS_INTERVAL",
+    "WAIT_SLICE",
+    "Background",
+    "Cancelled",
+    "ProgressReader",
+    "announce_waiting",
+    "rollback",
+    "run_concurrently",
+    "with_progress",
+]
+
+#: Blobs transferred at once, as ``docker pull`` and containerd default to. Hashing,
+#: file I/O and (later) sockets release the GIL, so threads use both cores.
+DEFAULT_MAX_CONCURRENT: Final = 3
+
+#: A blob's BLOB_PROGRESS events are at least this many seconds apart (the last one,
+#: all bytes in, is always sent): a display needs a few updates a second, not one per
+#: 1 MiB read at 700 MB/s.
+PROGRESS_INTERVAL: Final = 0.1
+
+#: How long one wait of :class:`Background` blocks before it looks again at the other
+#: jobs (a failure anywhere is seen within this) and lets signals in.
+WAIT_SLICE: Final = 0.05
+
+T = TypeVar("T")
+R = TypeVar("R")
+K = TypeVar("K", bound=Hashable)
+
+
+class Cancelled(Exception):
+    """A background job stopped because its :class:`Background` was cancelled.
+
+    Never reaches the caller: the error that caused the cancellation (or Ctrl-C) does.
+    """
+
+
+class ProgressReader(PassThrough):
+    """Pass-through reader that reports bytes read as BLOB_PROGRESS events.
+
+    ``detail`` is ``verb`` ("downloading", "uploading", "converting"), and ``final`` on
+    the event of the last byte. Seeking is passed on (the content store seeks past what
+    a resumed ingest already has, and the registry stream turns that into a Range
+    request); the offset reported is the stream position, so a resumed transfer's bar
+    starts where it left off. Once ``cancel`` is set the next read raises Cancelled.
+    """
+
+    def __init__(
+        self,
+        raw: BinaryIO,
+        emit: Observer,
+        desc: Descriptor,
+        verb: str,
+        *,
+        final: str = "verifying",
+        cancel: threading.Event | None = None,
+    ) -> None:
+        super().__init__(raw)
+        self._emit = emit
+        self._desc = desc
+        self._verb = verb
+        self._final = final
+        self._cancel = cancel
+        self._offset = 0
+        self._last = 0.0
+
+    def _report(self, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and now - self._last < PROGRESS_INTERVAL:
+            return
+        self._last = now
+        d = self._desc
+        state = self._final if final else self._verb
+        self._emit(
+            Event(EventKind.BLOB_PROGRESS, d.digest, d.media_type, d.size, state, self._offset)
+        )
+
+    def _seen(self, chunk: bytes | memoryview) -> None:
+        if self._cancel is not None and self._cancel.is_set():
+            # a background transfer that was called off: stop now, not at the end
+            raise Cancelled(f"transfer of {self._desc.digest} cancelled")
+        self._offset += len(chunk)
+        self._report(final=self._offset >= self._desc.size)
+
+    def seekable(self) -> bool:
+        try:
+            return bool(self._raw.seekable())
+        except (AttributeError, OSError, ValueError):
+            return False
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self._offset = self._raw.seek(offset, whence)
+        self._report()
+        return self._offset
+
+    def tell(self) -> int:
+        return self._offset
+
+
+def with_progress(
+    raw: BinaryIO,
+    emit: Observer,
+    desc: Descriptor,
+    verb: str,
+    *,
+    final: str = "verifying",
+    cancel: threading.Event | None = None,
+) -> BinaryIO:
+    """``raw`` as a :class:`ProgressReader` (typed as the BinaryIO it stands in for)."""
+    return cast(BinaryIO, ProgressReader(raw, emit, desc, verb, final=final, cancel=cancel))
+
+
+def announce_waiting(emit: Observer, descs: Iterable[Descriptor]) -> None:
+    """BLOB_WAITING for each of ``descs``: queued behind other transfers."""
+    for d in descs:
+        emit(Event(EventKind.BLOB_WAITING, d.digest, d.media_type, d.size, "waiting"))
+
+
+def _identity(d: Any) -> Descriptor:
+    return cast(Descriptor, d)
+
+
+def run_concurrently(
+    emit: Observer,
+    items: Sequence[T],
+    workers: int,
+    name: str,
+    job: Callable[[T], R],
+    *,
+    describe: Callable[[T], Descriptor] = _identity,
+) -> list[R]:
+    """``job`` on each item, ``workers`` at a time; the results in item order.
+
+    Items past the first ``workers`` are announced as BLOB_WAITING (``describe`` says an
+    item's descriptor; default: the item is one). With ``workers`` <= 1 the jobs run
+    here, in order. On a failure or Ctrl-C, queued jobs never start; running ones
+    finish or fail on their own; the first failure is raised.
+    """
+    announce_waiting(emit, (describe(i) for i in items[workers:]))
+    if workers <= 1:
+        return [job(i) for i in items]
+    pool = ThreadPoolExecutor(workers, thread_name_prefix=name)
+    futures: list[Future[R]] = []
+    try:
+        futures = [pool.submit(job, i) for i in items]
+        wait(futures, return_when=FIRST_EXCEPTION)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    for f in futures:
+        if not f.cancelled() and (exc := f.exception()) is not None:
+            raise exc
+    return [f.result() for f in futures]
+
+
+class Background(Generic[K]):
+    """Jobs running on ``workers`` threads, each known by a key, started at once.
+
+    :meth:`wait` returns once that job is done. The first failure of any job cancels
+    the rest (queued ones never start; running ones see :attr:`cancel_event` set, and
+    a ProgressReader given it stops at its next read) and is raised by every later
+    :meth:`wait` and :meth:`check`. Use it as a context manager: leaving it on an
+    error cancels, and it always joins the workers.
+    """
+
+    def __init__(
+        self,
+        jobs: Sequence[tuple[K, Callable[[threading.Event], object]]],
+        workers: int,
+        name: str,
+    ) -> None:
+        self._keys = tuple(k for k, _ in jobs)
+        self._cancel = threading.Event()
+        self._lock = threading.Lock()
+        self._error: BaseException | None = None
+        self._futures: dict[K, Future[object]] = {}
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix=name)
+        try:
+            for key, job in jobs:
+                with self._lock:
+                    if self._cancel.is_set():
+                        break
+                    f = self._pool.submit(job, self._cancel)
+                    self._futures[key] = f
+                # outside the lock: a future already done runs the callback right here
+                f.add_done_callback(self._on_done)
+        except BaseException:
+            self.close()
+            raise
+
+    def _on_done(self, f: Future[object]) -> None:
+        if f.cancelled():
+            return
+        exc = f.exception()
+        if exc is None or isinstance(exc, Cancelled):
+            return
+        with self._lock:
+            if self._error is None:
+                self._error = exc
+        self.cancel()
+
+    @property
+    def cancel_event(self) -> threading.Event:
+        """Set once the jobs are called off."""
+        return self._cancel
+
+    @property
+    def error(self) -> BaseException | None:
+        """The first job's failure, or None."""
+        return self._error
+
+    def check(self) -> None:
+        """Raise the first failure, if a job failed; FailedPrecondition if the jobs
+        were cancelled without one."""
+        if self._error is not None:
+            raise self._error
+        if self._cancel.is_set():
+            raise FailedPrecondition("the blob fetch was cancelled")
+
+    def done(self, key: K) -> bool:
+        """True once the job ``key`` has finished without an error."""
+        f = self._futures.get(key)
+        return f is not None and f.done() and not f.cancelled() and f.exception() is None
+
+    def wait(self, key: K) -> None:
+        """Block until the job ``key`` is done; raise as :meth:`check` does if any job
+        fails first. NotFound if there is no such job."""
+        if key not in self._keys:
+            raise NotFound(f"blob {key} is not part of this fetch")
+        while True:
+            self.check()
+            f = self._futures.get(key)
+            if f is None:  # never submitted: cancelled meanwhile
+                continue
+            # in slices: a failure of another job is seen promptly, Ctrl-C gets in
+            finished, _ = wait([f], timeout=WAIT_SLICE)
+            if finished and self.done(key):
+                return
+
+    def wait_all(self) -> None:
+        """:meth:`wait` for every job, in order, then join the workers."""
+        for key in self._keys:
+            self.wait(key)
+        self.close()
+
+    def cancel(self) -> None:
+        """Stop: queued jobs never start, running ones see :attr:`cancel_event`."""
+        self._cancel.set()
+        with self._lock:
+            futures = list(self._futures.values())
+        for f in futures:
+            f.cancel()
+
+    def close(self) -> None:
+        """Join the workers (after :meth:`cancel`, they stop early)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> Background[K]:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self.cancel()
+        self.close()
+
+
+def rollback(store: Store, created: Iterable[Digest]) -> None:
+    """Remove blobs a failed run committed, unless something else (an image, a live
+    lease) holds them by now. Call it after the run's lease is released."""
+    collect(store.db, store.content, only=set(created))
