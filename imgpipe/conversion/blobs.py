@@ -12,18 +12,18 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, BinaryIO, Final
+from typing import TYPE_CHECKING, Final
 
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.digest import Digest
 from imgpipe.formats.errors import DigestMismatch, SizeMismatch, Unavailable
 from imgpipe.image.keys import in_layer
-from imgpipe.pipeline import PROGRESS_INTERVAL, Event, EventKind, Observer
-from imgpipe.processors.streams import PassThrough
+from imgpipe.pipeline import Event, EventKind, Observer
+from imgpipe.pipeline.scheduler import run_concurrently, with_progress
 
 from .destinations import Destination, PushRejected, RegistryDestination
+from .flow import Emits, Mapped, Planned, Result
 from .layers import LayerPlan, open_converted
 from .options import ConvertOptions
 from .plan import BlobKey
@@ -33,21 +33,16 @@ from .sources import Source
 if TYPE_CHECKING:
     from imgpipe.processors import ProcessorRegistry
 
-__all__ = ["LAYER_ATTEMPTS", "BlobWork", "CacheEntry", "Result"]
+__all__ = ["LAYER_ATTEMPTS", "BlobWork", "CacheEntry", "MapLayers"]
 
 #: Attempts per converted layer when the destination failed mid-upload (5xx, dropped
 #: connection): a streamed upload cannot be replayed, so the layer is converted again.
 LAYER_ATTEMPTS: Final = 2
 
+#: The progress events' detail while a blob is read, to the last byte.
+VERB: Final = "converting"
+
 _ENC_ANNOTATION_PREFIX: Final = "org.opencontainers.image.enc."
-
-
-@dataclass
-class Result:
-    desc: Descriptor
-    action: Action
-    seconds: float
-    diff_id: str = ""
 
 
 @dataclass
@@ -56,38 +51,6 @@ class CacheEntry:
     size: int
     diff_id: str
     places: set[tuple[str, str]] = field(default_factory=set)
-
-
-class _Progress(PassThrough):
-    """Source bytes read, as BLOB_PROGRESS events (no ``annotations``: it is the source)."""
-
-    def __init__(self, raw: BinaryIO, emit: Observer, desc: Descriptor) -> None:
-        super().__init__(raw)
-        self._emit = emit
-        self._desc = desc
-        self._offset = 0
-        self._last = 0.0
-
-    def _seen(self, chunk: bytes | memoryview) -> None:
-        self._offset += len(chunk)
-        now = time.monotonic()
-        d = self._desc
-        if now - self._last >= PROGRESS_INTERVAL or self._offset >= d.size:
-            self._last = now
-            self._emit(
-                Event(
-                    EventKind.BLOB_PROGRESS,
-                    d.digest,
-                    d.media_type,
-                    d.size,
-                    "converting",
-                    self._offset,
-                )
-            )
-
-
-def _progress(raw: BinaryIO, emit: Observer, desc: Descriptor) -> BinaryIO:
-    return _Progress(raw, emit, desc)  # type: ignore[return-value]
 
 
 class BlobWork:
@@ -133,7 +96,9 @@ class BlobWork:
             if found := self._found(out, [self.source.registry_repo()], start):
                 return found
             emit(Event(EventKind.BLOB_START, src.digest, src.media_type, src.size, "copying"))
-            self.dest.copy_blob(out, _progress(plan.layer.open_compressed(), emit, src))
+            self.dest.copy_blob(
+                out, with_progress(plan.layer.open_compressed(), emit, src, VERB, final=VERB)
+            )
             emit(Event(EventKind.BLOB_DONE, out.digest, out.media_type, out.size, "done"))
             return Result(out, "copied", time.monotonic() - start)
         key = plan.cache_key(self.params)
@@ -151,7 +116,7 @@ class BlobWork:
         emit(Event(EventKind.BLOB_START, src.digest, src.media_type, src.size, "converting"))
         for attempt in range(LAYER_ATTEMPTS):
             stream = open_converted(
-                _progress(plan.layer.open_compressed(), emit, src),
+                with_progress(plan.layer.open_compressed(), emit, src, VERB, final=VERB),
                 plan,
                 self.registry,
                 self.params,
@@ -219,24 +184,50 @@ class BlobWork:
         todo: dict[BlobKey, LayerPlan] = {}
         for key, plan in tasks:
             todo.setdefault(key, plan)
-        items = list(todo.items())
-        for _, plan in items[self.spec.jobs :]:
-            d = plan.source
-            self.emit(Event(EventKind.BLOB_WAITING, d.digest, d.media_type, d.size, "waiting"))
-        workers = min(self.spec.jobs, len(items))
-        if workers <= 1:
-            for key, plan in items:
-                self.results[key] = self.run_blob(plan)
-            return
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="convert")
-        futures: dict[Future[Result], BlobKey] = {}
-        try:
-            futures = {pool.submit(self.run_blob, plan): key for key, plan in items}
-            wait(futures, return_when=FIRST_EXCEPTION)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-        for f in futures:
-            if not f.cancelled() and (exc := f.exception()) is not None:
-                raise exc
-        for f, key in futures.items():
-            self.results[key] = f.result()
+        plans = list(todo.values())
+        done = run_concurrently(
+            self.emit,
+            plans,
+            min(self.spec.jobs, len(plans)),
+            "convert",
+            self.run_blob,
+            describe=_source,
+        )
+        self.results.update(zip(todo, done, strict=True))
+
+
+def _source(plan: LayerPlan) -> Descriptor:
+    return plan.source
+
+
+class MapLayers:
+    """The stage ``Planned -> Mapped``: every blob of the plan into the destination,
+    ``spec.jobs`` at once; results of converted layers kept in ``cache`` for the next
+    conversion (a Converter's)."""
+
+    name = "map-layers"
+
+    def __init__(
+        self,
+        spec: ConvertOptions,
+        registry: ProcessorRegistry,
+        cache: dict[tuple[str, ...], CacheEntry],
+        cache_lock: threading.Lock,
+    ) -> None:
+        self.spec = spec
+        self.registry = registry
+        self.cache = cache
+        self.cache_lock = cache_lock
+
+    def run(self, planned: Planned, ctx: Emits) -> Mapped:
+        work = BlobWork(
+            source=planned.ends.source,
+            dest=planned.ends.dest,
+            spec=self.spec,
+            registry=self.registry,
+            observer=ctx.emit,
+            cache=self.cache,
+            cache_lock=self.cache_lock,
+        )
+        work.run_blobs(planned.tasks)
+        return Mapped(planned, work.results)

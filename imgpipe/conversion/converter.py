@@ -17,19 +17,21 @@ from typing import TYPE_CHECKING, Any
 
 from imgpipe.formats.digest import Digest
 from imgpipe.formats.errors import NotFound
+from imgpipe.formats.mediatype import MediaType
 from imgpipe.formats.platform import Platform
 from imgpipe.formats.reference import TransportRef
-from imgpipe.pipeline import Event, EventKind, Observer
+from imgpipe.pipeline import Event, EventKind, Observer, rollback
 from imgpipe.processors import ZSTD_THREADS
 from imgpipe.transports import TransportOptions, open_sink, open_source
 
-from .blobs import BlobWork, CacheEntry
+from .blobs import CacheEntry, MapLayers
 from .destinations import Destination, RegistryDestination, SinkDestination, StoreDestination
-from .documents import DocumentWriter
+from .documents import Write
+from .flow import Emits, Ends
 from .locate import Location, locate
 from .options import DEFAULT_JOBS, ConvertOptions
-from .plan import Planner
-from .report import BlobInfo, ConvertReport
+from .plan import Resolve
+from .report import ConvertReport
 from .sources import RegistrySourceEnd, Source, StoreSource, TransportSourceEnd
 
 if TYPE_CHECKING:
@@ -44,6 +46,20 @@ Root = str | os.PathLike[str] | None
 
 def _ignore(_event: Event) -> None:
     pass
+
+
+class _Events:
+    """A stage context of an observer only (see flow.Emits): a conversion between
+    registries has no store, so no pipeline Context."""
+
+    def __init__(self, observer: Observer) -> None:
+        self.emit = observer
+
+
+def _run(stages: tuple[Resolve, MapLayers, Write], ends: Ends, ctx: Emits) -> ConvertReport:
+    """Convert = Resolve -> MapLayers -> Write, each stage's output the next one's input."""
+    resolve, map_layers, write = stages
+    return write.run(map_layers.run(resolve.run(ends, ctx), ctx), ctx)
 
 
 class Converter:
@@ -198,53 +214,37 @@ class Converter:
                 dest = self._open_dest(dst_loc, shown_dst, str(image_name), stack)
                 if isinstance(dest, StoreDestination):
                     store_dest = dest
-                work = BlobWork(
-                    source=src,
-                    dest=dest,
-                    spec=spec,
-                    registry=self._processors(),
-                    observer=emit,
-                    cache=self._cache,
-                    cache_lock=self._cache_lock,
+                ends = Ends(src, dest, root_in, (shown_src, shown_dst), started)
+                registry = self._processors()
+                stages = (
+                    Resolve(spec, registry),
+                    MapLayers(spec, registry, self._cache, self._cache_lock),
+                    Write(),
                 )
-                writer = DocumentWriter(dest, work.results)
                 ok = False
                 try:
-                    planner = Planner(src, spec, self._processors())
-                    tree = planner.plan(root_in)
-                    work.run_blobs(planner.tasks(tree))
-                    root_out = writer.write(tree)
-                    dest.write_root(root_out)
+                    report = _run(stages, ends, _Events(emit))
                     ok = True
                 finally:
                     dest.finish(ok)
                     if store_dest is not None:
                         created = list(store_dest.created)
+                root_out = report.after
                 emit(
                     Event(
                         EventKind.EXPORTED,
-                        root_out.digest,
-                        root_out.media_type,
+                        Digest.parse(root_out.digest),
+                        MediaType(root_out.media_type),
                         root_out.size,
                         shown_dst,
                     )
                 )
         except BaseException:
             if created and store_dest is not None:
-                from imgpipe.metadata.gc import collect  # noqa: PLC0415
-
                 # the lease is gone: what only this conversion wrote goes again
-                collect(store_dest.store.db, store_dest.store.content, only=set(created))
+                rollback(store_dest.store, created)
             raise
-        return ConvertReport(
-            source=shown_src,
-            destination=shown_dst,
-            before=BlobInfo.of(root_in),
-            after=BlobInfo.of(root_out),
-            manifests=tuple(writer.manifest_reports),
-            layers=tuple(writer.layer_reports),
-            seconds=time.monotonic() - started,
-        )
+        return report
 
 
 def convert(

@@ -68,10 +68,9 @@ class PushRejected(Unavailable):
 
 
 class Destination(Protocol):
-    """Where the converted image goes. ``concurrent``: blob methods may run in parallel."""
+    """Where the converted image goes; blob methods may run in parallel."""
 
     name: str
-    concurrent: bool
 
     def has_blob(self, desc: Descriptor) -> bool: ...
 
@@ -96,8 +95,6 @@ class StoreDestination:
 
     ``created`` lists the blobs this conversion committed, for a rollback on failure.
     """
-
-    concurrent = True
 
     def __init__(self, store: Store, name: str, lease: Lease) -> None:
         self.store = store
@@ -180,8 +177,6 @@ class SinkDestination:
     """An OCI layout or oci-archive (an ImageSink). Writes are serialised (sinks are not
     promised to be thread-safe); converted blobs are spooled to ``spool_dir`` first."""
 
-    concurrent = False
-
     def __init__(self, sink: ImageSink, name: str, *, spool_dir: str | None = None) -> None:
         self._sink = sink
         self.name = name
@@ -255,8 +250,6 @@ def _pushing(name: str, producer: Any = None) -> Iterator[None]:
 
 class RegistryDestination:
     """A registry repository (push scope), through a (possibly shared) RegistryClient."""
-
-    concurrent = True
 
     def __init__(self, repo: Repository, ref: Reference, name: str) -> None:
         self._repo = repo

@@ -8,6 +8,7 @@ compactly in the order read, so the same input gives the same digests.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -17,12 +18,12 @@ from imgpipe.formats.digest import Digest
 from imgpipe.formats.mediatype import OCI_INDEX, OCI_MANIFEST
 from imgpipe.metadata.labels import index_child_labels, manifest_child_labels
 
-from .blobs import Result
 from .destinations import Destination
+from .flow import Emits, Mapped, Result
 from .plan import BlobKey, ManifestNode, Node, blob_key
-from .report import BlobInfo, LayerReport, ManifestReport
+from .report import BlobInfo, ConvertReport, LayerReport, ManifestReport
 
-__all__ = ["DocumentWriter"]
+__all__ = ["DocumentWriter", "Write"]
 
 
 def _json_bytes(obj: Any) -> bytes:
@@ -124,3 +125,25 @@ class DocumentWriter:
             )
         )
         return out
+
+
+class Write:
+    """The stage ``Mapped -> ConvertReport``: the documents, children first, then the
+    root (the tag, the local name) last, so nothing names a half-written image."""
+
+    name = "write"
+
+    def run(self, mapped: Mapped, ctx: Emits) -> ConvertReport:
+        ends = mapped.planned.ends
+        writer = DocumentWriter(ends.dest, mapped.results)
+        root_out = writer.write(mapped.planned.tree)
+        ends.dest.write_root(root_out)
+        return ConvertReport(
+            source=ends.shown[0],
+            destination=ends.shown[1],
+            before=BlobInfo.of(ends.root),
+            after=BlobInfo.of(root_out),
+            manifests=tuple(writer.manifest_reports),
+            layers=tuple(writer.layer_reports),
+            seconds=time.monotonic() - ends.started,
+        )

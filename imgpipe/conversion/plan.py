@@ -29,11 +29,12 @@ from imgpipe.image.keys import in_layer
 if TYPE_CHECKING:
     from imgpipe.processors import ProcessorRegistry
 
+from .flow import Emits, Ends, Planned
 from .layers import LayerKind, LayerPlan
 from .options import ConvertOptions
 from .sources import Source
 
-__all__ = ["BlobKey", "IndexNode", "ManifestNode", "Node", "Planner", "blob_key"]
+__all__ = ["BlobKey", "IndexNode", "ManifestNode", "Node", "Planner", "Resolve", "blob_key"]
 
 BlobKey = tuple[Any, ...]
 
@@ -221,3 +222,18 @@ class Planner:
         )
         for plan in node.layers:
             yield blob_key(plan), plan
+
+
+class Resolve:
+    """The stage ``Ends -> Planned``: the source image walked and every blob planned."""
+
+    name = "resolve"
+
+    def __init__(self, spec: ConvertOptions, registry: ProcessorRegistry | None = None) -> None:
+        self.spec = spec
+        self.registry = registry
+
+    def run(self, ends: Ends, ctx: Emits) -> Planned:
+        planner = Planner(ends.source, self.spec, self.registry)
+        tree = planner.plan(ends.root)
+        return Planned(ends, tree, tuple(planner.tasks(tree)))
