@@ -64,14 +64,18 @@ points), :mod:`.sources` and :mod:`.destinations` (the ends), :mod:`.plan` (the 
 and a plan per layer), :mod:`.layers` (a layer's media types and converted stream),
 :mod:`.blobs` (the per-blob work), :mod:`.documents` (manifests and indexes written),
 :mod:`.report`, :mod:`.converter` (:class:`Converter`, :func:`convert`) and
-:mod:`.stage` (:class:`Convert`, the pipeline stage).
+:mod:`.stage` (:class:`Convert`, the pipeline stage). A conversion is three typed
+stages, Resolve -> MapLayers -> Write (:mod:`.flow` draws what they hand each other).
 """
 
-from .blobs import LAYER_ATTEMPTS
+from .blobs import LAYER_ATTEMPTS, MapLayers
 from .converter import Converter, Root, convert
 from .destinations import PushRejected
+from .documents import Write
+from .flow import Ends, Mapped, Planned
 from .locate import LOCAL_PREFIX, Location, locate
 from .options import COMPRESSIONS, DEFAULT_JOBS, ConvertOptions
+from .plan import Resolve
 from .report import BlobInfo, ConvertReport, LayerReport, ManifestReport
 from .stage import Convert
 
@@ -85,11 +89,17 @@ __all__ = [
     "ConvertOptions",
     "ConvertReport",
     "Converter",
+    "Ends",
     "LayerReport",
     "Location",
     "ManifestReport",
+    "MapLayers",
+    "Mapped",
+    "Planned",
     "PushRejected",
+    "Resolve",
     "Root",
+    "Write",
     "convert",
     "locate",
 ]

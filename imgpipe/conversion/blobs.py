@@ -22,13 +22,12 @@ from imgpipe.image.keys import in_layer
 from imgpipe.pipeline import Event, EventKind, Observer
 from imgpipe.pipeline.scheduler import run_concurrently, with_progress
 
-from .destinations import Destination, PushRejected, RegistryDestination
-from .flow import Emits, Mapped, Planned, Result
+from .destinations import PushRejected, RegistryDestination
+from .flow import Emits, Ends, Mapped, Planned, Result
 from .layers import LayerPlan, open_converted
 from .options import ConvertOptions
 from .plan import BlobKey
 from .report import Action
-from .sources import Source
 
 if TYPE_CHECKING:
     from imgpipe.processors import ProcessorRegistry
@@ -54,27 +53,15 @@ class CacheEntry:
 
 
 class BlobWork:
-    """The blobs of one conversion, into ``dest``; ``results`` by :func:`blob_key`."""
+    """The blobs of one conversion (one run of ``stage``), into ``ends.dest``;
+    ``results`` by :func:`~imgpipe.conversion.plan.blob_key`."""
 
-    def __init__(
-        self,
-        *,
-        source: Source,
-        dest: Destination,
-        spec: ConvertOptions,
-        registry: ProcessorRegistry,
-        observer: Observer,
-        cache: dict[tuple[str, ...], CacheEntry],
-        cache_lock: threading.Lock,
-    ) -> None:
-        self.source = source
-        self.dest = dest
-        self.spec = spec
-        self.params = spec.params()
-        self.registry = registry
-        self.emit = observer
-        self.cache = cache
-        self.cache_lock = cache_lock
+    def __init__(self, stage: MapLayers, ends: Ends, emit: Observer) -> None:
+        self.stage = stage
+        self.source = ends.source
+        self.dest = ends.dest
+        self.params = stage.spec.params()
+        self.emit = emit
         self.results: dict[BlobKey, Result] = {}
 
     def run_blob(self, plan: LayerPlan) -> Result:
@@ -103,8 +90,8 @@ class BlobWork:
             return Result(out, "copied", time.monotonic() - start)
         key = plan.cache_key(self.params)
         if key is not None:
-            with self.cache_lock:
-                hit = self.cache.get(key)
+            with self.stage.cache_lock:
+                hit = self.stage.cache.get(key)
             if hit is not None and plan.diff_id is not None and hit.diff_id != str(plan.diff_id):
                 # The same blob, but this image's config promises another tar: convert it
                 # again so the DiffID check runs (and fails) as it would on a fresh run.
@@ -118,7 +105,7 @@ class BlobWork:
             stream = open_converted(
                 with_progress(plan.layer.open_compressed(), emit, src, VERB, final=VERB),
                 plan,
-                self.registry,
+                self.stage.registry,
                 self.params,
                 what=f"{self.source.name}: layer {src.digest}",
             )
@@ -136,8 +123,10 @@ class BlobWork:
         if diff_id is not None:
             self.dest.label_layer(digest, diff_id)
         if key is not None:
-            with self.cache_lock:
-                entry = self.cache.setdefault(key, CacheEntry(digest, size, str(diff_id or "")))
+            with self.stage.cache_lock:
+                entry = self.stage.cache.setdefault(
+                    key, CacheEntry(digest, size, str(diff_id or ""))
+                )
                 if isinstance(self.dest, RegistryDestination):
                     entry.places.add((self.dest.ref.domain, self.dest.ref.path))
         emit(Event(EventKind.BLOB_DONE, out.digest, out.media_type, out.size, "done"))
@@ -188,7 +177,7 @@ class BlobWork:
         done = run_concurrently(
             self.emit,
             plans,
-            min(self.spec.jobs, len(plans)),
+            min(self.stage.spec.jobs, len(plans)),
             "convert",
             self.run_blob,
             describe=_source,
@@ -220,14 +209,6 @@ class MapLayers:
         self.cache_lock = cache_lock
 
     def run(self, planned: Planned, ctx: Emits) -> Mapped:
-        work = BlobWork(
-            source=planned.ends.source,
-            dest=planned.ends.dest,
-            spec=self.spec,
-            registry=self.registry,
-            observer=ctx.emit,
-            cache=self.cache,
-            cache_lock=self.cache_lock,
-        )
+        work = BlobWork(self, planned.ends, ctx.emit)
         work.run_blobs(planned.tasks)
         return Mapped(planned, work.results)
