@@ -1,8 +1,9 @@
 """The :class:`Converter`: one conversion's pieces put together, connections kept across calls.
 
-One call: locate both ends, open them, plan (:mod:`.plan`), run the blobs
-(:mod:`.blobs`), write the documents (:mod:`.documents`), then the root and last the
-tag. A failure into the store removes what only this conversion wrote.
+One call: locate both ends and open them, then the stages Resolve (:mod:`.plan`) ->
+MapLayers (:mod:`.blobs`) -> Write (:mod:`.documents`: the documents, the root, last
+the tag). A failure into the store removes what only this conversion wrote (the
+scheduler's rollback, once the lease is released).
 """
 
 from __future__ import annotations
