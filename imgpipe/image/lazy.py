@@ -46,7 +46,33 @@ def _registry(registry: ProcessorRegistry | None) -> ProcessorRegistry:
     return registry if registry is not None else ProcessorRegistry()
 
 
-class BlobLayer:
+class _Blob:
+    """What every value of the model holds: the reader, the descriptor, the processors."""
+
+    def __init__(
+        self, reader: BlobReader, desc: Descriptor, registry: ProcessorRegistry | None
+    ) -> None:
+        self.reader = reader
+        self._desc = desc
+        self._registry = registry
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._desc.digest}, {self._desc.media_type})"
+
+    @property
+    def descriptor(self) -> Descriptor:
+        return self._desc
+
+    @property
+    def media_type(self) -> MediaType:
+        return self._desc.media_type
+
+    @property
+    def annotations(self) -> Mapping[str, str]:
+        return self._desc.annotations
+
+
+class BlobLayer(_Blob):
     """A :class:`~imgpipe.image.model.Layer` read from ``reader``.
 
     ``image`` and ``position`` tie it to the config that says its DiffID.
@@ -61,26 +87,9 @@ class BlobLayer:
         position: int = 0,
         registry: ProcessorRegistry | None = None,
     ) -> None:
-        self.reader = reader
-        self._desc = desc
+        super().__init__(reader, desc, registry)
         self._image = image
         self._position = position
-        self._registry = registry
-
-    def __repr__(self) -> str:
-        return f"BlobLayer({self._desc.digest}, {self._desc.media_type})"
-
-    @property
-    def descriptor(self) -> Descriptor:
-        return self._desc
-
-    @property
-    def media_type(self) -> MediaType:
-        return self._desc.media_type
-
-    @property
-    def annotations(self) -> Mapping[str, str]:
-        return self._desc.annotations
 
     def diff_id(self) -> Digest:
         if self._image is not None:
@@ -103,7 +112,7 @@ class BlobLayer:
         return open_chain(self.open_compressed(), self._desc, chain, p)  # type: ignore[return-value]
 
 
-class BlobImage:
+class BlobImage(_Blob):
     """An :class:`~imgpipe.image.model.Image` read from ``reader``; ``manifest`` is the
     parsed document ``desc`` names (read verified by :func:`load`, or by the caller)."""
 
@@ -115,19 +124,10 @@ class BlobImage:
         *,
         registry: ProcessorRegistry | None = None,
     ) -> None:
-        self.reader = reader
-        self._desc = desc
+        super().__init__(reader, desc, registry)
         self._manifest = manifest
-        self._registry = registry
         self._config: ImageConfig | None = None
-        self._lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        return f"BlobImage({self._desc.digest})"
-
-    @property
-    def descriptor(self) -> Descriptor:
-        return self._desc
+        self._lock = threading.Lock()  # config() once, whichever thread asks first
 
     @property
     def manifest(self) -> Manifest:
@@ -166,8 +166,9 @@ class BlobImage:
         return self.config().platform()
 
 
-class BlobIndex:
-    """An :class:`~imgpipe.image.model.Index` read from ``reader``."""
+class BlobIndex(_Blob):
+    """An :class:`~imgpipe.image.model.Index` read from ``reader``; ``depth`` is how
+    deep it is nested (its children are loaded one deeper)."""
 
     def __init__(
         self,
@@ -178,18 +179,9 @@ class BlobIndex:
         registry: ProcessorRegistry | None = None,
         depth: int = 0,
     ) -> None:
-        self.reader = reader
-        self._desc = desc
+        super().__init__(reader, desc, registry)
         self._index = index
-        self._registry = registry
         self._depth = depth
-
-    def __repr__(self) -> str:
-        return f"BlobIndex({self._desc.digest})"
-
-    @property
-    def descriptor(self) -> Descriptor:
-        return self._desc
 
     @property
     def index(self) -> IndexDocument:

@@ -23,16 +23,15 @@ from imgpipe.formats.manifest import Manifest
 from imgpipe.formats.mediatype import MediaType
 from imgpipe.formats.platform import Platform
 
-__all__ = ["Image", "Index", "Layer"]
+__all__ = ["Described", "Image", "Index", "Layer"]
 
 
-@runtime_checkable
-class Layer(Protocol):
-    """One layer (or any blob a manifest lists) of an image."""
+class Described(Protocol):
+    """What every value of the model has: the descriptor that names it."""
 
     @property
     def descriptor(self) -> Descriptor:
-        """The descriptor the manifest gives it (digest, size, media type, annotations)."""
+        """The descriptor its parent gives it (digest, size, media type, annotations)."""
         ...
 
     @property
@@ -40,6 +39,11 @@ class Layer(Protocol):
 
     @property
     def annotations(self) -> Mapping[str, str]: ...
+
+
+@runtime_checkable
+class Layer(Described, Protocol):
+    """One layer (or any blob a manifest lists) of an image."""
 
     def diff_id(self) -> Digest:
         """The digest of the uncompressed tar: the image config's entry for it (read
@@ -60,11 +64,8 @@ class Layer(Protocol):
 
 
 @runtime_checkable
-class Image(Protocol):
+class Image(Described, Protocol):
     """One manifest with its config and layers."""
-
-    @property
-    def descriptor(self) -> Descriptor: ...
 
     @property
     def manifest(self) -> Manifest:
@@ -87,11 +88,8 @@ class Image(Protocol):
 
 
 @runtime_checkable
-class Index(Protocol):
+class Index(Described, Protocol):
     """An image index: entries that are images, nested indexes or other blobs."""
-
-    @property
-    def descriptor(self) -> Descriptor: ...
 
     @property
     def index(self) -> IndexDocument:
