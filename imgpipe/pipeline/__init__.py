@@ -32,7 +32,7 @@ FetchDocuments and FetchBlobs refuses an image before a single layer is download
 from imgpipe.events import Event, EventKind, Observer
 from imgpipe.image import ImagePlan, walk_image
 
-from .context import Context, Stage
+from .context import Context, Root, Stage, opened_store
 from .export import Export
 from .fetch import BlobFetch, FetchBlobs, FetchDocuments, store_blob
 from .load import LoadImage
@@ -49,7 +49,6 @@ from .scheduler import (
     ProgressReader,
     rollback,
     run_concurrently,
-    with_progress,
 )
 
 __all__ = [
@@ -73,12 +72,13 @@ __all__ = [
     "Record",
     "Resolve",
     "Resolved",
+    "Root",
     "Stage",
     "normalize_name",
+    "opened_store",
     "rollback",
     "run_concurrently",
     "store_blob",
     "suggested_name",
     "walk_image",
-    "with_progress",
 ]

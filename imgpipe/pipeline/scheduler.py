@@ -41,7 +41,6 @@ __all__ = [
     "announce_waiting",
     "rollback",
     "run_concurrently",
-    "with_progress",
 ]
 
 #: Blobs transferred at once, as ``docker pull`` and containerd default to. Hashing,
@@ -69,7 +68,7 @@ class Cancelled(Exception):
     """
 
 
-class ProgressReader(PassThrough):
+class ProgressReader(PassThrough, BinaryIO):
     """Pass-through reader that reports bytes read as BLOB_PROGRESS events.
 
     ``detail`` is ``verb`` ("downloading", "uploading", "converting"), and ``final`` on
@@ -129,19 +128,6 @@ class ProgressReader(PassThrough):
 
     def tell(self) -> int:
         return self._offset
-
-
-def with_progress(
-    raw: BinaryIO,
-    emit: Observer,
-    desc: Descriptor,
-    verb: str,
-    *,
-    final: str = "verifying",
-    cancel: threading.Event | None = None,
-) -> BinaryIO:
-    """``raw`` as a :class:`ProgressReader` (typed as the BinaryIO it stands in for)."""
-    return cast(BinaryIO, ProgressReader(raw, emit, desc, verb, final=final, cancel=cancel))
 
 
 def announce_waiting(emit: Observer, descs: Iterable[Descriptor]) -> None:
