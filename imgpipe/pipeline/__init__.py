@@ -49,6 +49,7 @@ from .scheduler import (
     ProgressReader,
     rollback,
     run_concurrently,
+    with_progress,
 )
 
 __all__ = [
@@ -81,4 +82,5 @@ __all__ = [
     "store_blob",
     "suggested_name",
     "walk_image",
+    "with_progress",
 ]
