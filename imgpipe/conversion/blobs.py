@@ -20,7 +20,7 @@ from imgpipe.formats.digest import Digest
 from imgpipe.formats.errors import DigestMismatch, SizeMismatch, Unavailable
 from imgpipe.image.keys import in_layer
 from imgpipe.pipeline import Event, EventKind, Observer
-from imgpipe.pipeline.scheduler import run_concurrently, with_progress
+from imgpipe.pipeline.scheduler import ProgressReader, run_concurrently
 
 from .destinations import PushRejected, RegistryDestination
 from .flow import Emits, Ends, Mapped, Planned, Result
@@ -84,7 +84,7 @@ class BlobWork:
                 return found
             emit(Event(EventKind.BLOB_START, src.digest, src.media_type, src.size, "copying"))
             self.dest.copy_blob(
-                out, with_progress(plan.layer.open_compressed(), emit, src, VERB, final=VERB)
+                out, ProgressReader(plan.layer.open_compressed(), emit, src, VERB, final=VERB)
             )
             emit(Event(EventKind.BLOB_DONE, out.digest, out.media_type, out.size, "done"))
             return Result(out, "copied", time.monotonic() - start)
@@ -103,7 +103,7 @@ class BlobWork:
         emit(Event(EventKind.BLOB_START, src.digest, src.media_type, src.size, "converting"))
         for attempt in range(LAYER_ATTEMPTS):
             stream = open_converted(
-                with_progress(plan.layer.open_compressed(), emit, src, VERB, final=VERB),
+                ProgressReader(plan.layer.open_compressed(), emit, src, VERB, final=VERB),
                 plan,
                 self.stage.registry,
                 self.params,

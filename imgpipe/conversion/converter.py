@@ -9,7 +9,6 @@ scheduler's rollback, once the lease is released).
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from collections.abc import Sequence
@@ -21,7 +20,7 @@ from imgpipe.formats.errors import NotFound
 from imgpipe.formats.mediatype import MediaType
 from imgpipe.formats.platform import Platform
 from imgpipe.formats.reference import TransportRef
-from imgpipe.pipeline import Event, EventKind, Observer, rollback
+from imgpipe.pipeline import Event, EventKind, Observer, Root, rollback
 from imgpipe.processors import ZSTD_THREADS
 from imgpipe.transports import TransportOptions, open_sink, open_source
 
@@ -41,8 +40,6 @@ if TYPE_CHECKING:
     from imgpipe.store import Store
 
 __all__ = ["Converter", "Root", "convert"]
-
-Root = str | os.PathLike[str] | None
 
 
 def _ignore(_event: Event) -> None:

@@ -31,8 +31,10 @@ from imgpipe.formats.errors import DigestMismatch
 from imgpipe.formats.mediatype import (
     DOCKER_FOREIGN_LAYER,
     DOCKER_LAYER,
+    LAYER_TYPES,
     OCI_LAYER,
     OCI_LAYER_NONDIST,
+    Compression,
     MediaType,
 )
 from imgpipe.image import Layer
@@ -53,14 +55,16 @@ ENCRYPTED_SUFFIX: Final = "+encrypted"
 READ_AHEAD_DEPTH: Final = 4
 
 
-def _layer_type(family: str, nondistributable: bool, compression: str) -> MediaType:
-    """The unencrypted layer type of these three choices, from formats' base types: OCI
-    names the compression as ``+gzip``, Docker as ``.gzip``."""
+def _layer_type(family: str, nondistributable: bool, compression: Compression) -> MediaType:
+    """The unencrypted layer type of these three choices (formats' LAYER_TYPES)."""
     if family == "oci":
         base = OCI_LAYER_NONDIST if nondistributable else OCI_LAYER
-        return MediaType(base + "+" + compression if compression else base)
-    base = DOCKER_FOREIGN_LAYER if nondistributable else DOCKER_LAYER
-    return MediaType(base + "." + compression if compression else base)
+    else:
+        base = DOCKER_FOREIGN_LAYER if nondistributable else DOCKER_LAYER
+    out = base.compressed(compression) if compression else base
+    # Docker has no non-distributable zstd type: needs_oci() keeps us from asking
+    assert out is not None, (family, nondistributable, compression)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +73,7 @@ class LayerKind:
 
     family: Literal["oci", "docker"]
     nondistributable: bool
-    compression: str  # as MediaType.compression(): "gzip", "zstd" or ""
+    compression: Compression
     encrypted: bool
 
     @classmethod
@@ -78,17 +82,10 @@ class LayerKind:
         in-toto, an unknown ``+suffix``: such layers pass through untouched)."""
         mt = MediaType(media_type)
         plain = MediaType(mt.base.removesuffix(ENCRYPTED_SUFFIX))
-        if not plain.is_layer():
+        if plain not in LAYER_TYPES:
             return None
         family: Literal["oci", "docker"] = "docker" if plain.is_docker() else "oci"
-        kind = cls(family, plain.is_non_distributable(), plain.compression(), mt.is_encrypted())
-        # Known means the three choices name this very type again (no unknown suffix);
-        # Docker has no non-distributable zstd type (see needs_oci).
-        if _layer_type(family, kind.nondistributable, kind.compression) != plain.base or (
-            family == "docker" and kind.nondistributable and kind.compression == "zstd"
-        ):
-            return None
-        return kind
+        return cls(family, plain.is_non_distributable(), plain.compression(), mt.is_encrypted())
 
     def needs_oci(self) -> bool:
         """Whether only an OCI manifest can carry this layer (zstd, encrypted)."""
@@ -115,7 +112,7 @@ class LayerPlan:
     target_type: MediaType
     decrypt: bool = False
     recompress: bool = False
-    compression: str = ""
+    compression: Compression = ""
     encrypt: bool = False
     diff_id: Digest | None = None
 

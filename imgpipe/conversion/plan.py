@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.digest import Digest
@@ -22,7 +22,7 @@ from imgpipe.formats.errors import (
     SizeMismatch,
 )
 from imgpipe.formats.manifest import Index, Manifest
-from imgpipe.formats.mediatype import DOCKER_CONFIG, OCI_CONFIG, MediaType
+from imgpipe.formats.mediatype import DOCKER_CONFIG, OCI_CONFIG, Compression, MediaType
 from imgpipe.image import BlobImage, BlobIndex, BlobLayer, check_layer_keys, load, select
 from imgpipe.image.keys import in_layer
 
@@ -37,6 +37,9 @@ from .sources import Source
 __all__ = ["BlobKey", "IndexNode", "ManifestNode", "Node", "Planner", "Resolve", "blob_key"]
 
 BlobKey = tuple[Any, ...]
+
+#: ConvertOptions.compression -> the layer's compression ("none" writes plain tars).
+_COMPRESSIONS: Final[dict[str, Compression]] = {"gzip": "gzip", "zstd": "zstd", "none": ""}
 
 
 @dataclass
@@ -187,7 +190,7 @@ class Planner:
         want_enc = bool(spec.recipients) and (selected is None or i in selected)
         comp = k_in.compression
         if spec.compression is not None:
-            comp = "" if spec.compression == "none" else spec.compression
+            comp = _COMPRESSIONS[spec.compression]
         decrypt = False
         if k_in.encrypted:
             if spec.decrypt_keys:
