@@ -7,9 +7,6 @@ that does many things) or ``root=`` (opened and closed for the call). Progress g
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from imgpipe.content import Info, VerifyProblem
@@ -21,7 +18,15 @@ from imgpipe.formats.platform import Platform
 from imgpipe.formats.reference import TransportRef, parse_transport
 from imgpipe.metadata import ImageRecord
 from imgpipe.metadata.gc import GCResult, collect
-from imgpipe.pipeline import Context, LoadImage, Observer, Pipeline, normalize_name
+from imgpipe.pipeline import (
+    Context,
+    LoadImage,
+    Observer,
+    Pipeline,
+    Root,
+    normalize_name,
+    opened_store,
+)
 from imgpipe.store import Store
 from imgpipe.transports import TransportOptions
 
@@ -40,17 +45,6 @@ __all__ = [
     "remove_image",
     "tag",
 ]
-
-Root = str | os.PathLike[str] | None
-
-
-@contextlib.contextmanager
-def _opened(store: Store | None, root: Root) -> Iterator[Store]:
-    if store is not None:
-        yield store
-        return
-    with Store(root) as s:
-        yield s
 
 
 def _as_transport(ref: str | TransportRef) -> TransportRef:
@@ -82,7 +76,7 @@ def pull(
     ref = _as_transport(source)
     plat = Platform.parse(platform) if isinstance(platform, str) else platform
     pipeline = Pipeline.pull(name=name, platform=plat, all_platforms=all_platforms, options=options)
-    with _opened(store, root) as s:
+    with opened_store(store, root) as s:
         rec: ImageRecord = pipeline.run(ref, store=s, observer=observer)
         return rec
 
@@ -106,7 +100,7 @@ def push(
     """
     ref = _as_transport(destination)
     local = normalize_name(name)
-    with _opened(store, root) as s:
+    with opened_store(store, root) as s:
         out: Descriptor = Pipeline.export(ref, image_name=local, options=options).run(
             local, store=s, observer=observer
         )
@@ -115,7 +109,7 @@ def push(
 
 def images(*, store: Store | None = None, root: Root = None) -> list[ImageRecord]:
     """Every named image, sorted by name."""
-    with _opened(store, root) as s:
+    with opened_store(store, root) as s:
         return s.db.list_images()
 
 
@@ -141,7 +135,7 @@ class ImageDetails:
 def inspect(name: str, *, store: Store | None = None, root: Root = None) -> ImageDetails:
     """The structure of a stored image: index, manifests present, configs, layers."""
     local = normalize_name(name)
-    with _opened(store, root) as s:
+    with opened_store(store, root) as s:
         rec = s.db.get_image(local)
         ctx = Context(s)
         plan = LoadImage().run(local, ctx)
@@ -162,7 +156,7 @@ def inspect(name: str, *, store: Store | None = None, root: Root = None) -> Imag
 
 def tag(source: str, target: str, *, store: Store | None = None, root: Root = None) -> ImageRecord:
     """Give the image ``source`` a second name ``target`` (both normalised)."""
-    with _opened(store, root) as s:
+    with opened_store(store, root) as s:
         rec = s.db.get_image(normalize_name(source))
         return s.db.put_image(normalize_name(target), rec.target, rec.labels)
 
@@ -174,7 +168,7 @@ def remove_image(
     collection (:func:`gc`), which removes what no image or live lease holds any more
     (what only this image held, its snapshots included, and anything else already
     unreferenced)."""
-    with _opened(store, root) as s:
+    with opened_store(store, root) as s:
         s.db.delete_image(normalize_name(name))
         return gc(store=s) if prune else None
 
@@ -187,7 +181,7 @@ def gc(*, dry_run: bool = False, store: Store | None = None, root: Root = None) 
     deletes the directories no record names any more (a snapshotter that cannot be
     opened here, overlay without root, keeps them until a gc that can).
     """
-    with _opened(store, root) as s:
+    with opened_store(store, root) as s:
         result = collect(s.db, s.content, dry_run=dry_run)
         if not dry_run and (s.root / "snapshots").is_dir():
             # imported here: snapshotters load ctypes and the applier, which a gc of a
@@ -202,7 +196,7 @@ def content_list(
     *, store: Store | None = None, root: Root = None
 ) -> list[tuple[Info, dict[str, str]]]:
     """Every blob in the content store with its labels, sorted by digest."""
-    with _opened(store, root) as s:
+    with opened_store(store, root) as s:
         return sorted(
             ((info, s.db.content_labels(info.digest)) for info in s.content.walk()),
             key=lambda p: str(p[0].digest),
@@ -211,7 +205,7 @@ def content_list(
 
 def content_verify(*, store: Store | None = None, root: Root = None) -> list[VerifyProblem]:
     """Re-hash every blob; the ones whose bytes no longer match their name."""
-    with _opened(store, root) as s:
+    with opened_store(store, root) as s:
         return list(s.content.verify())
 
 
@@ -220,7 +214,7 @@ def content_remove(
 ) -> list[Digest]:
     """Remove blobs by digest (NotFound for one that is not there); returns those removed."""
     parsed = [Digest.parse(d) for d in digests]
-    with _opened(store, root) as s:
+    with opened_store(store, root) as s:
         for d in parsed:
             s.content.delete(d)
         return parsed

@@ -21,8 +21,6 @@ layer whose content is not what the config says.
 
 from __future__ import annotations
 
-import io
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, BinaryIO, Final, Literal
 
@@ -32,55 +30,41 @@ from imgpipe.formats.digest import Digest, Digester
 from imgpipe.formats.errors import DigestMismatch
 from imgpipe.formats.mediatype import (
     DOCKER_FOREIGN_LAYER,
-    DOCKER_FOREIGN_LAYER_GZIP,
     DOCKER_LAYER,
-    DOCKER_LAYER_GZIP,
-    DOCKER_LAYER_ZSTD,
+    LAYER_TYPES,
     OCI_LAYER,
-    OCI_LAYER_GZIP,
     OCI_LAYER_NONDIST,
-    OCI_LAYER_NONDIST_GZIP,
-    OCI_LAYER_NONDIST_ZSTD,
-    OCI_LAYER_ZSTD,
+    Compression,
     MediaType,
 )
+from imgpipe.image import Layer
 from imgpipe.processors import ProcessorParams, ProcessorRegistry, open_chain
-from imgpipe.processors.registry import ChainStream
+from imgpipe.processors.streams import PassThrough
 
 __all__ = [
     "ENCRYPTED_SUFFIX",
-    "Compression",
     "LayerKind",
     "LayerPlan",
+    "Recording",
     "open_converted",
 ]
-
-Compression = Literal["", "gzip", "zstd"]
 
 ENCRYPTED_SUFFIX: Final = "+encrypted"
 #: Chunks a layer's first half may run ahead of its second (see imgpipe.decode.ReadAhead):
 #: enough to ride out a stall of either side, little memory (a few MiB per layer in flight).
 READ_AHEAD_DEPTH: Final = 4
 
-# (family, non-distributable, compression) -> the unencrypted media type. Docker has no
-# non-distributable zstd type, and its zstd type is one no tool agrees on: a Docker
-# manifest that would need either becomes OCI (see LayerKind.needs_oci).
-_TYPES: Final[dict[tuple[str, bool, str], MediaType]] = {
-    ("oci", False, ""): OCI_LAYER,
-    ("oci", False, "gzip"): OCI_LAYER_GZIP,
-    ("oci", False, "zstd"): OCI_LAYER_ZSTD,
-    ("oci", True, ""): OCI_LAYER_NONDIST,
-    ("oci", True, "gzip"): OCI_LAYER_NONDIST_GZIP,
-    ("oci", True, "zstd"): OCI_LAYER_NONDIST_ZSTD,
-    ("docker", False, ""): DOCKER_LAYER,
-    ("docker", False, "gzip"): DOCKER_LAYER_GZIP,
-    ("docker", True, ""): DOCKER_FOREIGN_LAYER,
-    ("docker", True, "gzip"): DOCKER_FOREIGN_LAYER_GZIP,
-}
-_KINDS: Final[dict[str, tuple[str, bool, str]]] = {
-    **{str(mt): key for key, mt in _TYPES.items()},
-    str(DOCKER_LAYER_ZSTD): ("docker", False, "zstd"),
-}
+
+def _layer_type(family: str, nondistributable: bool, compression: Compression) -> MediaType:
+    """The unencrypted layer type of these three choices (formats' LAYER_TYPES)."""
+    if family == "oci":
+        base = OCI_LAYER_NONDIST if nondistributable else OCI_LAYER
+    else:
+        base = DOCKER_FOREIGN_LAYER if nondistributable else DOCKER_LAYER
+    out = base.compressed(compression) if compression else base
+    # Docker has no non-distributable zstd type: needs_oci() keeps us from asking
+    assert out is not None, (family, nondistributable, compression)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,13 +80,12 @@ class LayerKind:
     def parse(cls, media_type: str) -> LayerKind | None:
         """The kind of a known layer type, or None (a type we do not convert: wasm,
         in-toto, an unknown ``+suffix``: such layers pass through untouched)."""
-        base = MediaType(media_type).base
-        encrypted = base.endswith(ENCRYPTED_SUFFIX)
-        key = _KINDS.get(base.removesuffix(ENCRYPTED_SUFFIX))
-        if key is None:
+        mt = MediaType(media_type)
+        plain = MediaType(mt.base.removesuffix(ENCRYPTED_SUFFIX))
+        if plain not in LAYER_TYPES:
             return None
-        family, nondist, comp = key
-        return cls(family, nondist, comp, encrypted)  # type: ignore[arg-type]
+        family: Literal["oci", "docker"] = "docker" if plain.is_docker() else "oci"
+        return cls(family, plain.is_non_distributable(), plain.compression(), mt.is_encrypted())
 
     def needs_oci(self) -> bool:
         """Whether only an OCI manifest can carry this layer (zstd, encrypted)."""
@@ -111,7 +94,7 @@ class LayerKind:
     def media_type(self, *, oci: bool) -> MediaType:
         """The media type in an OCI (``oci=True``) or Docker manifest."""
         family = "oci" if oci or self.needs_oci() else "docker"
-        base = _TYPES[(family, self.nondistributable, self.compression)]
+        base = _layer_type(family, self.nondistributable, self.compression)
         return MediaType(base + ENCRYPTED_SUFFIX) if self.encrypted else base
 
 
@@ -125,13 +108,18 @@ class LayerPlan:
     bytes pass through unchanged (``passthrough``), only the media type may change.
     """
 
-    source: Descriptor
+    layer: Layer
     target_type: MediaType
     decrypt: bool = False
     recompress: bool = False
     compression: Compression = ""
     encrypt: bool = False
     diff_id: Digest | None = None
+
+    @property
+    def source(self) -> Descriptor:
+        """The source layer's descriptor."""
+        return self.layer.descriptor
 
     @property
     def passthrough(self) -> bool:
@@ -146,58 +134,55 @@ class LayerPlan:
         return (str(self.source.digest), self.target_type.base, str(level))
 
 
-class _DiffIDTee(io.RawIOBase):
+class _DiffIDTee(PassThrough):
     """The decoded tar, hashed on the way; at EOF the DiffID is compared with ``expected``
-    before EOF is reported (DigestMismatch, sticky)."""
+    before EOF is reported (DigestMismatch; the ReadAhead over it keeps it raised)."""
 
-    def __init__(self, inner: ChainStream, expected: Digest | None, what: str) -> None:
-        super().__init__()
-        self._inner = inner
+    def __init__(self, inner: BinaryIO, expected: Digest | None, what: str) -> None:
+        super().__init__(inner)
         self._expected = expected
         self._what = what
         self._digester = Digester(expected.algorithm if expected is not None else "sha256")
-        self._error: DigestMismatch | None = None
         self.diff_id: Digest | None = None
 
-    def readable(self) -> bool:
-        return True
+    def _seen(self, chunk: bytes | memoryview) -> None:
+        self._digester.update(chunk)
 
-    def read(self, size: int | None = -1) -> bytes:
-        if self._error is not None:
-            raise self._error
-        data: bytes = self._inner.read(-1 if size is None else size)
-        if data:
-            self._digester.update(data)
-            return data
-        if self.diff_id is None:
-            self.diff_id = self._digester.digest()
-            if self._expected is not None and self.diff_id != self._expected:
-                self._error = DigestMismatch(
-                    f"{self._what}: the uncompressed layer is {self.diff_id}, "
-                    f"the image config says {self._expected}",
-                    expected=str(self._expected),
-                    actual=str(self.diff_id),
-                )
-                raise self._error
-        return b""
+    def _eof(self) -> None:
+        self.diff_id = self._digester.digest()
+        if self._expected is not None and self.diff_id != self._expected:
+            raise DigestMismatch(
+                f"{self._what}: the uncompressed layer is {self.diff_id}, "
+                f"the image config says {self._expected}",
+                expected=str(self._expected),
+                actual=str(self.diff_id),
+            )
+
+
+class Recording(PassThrough):
+    """A read-only stream that remembers the first exception reading raised (``error``),
+    so that an upload that failed can be blamed on its source when the source failed."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        super().__init__(raw)
+        self.error: BaseException | None = None
 
     def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        memoryview(buffer).cast("B")[: len(data)] = data
-        return len(data)
+        try:
+            return super().readinto(buffer)
+        except BaseException as e:
+            self.error = self.error or e
+            raise
 
-    def annotations(self) -> Mapping[str, str]:
-        return self._inner.annotations()
-
-    def close(self) -> None:
-        if not self.closed:
-            try:
-                self._inner.close()
-            finally:
-                super().close()
+    def read(self, size: int | None = -1) -> bytes:
+        try:
+            return super().read(size)
+        except BaseException as e:
+            self.error = self.error or e
+            raise
 
 
-class Converted(io.RawIOBase):
+class Converted(Recording):
     """The converted layer's bytes. After EOF: ``annotations()`` for its descriptor (the
     ocicrypt keys when encrypted) and ``diff_id`` when the layer was decoded.
 
@@ -206,48 +191,18 @@ class Converted(io.RawIOBase):
     Closing closes the whole chain and the source stream.
     """
 
-    def __init__(self, last: Any, steps: Sequence[Any], tee: _DiffIDTee | None) -> None:
-        super().__init__()
-        self._last = last
-        self._steps = list(steps)
+    def __init__(self, last: BinaryIO, encrypted: Any, tee: _DiffIDTee | None) -> None:
+        super().__init__(last)
+        self._encrypted = encrypted
         self._tee = tee
-        self.error: BaseException | None = None
 
     @property
     def diff_id(self) -> Digest | None:
         return self._tee.diff_id if self._tee is not None else None
 
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
-        try:
-            data: bytes = self._last.read(-1 if size is None else size)
-        except BaseException as e:
-            if self.error is None:
-                self.error = e
-            raise
-        return data
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        memoryview(buffer).cast("B")[: len(data)] = data
-        return len(data)
-
     def annotations(self) -> dict[str, str]:
-        merged: dict[str, str] = {}
-        for step in self._steps:
-            get = getattr(step, "annotations", None)
-            if get is not None:
-                merged.update(get())
-        return merged
-
-    def close(self) -> None:
-        if not self.closed:
-            try:
-                self._last.close()
-            finally:
-                super().close()
+        # Only encryption adds annotations (decoders and compressors add none).
+        return dict(self._encrypted.annotations()) if self._encrypted is not None else {}
 
 
 def open_converted(
@@ -269,42 +224,39 @@ def open_converted(
     desc = plan.source
     current: Any = source
     mt = desc.media_type
-    steps: list[Any] = []
+    encrypted: Any = None
     tee: _DiffIDTee | None = None
     try:
         if plan.decrypt:
             chain = [registry.find(mt, "decode")]
             current = open_chain(current, desc, chain, params)
-            steps.append(current)
             mt = current.media_type
         if plan.recompress:
             step_desc = desc if mt == desc.media_type else replace(desc, media_type=mt)
             current = open_chain(current, step_desc, registry.decoder_chain(mt), params)
-            steps.append(current)
             tee = _DiffIDTee(current, plan.diff_id, what)
             # fetch + verify + decompress + DiffID on one core, the rest on the other
             current, mt = (
                 ReadAhead(tee, depth=READ_AHEAD_DEPTH, name="convert-read-ahead"),
                 OCI_LAYER,
             )
-            steps.append(tee)
             if plan.compression:
-                goal = OCI_LAYER_GZIP if plan.compression == "gzip" else OCI_LAYER_ZSTD
+                goal = _layer_type("oci", False, plan.compression)
                 step_desc = replace(desc, media_type=mt)
                 current = open_chain(current, step_desc, registry.encoder_chain(mt, goal), params)
-                steps.append(current)
                 mt = current.media_type
         if plan.encrypt:
             goal = MediaType(MediaType(mt).base + ENCRYPTED_SUFFIX)
             # The source descriptor itself when encryption reads the source blob: the
             # encryptor then records its (verified) digest instead of hashing again.
             step_desc = desc if current is source else replace(desc, media_type=mt)
-            current = open_chain(current, step_desc, registry.encoder_chain(mt, goal), params)
-            steps.append(current)
+            current = encrypted = open_chain(
+                current, step_desc, registry.encoder_chain(mt, goal), params
+            )
         if not plan.recompress:
             # decrypt or encrypt only: the output's hashing and sending on another core
             current = ReadAhead(current, depth=READ_AHEAD_DEPTH, name="convert-read-ahead")
     except BaseException:
         current.close()
         raise
-    return Converted(current, steps, tee)
+    return Converted(current, encrypted, tee)

@@ -32,7 +32,7 @@ FetchDocuments and FetchBlobs refuses an image before a single layer is download
 from imgpipe.events import Event, EventKind, Observer
 from imgpipe.image import ImagePlan, walk_image
 
-from .context import Context, Stage
+from .context import Context, Root, Stage, opened_store
 from .export import Export
 from .fetch import BlobFetch, FetchBlobs, FetchDocuments, store_blob
 from .load import LoadImage
@@ -73,8 +73,10 @@ __all__ = [
     "Record",
     "Resolve",
     "Resolved",
+    "Root",
     "Stage",
     "normalize_name",
+    "opened_store",
     "rollback",
     "run_concurrently",
     "store_blob",

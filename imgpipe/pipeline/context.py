@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+from collections.abc import Iterator
 from typing import Protocol, TypeVar
 
 from imgpipe.events import Event, Observer
@@ -10,7 +12,21 @@ from imgpipe.formats.digest import Digest
 from imgpipe.metadata import Lease
 from imgpipe.store import Store
 
-__all__ = ["Context", "Stage"]
+__all__ = ["Context", "Root", "Stage", "opened_store"]
+
+#: Where a verb opens a store of its own when it is given none (None: the default root).
+Root = str | os.PathLike[str] | None
+
+
+@contextlib.contextmanager
+def opened_store(store: Store | None, root: Root) -> Iterator[Store]:
+    """``store`` as it is (a script reuses one across calls), or the store at ``root``
+    opened for the call and closed after it."""
+    if store is not None:
+        yield store
+        return
+    with Store(root) as s:
+        yield s
 
 
 def _ignore(_event: Event) -> None:

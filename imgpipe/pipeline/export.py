@@ -12,7 +12,7 @@ from imgpipe.image import ImagePlan
 from imgpipe.transports import ConcurrentSink, ImageSink, TransportOptions, open_sink
 
 from .context import Context, Stage
-from .scheduler import run_concurrently, with_progress
+from .scheduler import ProgressReader, run_concurrently
 
 __all__ = ["Export"]
 
@@ -81,5 +81,5 @@ def _export_blob(
             return
     ctx.emit(Event(EventKind.BLOB_START, desc.digest, desc.media_type, desc.size, "uploading"))
     with ctx.store.content.open(desc.digest) as f:
-        sink.write_blob(desc, with_progress(f, ctx.emit, desc, "uploading"))
+        sink.write_blob(desc, ProgressReader(f, ctx.emit, desc, "uploading"))
     ctx.emit(Event(EventKind.BLOB_DONE, desc.digest, desc.media_type, desc.size, "done"))

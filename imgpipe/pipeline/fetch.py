@@ -35,9 +35,9 @@ from .scheduler import (
     DEFAULT_MAX_CONCURRENT,
     Background,
     Cancelled,
+    ProgressReader,
     announce_waiting,
     run_concurrently,
-    with_progress,
 )
 
 __all__ = ["BlobFetch", "FetchBlobs", "FetchDocuments", "store_blob"]
@@ -55,7 +55,7 @@ class _Progress:
 
     def open_blob(self, desc: Descriptor) -> BinaryIO:
         raw = self._source.open_blob(desc)
-        return with_progress(raw, self._ctx.emit, desc, "downloading", cancel=self._cancel)
+        return ProgressReader(raw, self._ctx.emit, desc, "downloading", cancel=self._cancel)
 
 
 def store_blob(

@@ -69,7 +69,7 @@ class Cancelled(Exception):
     """
 
 
-class ProgressReader(PassThrough):
+class ProgressReader(PassThrough, BinaryIO):
     """Pass-through reader that reports bytes read as BLOB_PROGRESS events.
 
     ``detail`` is ``verb`` ("downloading", "uploading", "converting"), and ``final`` on
@@ -131,17 +131,9 @@ class ProgressReader(PassThrough):
         return self._offset
 
 
-def with_progress(
-    raw: BinaryIO,
-    emit: Observer,
-    desc: Descriptor,
-    verb: str,
-    *,
-    final: str = "verifying",
-    cancel: threading.Event | None = None,
-) -> BinaryIO:
-    """``raw`` as a :class:`ProgressReader` (typed as the BinaryIO it stands in for)."""
-    return cast(BinaryIO, ProgressReader(raw, emit, desc, verb, final=final, cancel=cancel))
+#: ``with_progress(raw, emit, desc, verb, *, final=..., cancel=...)``: the name callers
+#: used before ProgressReader was itself a BinaryIO; the same constructor.
+with_progress = ProgressReader
 
 
 def announce_waiting(emit: Observer, descs: Iterable[Descriptor]) -> None:

@@ -1,0 +1,149 @@
+"""The documents of a converted image, written children first once every blob is in.
+
+A manifest or index whose descriptors did not change keeps its bytes; one that changed
+is the original JSON with the new descriptors merged in (unknown fields kept), written
+compactly in the order read, so the same input gives the same digests.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from imgpipe.formats.descriptor import Descriptor
+from imgpipe.formats.digest import Digest
+from imgpipe.formats.mediatype import OCI_INDEX, OCI_MANIFEST
+from imgpipe.metadata.labels import index_child_labels, manifest_child_labels
+
+from .destinations import Destination
+from .flow import Emits, Mapped, Result
+from .plan import BlobKey, ManifestNode, Node, blob_key
+from .report import BlobInfo, ConvertReport, LayerReport, ManifestReport
+
+__all__ = ["DocumentWriter", "Write"]
+
+
+def _json_bytes(obj: Any) -> bytes:
+    # Compact, key order as read: a function of the input, so conversions reproduce.
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _merge_desc(orig: Mapping[str, Any], new: Descriptor) -> dict[str, Any]:
+    """The original descriptor object with the new one's fields (unknown fields kept)."""
+    out = {k: v for k, v in orig.items() if k != "annotations"}
+    out.update(new.to_json())
+    return out
+
+
+class DocumentWriter:
+    """Writes a planned tree's documents into ``dest`` from the blobs' ``results``;
+    collects the report's manifest and layer entries on the way."""
+
+    def __init__(self, dest: Destination, results: Mapping[BlobKey, Result]) -> None:
+        self.dest = dest
+        self.results = results
+        self.layer_reports: list[LayerReport] = []
+        self.manifest_reports: list[ManifestReport] = []
+
+    def write(self, node: Node) -> Descriptor:
+        """Write ``node``'s documents children first; its new descriptor."""
+        if isinstance(node, ManifestNode):
+            return self._write_manifest(node)
+        entries: list[Descriptor] = []
+        for entry, child in node.children:
+            out = self.write(child)
+            entries.append(
+                replace(entry, media_type=out.media_type, digest=out.digest, size=out.size)
+            )
+        idx = node.index
+        media_type = OCI_INDEX if node.oci else idx.media_type
+        kept = [e for e, _ in node.children]
+        unchanged = media_type == idx.media_type and entries == list(idx.manifests)
+        if unchanged and kept == list(idx.manifests):
+            raw = idx.raw
+        else:
+            obj = json.loads(idx.raw)
+            originals = {
+                str(d.digest): o for d, o in zip(idx.manifests, obj["manifests"], strict=True)
+            }
+            obj["manifests"] = [
+                _merge_desc(originals[str(old.digest)], new)
+                for (old, _), new in zip(node.children, entries, strict=True)
+            ]
+            if "mediaType" in obj or media_type != idx.media_type:
+                obj["mediaType"] = str(media_type)
+            raw = _json_bytes(obj)
+        out = Descriptor(media_type=media_type, digest=Digest.from_bytes(raw), size=len(raw))
+        self.dest.write_document(out, raw, index_child_labels(entries))
+        node.out, node.raw = out, raw
+        return out
+
+    def _write_manifest(self, node: ManifestNode) -> Descriptor:
+        m = node.manifest
+        cfg_result = self.results[("config", str(m.config.digest), node.config_type.base)]
+        config = replace(m.config, media_type=node.config_type)
+        layers: list[Descriptor] = []
+        for i, plan in enumerate(node.layers):
+            res = self.results[blob_key(plan)]
+            layers.append(res.desc)
+            self.layer_reports.append(
+                LayerReport(
+                    manifest=str(m.digest),
+                    index=i,
+                    before=BlobInfo.of(plan.source),
+                    after=BlobInfo.of(res.desc),
+                    action=res.action,
+                    seconds=res.seconds,
+                    diff_id=res.diff_id,
+                )
+            )
+        del cfg_result  # the config is the same blob; the lookup asserts it was written
+        media_type = OCI_MANIFEST if node.oci else m.media_type
+        unchanged = media_type == m.media_type and config == m.config and layers == list(m.layers)
+        if unchanged:
+            raw = m.raw
+        else:
+            obj = json.loads(m.raw)
+            obj["mediaType"] = str(media_type)
+            obj["config"] = _merge_desc(obj["config"], config)
+            obj["layers"] = [
+                _merge_desc(o, new) for o, new in zip(obj["layers"], layers, strict=True)
+            ]
+            raw = _json_bytes(obj)
+        out = Descriptor(media_type=media_type, digest=Digest.from_bytes(raw), size=len(raw))
+        self.dest.write_document(out, raw, manifest_child_labels(config, layers))
+        node.out, node.raw = out, raw
+        platform = node.desc.platform
+        self.manifest_reports.append(
+            ManifestReport(
+                str(platform) if platform is not None else "",
+                BlobInfo.of(node.desc),
+                BlobInfo.of(out),
+            )
+        )
+        return out
+
+
+class Write:
+    """The stage ``Mapped -> ConvertReport``: the documents, children first, then the
+    root (the tag, the local name) last, so nothing names a half-written image."""
+
+    name = "write"
+
+    def run(self, mapped: Mapped, ctx: Emits) -> ConvertReport:
+        ends = mapped.planned.ends
+        writer = DocumentWriter(ends.dest, mapped.results)
+        root_out = writer.write(mapped.planned.tree)
+        ends.dest.write_root(root_out)
+        return ConvertReport(
+            source=ends.shown[0],
+            destination=ends.shown[1],
+            before=BlobInfo.of(ends.root),
+            after=BlobInfo.of(root_out),
+            manifests=tuple(writer.manifest_reports),
+            layers=tuple(writer.layer_reports),
+            seconds=time.monotonic() - ends.started,
+        )

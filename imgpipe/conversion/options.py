@@ -1,0 +1,99 @@
+"""What a conversion changes: :class:`ConvertOptions`, checked once when built."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from imgpipe.formats.errors import InvalidArgument
+from imgpipe.formats.platform import Platform
+from imgpipe.processors import GZIP_LEVEL, ZSTD_LEVEL, ZSTD_THREADS, ProcessorParams
+
+__all__ = ["COMPRESSIONS", "DEFAULT_JOBS", "ConvertOptions"]
+
+#: Layers converted at once. Compression is CPU-bound and releases the GIL (zlib-ng,
+#: zstd, hashing, AES), so about one per core plus one waiting on the network.
+DEFAULT_JOBS: Final = 3
+#: The compressions a conversion can ask for; "none" writes uncompressed tars.
+COMPRESSIONS: Final = ("gzip", "zstd", "none")
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """What to change. The defaults change nothing (a copy that verifies every blob).
+
+    ``compression``: "gzip", "zstd", "none" (uncompressed) or None (keep each layer's).
+    ``level``: for the compression asked (gzip 0-9, default GZIP_LEVEL; zstd up to 22,
+    default ZSTD_LEVEL). ``zstd_threads``: zstd workers per layer (0 = in-line, the only
+    reproducible mode). ``oci``: Docker media types become OCI. ``recipients``: encrypt for
+    these (``"jwe:PUB.pem"`` strings or loaded Recipients); ``encrypt_layers``: the layer
+    indexes to encrypt (negative counts from the top; None = all). ``decrypt_keys``:
+    ``"FILE[:PASSWORD]"`` strings or loaded DecryptKeys. ``platforms``: keep only these
+    manifests of an index (empty = all). ``jobs``: layers converted at once.
+    Raises InvalidArgument for values out of range; NotFound / InvalidArgument when a
+    key file is missing or unreadable.
+    """
+
+    compression: str | None = None
+    level: int | None = None
+    zstd_threads: int = ZSTD_THREADS
+    oci: bool = False
+    recipients: Sequence[Any] = ()
+    encrypt_layers: Sequence[int] | None = None
+    decrypt_keys: Sequence[Any] = ()
+    platforms: Sequence[Platform | str] = ()
+    jobs: int = DEFAULT_JOBS
+
+    def __post_init__(self) -> None:
+        if self.compression is not None and self.compression not in COMPRESSIONS:
+            raise InvalidArgument(
+                f"compression {self.compression!r}: want one of {', '.join(COMPRESSIONS)}"
+            )
+        if self.level is not None and self.compression not in ("gzip", "zstd"):
+            raise InvalidArgument("a compression level needs gzip or zstd compression")
+        if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1:
+            raise InvalidArgument(f"jobs must be an integer of at least 1, not {self.jobs!r}")
+        if self.encrypt_layers is not None and not self.recipients:
+            raise InvalidArgument("encrypt_layers needs recipients to encrypt for")
+        set_ = object.__setattr__
+        set_(self, "platforms", tuple(_platform(p) for p in self.platforms))
+        set_(self, "recipients", tuple(_recipient(r) for r in self.recipients))
+        set_(self, "decrypt_keys", tuple(_key(k) for k in self.decrypt_keys))
+        if self.encrypt_layers is not None:
+            set_(self, "encrypt_layers", tuple(int(i) for i in self.encrypt_layers))
+        self.params()  # level and thread checks, once, here
+
+    def params(self) -> ProcessorParams:
+        """The processor parameters these options mean."""
+        return ProcessorParams(
+            decrypt_keys=self.decrypt_keys,
+            recipients=self.recipients,
+            gzip_level=self.level
+            if self.level is not None and self.compression == "gzip"
+            else GZIP_LEVEL,
+            zstd_level=self.level
+            if self.level is not None and self.compression == "zstd"
+            else ZSTD_LEVEL,
+            zstd_threads=self.zstd_threads,
+        )
+
+
+def _platform(p: Platform | str) -> Platform:
+    return Platform.parse(p) if isinstance(p, str) else p
+
+
+def _recipient(r: Any) -> Any:
+    if not isinstance(r, str):
+        return r
+    from imgpipe.processors.ocicrypt import load_recipient  # noqa: PLC0415 (cryptography)
+
+    return load_recipient(r)
+
+
+def _key(k: Any) -> Any:
+    if not isinstance(k, str):
+        return k
+    from imgpipe.processors.ocicrypt import load_private_key  # noqa: PLC0415 (cryptography)
+
+    return load_private_key(k)
