@@ -37,7 +37,7 @@ from imgpipe.formats.platform import host_platform
 from imgpipe.metadata.labels import LABEL_GC_REF_SNAPSHOT, LABEL_UNCOMPRESSED
 from imgpipe.pipeline import Context, Pipeline
 from imgpipe.store import Store
-from imgpipe.unpack.stages import FindImage
+from imgpipe.unpacking.stages import FindImage
 from imgpipe.unpacking import (
     Unpack,
     UnpackResult,
@@ -536,12 +536,10 @@ def test_unknown_image_and_snapshot(store: Store) -> None:
 
 
 def test_imgpipe_unpack_is_the_public_function(fixture_dir: Path, store: Store) -> None:
-    """``imgpipe.unpack`` unpacks: it is the function, or (once imported) the package of
-    that name, which calls it; the package's ``unpack`` is the function."""
-    import importlib
+    """``imgpipe.unpack`` is the function (the package is imgpipe.unpacking)."""
+    import imgpipe.unpacking as module
 
-    module = importlib.import_module("imgpipe.unpack")
     ref = pull(store, fixture_dir / "busybox", "busybox")
-    assert imgpipe.unpack is module.unpack or imgpipe.unpack is module
+    assert imgpipe.unpack is module.unpack
     result = imgpipe.unpack(ref, snapshotter="native", store=store)
     assert isinstance(result, module.UnpackResult) and len(result.layers) == 1

@@ -1,5 +1,5 @@
 """The image a container runs: the stored copy or a pull, then the manifest for the
-platform by unpack's rule (:func:`imgpipe.unpack.target.choose`, over
+platform by unpack's rule (:func:`imgpipe.unpacking.target.choose`, over
 :func:`imgpipe.image.select.pick`), so the config run uses and the rootfs it mounts come
 from one manifest."""
 
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from imgpipe.pipeline import Observer
     from imgpipe.store import Store
     from imgpipe.transports import TransportOptions
-    from imgpipe.unpack.target import Target
+    from imgpipe.unpacking.target import Target
 
 
 def find_image(
@@ -45,7 +45,7 @@ def find_image(
 
 def run_target(store: Store, rec: ImageRecord, platform: str | Platform | None) -> Target:
     """The manifest of ``rec`` a container of it runs, with its config and layers."""
-    from imgpipe.unpack.target import as_platform, stored_target  # noqa: PLC0415
+    from imgpipe.unpacking.target import as_platform, stored_target  # noqa: PLC0415
 
     return stored_target(store, rec, as_platform(platform))
 
@@ -58,7 +58,7 @@ def check_run_keys(target: Target, decrypt_keys: Sequence[str]) -> None:
     from imgpipe.image import check_layer_keys  # noqa: PLC0415
     from imgpipe.image.keys import in_layer  # noqa: PLC0415
     from imgpipe.processors.ocicrypt import NoDecryptionKey  # noqa: PLC0415
-    from imgpipe.unpack.target import load_keys  # noqa: PLC0415
+    from imgpipe.unpacking.target import load_keys  # noqa: PLC0415
 
     try:
         check_layer_keys(target.layers, load_keys(decrypt_keys))

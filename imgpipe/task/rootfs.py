@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from imgpipe.formats.platform import Platform
     from imgpipe.snapshots import Mount, Snapshotter
     from imgpipe.store import Store
-    from imgpipe.unpack.target import Target
+    from imgpipe.unpacking.target import Target
 
 
 class RootfsProvider(Protocol):
@@ -65,7 +65,7 @@ class ImageRootfs:
 
     When the image is already unpacked in the snapshotter the snapshot is prepared
     directly on its committed top chain ID (the fast path of ``imgpipe run``: no pipeline
-    to import); otherwise :func:`imgpipe.unpack.stages.rootfs_stages` (FindImage ->
+    to import); otherwise :func:`imgpipe.unpacking.stages.rootfs_stages` (FindImage ->
     Unpack -> PrepareRootfs) unpack it first. Either
     way the snapshot is labelled ``containerd.io/gc.root`` while the container exists.
     """
@@ -140,7 +140,7 @@ class ImageRootfs:
                     pass  # collected since we looked: unpack again below
         # heavy: the pipeline is imported only to unpack
         from imgpipe.pipeline import Pipeline  # noqa: PLC0415
-        from imgpipe.unpack.stages import rootfs_stages  # noqa: PLC0415
+        from imgpipe.unpacking.stages import rootfs_stages  # noqa: PLC0415
 
         stages = rootfs_stages(
             self._open(),

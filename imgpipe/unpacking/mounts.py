@@ -43,7 +43,7 @@ def _resolve_target(target: str | os.PathLike[str]) -> Path:
 
 @dataclass(frozen=True, kw_only=True)
 class MountRootfs:
-    """After :class:`~imgpipe.unpack.stages.PrepareRootfs`: write ``target -> snapshot``
+    """After :class:`~imgpipe.unpacking.stages.PrepareRootfs`: write ``target -> snapshot``
     to the open mount ``record`` and mount the rootfs on ``target`` -> the snapshot key.
     On failure the snapshot is removed again."""
 

@@ -66,14 +66,12 @@ Modules, one job each:
 * :mod:`.snapshotters` — :func:`open_store_snapshotter`.
 
 The names are re-exported lazily (PEP 562): ``imgpipe run`` imports
-:mod:`imgpipe.unpack` parts without paying for the whole pipeline.
+:mod:`imgpipe.unpacking` parts without paying for the whole pipeline.
 """
 
 from __future__ import annotations
 
-import sys
 from importlib import import_module
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -123,18 +121,6 @@ def __getattr__(name: str) -> Any:
     globals()[name] = value
     return value
 
-
-class _Package(ModuleType):
-    """``imgpipe.unpack`` is both this package and the function :func:`unpack` that
-    ``imgpipe`` exports: importing the package sets it as ``imgpipe``'s attribute (the
-    import system does), so calling it must still unpack (README's ``imgpipe.unpack(...)``)."""
-
-    def __call__(self, name: str, **kwargs: Any) -> UnpackResult:
-        result: UnpackResult = self.unpack(name, **kwargs)
-        return result
-
-
-sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "DEFAULT_SNAPSHOTTER",
