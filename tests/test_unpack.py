@@ -37,7 +37,6 @@ from imgpipe.formats.platform import host_platform
 from imgpipe.metadata.labels import LABEL_GC_REF_SNAPSHOT, LABEL_UNCOMPRESSED
 from imgpipe.pipeline import Context, Pipeline
 from imgpipe.store import Store
-from imgpipe.unpacking.stages import FindImage
 from imgpipe.unpacking import (
     Unpack,
     UnpackResult,
@@ -50,6 +49,7 @@ from imgpipe.unpacking import (
     umount,
     unpack,
 )
+from imgpipe.unpacking.stages import FindImage
 from tests.test_diff_apply import image_layers
 from tests.test_ocicrypt_skopeo import Skopeo
 from tests.treecompare import assert_same, matches_expected, snapshot
