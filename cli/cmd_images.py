@@ -5,29 +5,26 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
+from . import flags
+
 if TYPE_CHECKING:
     from imgpipe import ImageDetails, Store
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("images", aliases=["ls"], help="list images in the store")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=images)
+    flags.json_output(flags.verb(sub, "images", images, "list images in the store", aliases=["ls"]))
 
-    p = sub.add_parser("inspect", help="show an image's index, manifests, config and layers")
+    p = flags.verb(sub, "inspect", inspect, "show an image's index, manifests, config and layers")
     p.add_argument("name", metavar="NAME")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=inspect)
+    flags.json_output(p)
 
-    p = sub.add_parser("tag", help="give an image another name")
+    p = flags.verb(sub, "tag", tag, "give an image another name")
     p.add_argument("source", metavar="SOURCE")
     p.add_argument("target", metavar="TARGET")
-    p.set_defaults(func=tag)
 
-    p = sub.add_parser("rmi", help="remove images, then garbage-collect (like ctr rmi --sync)")
+    p = flags.verb(sub, "rmi", rmi, "remove images, then garbage-collect (like ctr rmi --sync)")
     p.add_argument("names", metavar="NAME", nargs="+")
     p.add_argument("--no-prune", action="store_true", help="skip the gc; content stays until one")
-    p.set_defaults(func=rmi)
 
 
 def _image_size(store: Store, name: str) -> int | None:
