@@ -15,13 +15,8 @@ from .exitcodes import exit_code_for
 def register(sub: Any) -> None:
     p = sub.add_parser("content", help="work on the content store directly")
     csub = p.add_subparsers(dest="content_command", metavar="COMMAND", required=True)
-    flags.json_output(flags.verb(csub, "ls", content_ls, "list blobs with size and labels"))
-    c = flags.verb(
-        csub,
-        "get",
-        content_get,
-        "write a blob to stdout, as stored or (--decode) decoded to its tar stream",
-    )
+    flags.json_output(flags.verb(csub, "ls", content_ls))
+    c = flags.verb(csub, "get", content_get)
     c.add_argument("digest", metavar="DIGEST")
     c.add_argument(
         "--decode",
@@ -34,20 +29,16 @@ def register(sub: Any) -> None:
         help="the blob's media type (default: from the stored image that refers to it)",
     )
     flags.decrypt_keys(c, help="an ocicrypt private key (PEM); repeat for several")
-    flags.verb(
-        csub,
-        "verify",
-        content_verify,
-        "re-hash every blob; exit 8 (digest mismatch) if any is corrupt",
-    )
-    c = flags.verb(csub, "rm", content_rm, "remove blobs by digest (gc does this safely)")
+    flags.verb(csub, "verify", content_verify)
+    c = flags.verb(csub, "rm", content_rm)
     c.add_argument("digests", metavar="DIGEST", nargs="+")
 
-    p = flags.verb(sub, "gc", gc, "remove content no image or live lease holds")
+    p = flags.verb(sub, "gc", gc)
     p.add_argument("--dry-run", action="store_true", help="report, remove nothing")
 
 
 def content_ls(args: argparse.Namespace) -> int:
+    """list blobs with size and labels"""
     import imgpipe
 
     from .output import human_size, print_json, print_table
@@ -67,6 +58,7 @@ def content_ls(args: argparse.Namespace) -> int:
 
 
 def content_get(args: argparse.Namespace) -> int:
+    """write a blob to stdout, as stored or (--decode) decoded to its tar stream"""
     import imgpipe
 
     from .main import usage_error
@@ -85,6 +77,7 @@ def content_get(args: argparse.Namespace) -> int:
 
 
 def content_verify(args: argparse.Namespace) -> int:
+    """re-hash every blob; exit 8 (digest mismatch) if any is corrupt"""
     import imgpipe
 
     problems = imgpipe.content_verify(root=args.root)
@@ -99,6 +92,7 @@ def content_verify(args: argparse.Namespace) -> int:
 
 
 def content_rm(args: argparse.Namespace) -> int:
+    """remove blobs by digest (gc does this safely)"""
     import imgpipe
 
     for d in imgpipe.content_remove(args.digests, root=args.root):
@@ -107,6 +101,7 @@ def content_rm(args: argparse.Namespace) -> int:
 
 
 def gc(args: argparse.Namespace) -> int:
+    """remove content no image or live lease holds"""
     import imgpipe
 
     from .output import human_size

@@ -93,16 +93,7 @@ def _compression(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: Any) -> None:
-    p = flags.verb(
-        sub,
-        "convert",
-        convert,
-        "recompress, re-type, encrypt or decrypt an image",
-        description="Convert the image SRC into DST: layers are recompressed, encrypted or "
-        "decrypted as asked (layers already in the target form are copied byte for byte), "
-        "manifests and the index rewritten, the config kept. Registry to registry streams "
-        "layer by layer and needs no local store. " + _LOCATIONS,
-    )
+    p = flags.verb(sub, "convert", convert, _LOCATIONS)
     _compression(p)
     p.add_argument(
         "--encrypt-recipient",
@@ -125,7 +116,7 @@ def register(sub: Any) -> None:
         sub,
         "encrypt",
         convert,
-        "encrypt an image's layers (short for convert --encrypt-recipient)",
+        help="encrypt an image's layers (short for convert --encrypt-recipient)",
         description="Encrypt the layers of SRC for the recipients into DST (ocicrypt, as "
         "nerdctl image encrypt; only layers are encrypted, not the config). " + _LOCATIONS,
     )
@@ -155,7 +146,7 @@ def register(sub: Any) -> None:
         sub,
         "decrypt",
         convert,
-        "decrypt an image's layers (short for convert --decrypt-key)",
+        help="decrypt an image's layers (short for convert --decrypt-key)",
         description="Decrypt the encrypted layers of SRC into DST. " + _LOCATIONS,
     )
     flags.decrypt_keys(p, "--key", help="private key (repeatable)", required=True)
@@ -171,6 +162,13 @@ def register(sub: Any) -> None:
 
 
 def convert(args: argparse.Namespace) -> int:
+    """recompress, re-type, encrypt or decrypt an image
+
+    Convert the image SRC into DST: layers are recompressed, encrypted or decrypted as asked
+    (layers already in the target form are copied byte for byte), manifests and the index
+    rewritten, the config kept. Registry to registry streams layer by layer and needs no
+    local store.
+    """
     import json
 
     import imgpipe

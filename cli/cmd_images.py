@@ -12,17 +12,17 @@ if TYPE_CHECKING:
 
 
 def register(sub: Any) -> None:
-    flags.json_output(flags.verb(sub, "images", images, "list images in the store", aliases=["ls"]))
+    flags.json_output(flags.verb(sub, "images", images, aliases=["ls"]))
 
-    p = flags.verb(sub, "inspect", inspect, "show an image's index, manifests, config and layers")
+    p = flags.verb(sub, "inspect", inspect)
     p.add_argument("name", metavar="NAME")
     flags.json_output(p)
 
-    p = flags.verb(sub, "tag", tag, "give an image another name")
+    p = flags.verb(sub, "tag", tag)
     p.add_argument("source", metavar="SOURCE")
     p.add_argument("target", metavar="TARGET")
 
-    p = flags.verb(sub, "rmi", rmi, "remove images, then garbage-collect (like ctr rmi --sync)")
+    p = flags.verb(sub, "rmi", rmi)
     p.add_argument("names", metavar="NAME", nargs="+")
     p.add_argument("--no-prune", action="store_true", help="skip the gc; content stays until one")
 
@@ -46,6 +46,7 @@ def _image_size(store: Store, name: str) -> int | None:
 
 
 def images(args: argparse.Namespace) -> int:
+    """list images in the store"""
     import imgpipe
 
     from .output import human_size, print_json, print_table
@@ -121,6 +122,7 @@ def _details_json(d: ImageDetails) -> dict[str, Any]:
 
 
 def inspect(args: argparse.Namespace) -> int:
+    """show an image's index, manifests, config and layers"""
     import json
 
     import imgpipe
@@ -162,6 +164,7 @@ def inspect(args: argparse.Namespace) -> int:
 
 
 def tag(args: argparse.Namespace) -> int:
+    """give an image another name"""
     import imgpipe
 
     rec = imgpipe.tag(args.source, args.target, root=args.root)
@@ -170,6 +173,7 @@ def tag(args: argparse.Namespace) -> int:
 
 
 def rmi(args: argparse.Namespace) -> int:
+    """remove images, then garbage-collect (like ctr rmi --sync)"""
     import imgpipe
 
     from .output import human_size

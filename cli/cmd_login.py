@@ -21,15 +21,7 @@ DEFAULT_REGISTRY = "docker.io"
 
 
 def register(sub: Any) -> None:
-    p = flags.verb(
-        sub,
-        "login",
-        login,
-        "log in to a registry",
-        description="Check credentials against REGISTRY (default: docker.io) and store them "
-        "in the Docker config file (~/.docker/config.json, $DOCKER_CONFIG, "
-        "$REGISTRY_AUTH_FILE or --auth-file) or its credential helper.",
-    )
+    p = flags.verb(sub, "login", login)
     p.add_argument("registry", metavar="REGISTRY", nargs="?", default=DEFAULT_REGISTRY)
     p.add_argument("-u", "--username", help="user name (prompted on a terminal if missing)")
     pw = p.add_mutually_exclusive_group()
@@ -39,18 +31,18 @@ def register(sub: Any) -> None:
     )
     flags.connection(p)
 
-    p = flags.verb(
-        sub,
-        "logout",
-        logout,
-        "forget a registry's credentials",
-        description="Remove the stored credentials for REGISTRY (default: docker.io).",
-    )
+    p = flags.verb(sub, "logout", logout)
     p.add_argument("registry", metavar="REGISTRY", nargs="?", default=DEFAULT_REGISTRY)
     flags.auth_file(p)
 
 
 def login(args: argparse.Namespace) -> int:
+    """log in to a registry
+
+    Check credentials against REGISTRY (default: docker.io) and store them in the Docker
+    config file (~/.docker/config.json, $DOCKER_CONFIG, $REGISTRY_AUTH_FILE or --auth-file)
+    or its credential helper.
+    """
     import imgpipe
 
     from .main import usage_error
@@ -85,6 +77,10 @@ def login(args: argparse.Namespace) -> int:
 
 
 def logout(args: argparse.Namespace) -> int:
+    """forget a registry's credentials
+
+    Remove the stored credentials for REGISTRY (default: docker.io).
+    """
     import imgpipe
 
     host = imgpipe.registry_host(args.registry)

@@ -37,13 +37,7 @@ def parse_size(text: str) -> int:
 
 
 def register(sub: Any) -> None:
-    p = flags.verb(
-        sub,
-        "run",
-        run,
-        "run a command in a new container of an image (pulled and unpacked if needed)",
-        description="Run a command in a new container, as `ctr run` does, with runc.",
-    )
+    p = flags.verb(sub, "run", run)
     p.add_argument("--rm", action="store_true", help="remove the container and its snapshot after")
     p.add_argument("--name", help="container name (default: random)")
     p.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="set a variable")
@@ -87,17 +81,21 @@ def register(sub: Any) -> None:
     p.add_argument("image", metavar="REF")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD [ARG...]")
 
-    p = flags.verb(sub, "ps", ps, "list containers that were not removed")
+    p = flags.verb(sub, "ps", ps)
     flags.json_output(p)
     flags.runtime(p)
 
-    p = flags.verb(sub, "rm", rm, "remove stopped containers (and their snapshots)")
+    p = flags.verb(sub, "rm", rm)
     p.add_argument("names", metavar="NAME", nargs="+")
     p.add_argument("-f", "--force", action="store_true", help="kill running containers first")
     flags.runtime(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    """run a command in a new container of an image (pulled and unpacked if needed)
+
+    Run a command in a new container, as `ctr run` does, with runc.
+    """
     import imgpipe
     from imgpipe.errors import InvalidArgument
 
@@ -175,6 +173,7 @@ def _options_if_given(args: argparse.Namespace) -> imgpipe.TransportOptions | No
 
 
 def ps(args: argparse.Namespace) -> int:
+    """list containers that were not removed"""
     import time
 
     import imgpipe
@@ -219,6 +218,7 @@ def ps(args: argparse.Namespace) -> int:
 
 
 def rm(args: argparse.Namespace) -> int:
+    """remove stopped containers (and their snapshots)"""
     import sys
 
     import imgpipe

@@ -18,11 +18,7 @@ def register(sub: Any) -> None:
     from .output import add_output_flags
 
     p = flags.verb(
-        sub,
-        "pull",
-        pull,
-        "import an image into the store",
-        description=f"Import an image, verifying every blob. SOURCE is {_TRANSPORTS_HELP}.",
+        sub, "pull", pull, f"Import an image, verifying every blob. SOURCE is {_TRANSPORTS_HELP}."
     )
     p.add_argument("source", metavar="SOURCE")
     p.add_argument("--name", help="local name (default: the source's tag or image name)")
@@ -40,11 +36,7 @@ def register(sub: Any) -> None:
     add_output_flags(p)
 
     p = flags.verb(
-        sub,
-        "push",
-        push,
-        "export an image from the store",
-        description=f"Write the image NAME to DEST: {_TRANSPORTS_HELP} (not docker-archive).",
+        sub, "push", push, f"Write the image NAME to DEST: {_TRANSPORTS_HELP} (not docker-archive)."
     )
     p.add_argument("name", metavar="NAME")
     p.add_argument("dest", metavar="DEST")
@@ -54,6 +46,7 @@ def register(sub: Any) -> None:
 
 
 def pull(args: argparse.Namespace) -> int:
+    """import an image into the store"""
     import imgpipe
 
     from .main import usage_error
@@ -106,6 +99,7 @@ def pull(args: argparse.Namespace) -> int:
 
 
 def push(args: argparse.Namespace) -> int:
+    """export an image from the store"""
     import imgpipe
 
     from .main import usage_error

@@ -21,44 +21,27 @@ def add_unpack_flags(p: Any, *, platform: bool = True) -> None:
 
 
 def register(sub: Any) -> None:
-    p = flags.verb(
-        sub,
-        "unpack",
-        unpack,
-        "unpack an image's layers into snapshots",
-        description="Apply each layer of the stored image REF into a snapshot keyed by "
-        "its chain ID (reusing those already there), or with --export write the "
-        "flattened root filesystem into a plain directory (no root needed).",
-    )
+    p = flags.verb(sub, "unpack", unpack)
     p.add_argument("name", metavar="REF")
     add_unpack_flags(p)
     p.add_argument("--export", metavar="DIR", help="write a flattened copy into DIR instead")
     flags.json_output(p, "machine-readable result")
 
-    p = flags.verb(
-        sub,
-        "mount",
-        mount,
-        "mount an image's root filesystem on a directory",
-        description="Unpack REF if needed and mount its root filesystem on DIR: a "
-        "read-write snapshot (changes are dropped by umount) or --read-only a view.",
-    )
+    p = flags.verb(sub, "mount", mount)
     p.add_argument("name", metavar="REF")
     p.add_argument("target", metavar="DIR")
     p.add_argument("--read-only", action="store_true", help="mount a read-only view")
     add_unpack_flags(p)
 
-    p = flags.verb(sub, "umount", umount, "unmount what `imgpipe mount` mounted; drop its snapshot")
+    p = flags.verb(sub, "umount", umount)
     p.add_argument("target", metavar="DIR")
 
     p = sub.add_parser("snapshots", help="list or remove snapshots")
     ssub = p.add_subparsers(dest="snapshots_command", metavar="COMMAND", required=True)
-    s = flags.verb(ssub, "ls", snapshots_ls, "list snapshots")
+    s = flags.verb(ssub, "ls", snapshots_ls)
     flags.snapshotter(s, "only this snapshotter's")
     flags.json_output(s)
-    s = flags.verb(
-        ssub, "rm", snapshots_rm, "remove snapshots by key (gc removes unused ones safely)"
-    )
+    s = flags.verb(ssub, "rm", snapshots_rm)
     s.add_argument("keys", metavar="KEY", nargs="+")
     flags.snapshotter(s, "where KEY is, if ambiguous")
 
@@ -99,6 +82,12 @@ def _image_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def unpack(args: argparse.Namespace) -> int:
+    """unpack an image's layers into snapshots
+
+    Apply each layer of the stored image REF into a snapshot keyed by its chain ID (reusing
+    those already there), or with --export write the flattened root filesystem into a plain
+    directory (no root needed).
+    """
     import imgpipe
 
     from .main import usage_error
@@ -122,6 +111,11 @@ def unpack(args: argparse.Namespace) -> int:
 
 
 def mount(args: argparse.Namespace) -> int:
+    """mount an image's root filesystem on a directory
+
+    Unpack REF if needed and mount its root filesystem on DIR: a read-write snapshot
+    (changes are dropped by umount) or --read-only a view.
+    """
     import imgpipe
 
     key = imgpipe.mount(
@@ -136,6 +130,7 @@ def mount(args: argparse.Namespace) -> int:
 
 
 def umount(args: argparse.Namespace) -> int:
+    """unmount what `imgpipe mount` mounted; drop its snapshot"""
     import imgpipe
 
     imgpipe.umount(args.target, root=args.root)
@@ -143,6 +138,7 @@ def umount(args: argparse.Namespace) -> int:
 
 
 def snapshots_ls(args: argparse.Namespace) -> int:
+    """list snapshots"""
     import imgpipe
 
     from .output import print_json, print_table
@@ -174,6 +170,7 @@ def snapshots_ls(args: argparse.Namespace) -> int:
 
 
 def snapshots_rm(args: argparse.Namespace) -> int:
+    """remove snapshots by key (gc removes unused ones safely)"""
     import imgpipe
 
     for sn, key in imgpipe.snapshot_remove(args.keys, snapshotter=args.snapshotter, root=args.root):

@@ -18,10 +18,16 @@ _SNAPSHOTTER_HELP: Final = "overlay, btrfs or native (default: overlay where it 
 
 
 def verb(
-    sub: Any, name: str, func: Callable[[argparse.Namespace], int], help: str, **kw: Any
+    sub: Any, name: str, func: Callable[[argparse.Namespace], int], *more: str, **kw: Any
 ) -> argparse.ArgumentParser:
-    """A subcommand parser that runs ``func``."""
-    p: argparse.ArgumentParser = sub.add_parser(name, help=help, **kw)
+    """A subcommand parser that runs ``func``. Its help is the first paragraph of
+    ``func``'s docstring, its description the rest followed by ``more``; ``help=`` and
+    ``description=`` override them (one function serving several spellings)."""
+    head, _, body = (func.__doc__ or "").strip().partition("\n\n")
+    description = " ".join([*body.split(), *more])
+    kw.setdefault("help", " ".join(head.split()))
+    kw.setdefault("description", description or None)
+    p: argparse.ArgumentParser = sub.add_parser(name, **kw)
     p.set_defaults(func=func)
     return p
 

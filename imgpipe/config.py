@@ -60,13 +60,11 @@ _PROCESSOR_KEYS: Final = frozenset({"id", "accepts", "returns", "path", "args", 
 
 def config_dir() -> Path:
     """imgpipe's configuration directory (see the module docstring). No I/O."""
-    env = os.environ.get("IMGPIPE_CONFIG")
-    if env:
+    if env := os.environ.get("IMGPIPE_CONFIG"):
         return Path(env)
     if os.geteuid() == 0:
         return SYSTEM_CONFIG_DIR
-    xdg = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(xdg) / "imgpipe"
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "imgpipe"
 
 
 def config_path() -> Path:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, BinaryIO, TypeVar, cast
+from typing import TYPE_CHECKING, BinaryIO, Self, TypeVar, cast
 from urllib.parse import urlencode, urlsplit
 
 from imgpipe.formats.errors import ImgpipeError, NotFound, Unauthorized, Unavailable
@@ -58,6 +58,7 @@ __all__ = [
     "UPLOAD_CHUNK_SIZE",
     "UPLOAD_READ_SIZE",
     "BlobReader",
+    "Closing",
     "RegistryClient",
     "Repository",
 ]
@@ -65,7 +66,20 @@ __all__ = [
 _T = TypeVar("_T")
 
 
-class RegistryClient:
+class Closing:
+    """A context manager that calls ``close()`` on exit (the client, the transport ends)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RegistryClient(Closing):
     """Talks to registries for one pull or push; thread-safe; close when done.
 
     ``credentials`` overrides the credential lookup (host -> Credentials or None); by
@@ -100,12 +114,6 @@ class RegistryClient:
 
     def close(self) -> None:
         self.http.close()
-
-    def __enter__(self) -> RegistryClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def repository(self, ref: Reference, *, push: bool = False) -> Repository:
         """The repository ``ref`` names; ``push`` asks for push scope and no mirrors."""
@@ -264,56 +272,19 @@ class Repository:
             )
         return resp
 
-    # -- the jobs (each in its module; see there for the details and errors) ---------------
+    # -- the jobs: each in its module, with its contract and errors documented there ------
 
-    def resolve(self) -> Descriptor:
-        """The root descriptor of ``ref``: see :func:`imgpipe.remote.resolve.resolve`."""
-        return _resolve.resolve(self)
-
-    def open_document(self, desc: Descriptor) -> BinaryIO:
-        """The bytes of a manifest or index (at most MAX_DOCUMENT_SIZE), unverified."""
-        return _resolve.open_document(self, desc)
+    resolve = _resolve.resolve
+    open_document = _resolve.open_document
+    exists = _push.exists
+    mount = _push.mount
+    upload_blob = _push.upload_blob
+    upload_stream = _push.upload_stream
+    put_manifest = _push.put_manifest
 
     def open_blob(self, desc: Descriptor) -> BlobReader:
         """A seekable stream of the blob's bytes (unverified; the caller verifies)."""
         return BlobReader(self, desc)
-
-    def exists(self, desc: Descriptor) -> bool:
-        """Whether the registry has the blob (or, for documents, the manifest)."""
-        return _push.exists(self, desc)
-
-    def mount(self, desc: Descriptor, source_repo: str) -> str | None:
-        """Mount ``desc`` from ``source_repo``: see :func:`imgpipe.remote.push.mount`."""
-        return _push.mount(self, desc, source_repo)
-
-    def upload_blob(
-        self,
-        desc: Descriptor,
-        stream: BinaryIO,
-        *,
-        location: str | None = None,
-        chunk_threshold: int = CHUNK_THRESHOLD,
-        chunk_size: int = UPLOAD_CHUNK_SIZE,
-    ) -> None:
-        """Upload ``desc``'s bytes: see :func:`imgpipe.remote.push.upload_blob`."""
-        _push.upload_blob(
-            self,
-            desc,
-            stream,
-            location=location,
-            chunk_threshold=chunk_threshold,
-            chunk_size=chunk_size,
-        )
-
-    def upload_stream(
-        self, stream: BinaryIO, *, algorithm: str = "sha256", location: str | None = None
-    ) -> tuple[Digest, int]:
-        """Upload a blob of unknown digest: see :func:`imgpipe.remote.push.upload_stream`."""
-        return _push.upload_stream(self, stream, algorithm=algorithm, location=location)
-
-    def put_manifest(self, reference: str, raw: bytes, media_type: str) -> Digest:
-        """PUT a manifest under a tag or digest: see :func:`imgpipe.remote.push.put_manifest`."""
-        return _push.put_manifest(self, reference, raw, media_type)
 
 
 def as_binary(stream: io.RawIOBase) -> BinaryIO:

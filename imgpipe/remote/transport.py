@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from typing import BinaryIO, Final, Self
+from typing import BinaryIO, Final
 
 from imgpipe.content.verify import VerifyingReader
 from imgpipe.formats.descriptor import Descriptor
@@ -28,6 +28,7 @@ from imgpipe.formats.reference import Reference
 from .client import (
     CHUNK_THRESHOLD,
     UPLOAD_CHUNK_SIZE,
+    Closing,
     RegistryClient,
     Repository,
     as_binary,
@@ -51,19 +52,13 @@ def source_repos(labels: Mapping[str, str], host: str) -> list[str]:
     return [r for r in value.split(",") if r]
 
 
-class _Connected:
-    """A transport end over one RegistryClient: a context manager closing its connections."""
+class _Connected(Closing):
+    """A transport end over one RegistryClient: closing it closes its connections."""
 
     _client: RegistryClient
 
     def close(self) -> None:
         self._client.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class RegistrySource(_Connected):
