@@ -189,14 +189,13 @@ def convert(args: argparse.Namespace) -> int:
     layers = None
     if args.encrypt_layers is not None:
         layers = [i for group in args.encrypt_layers for i in group]
-    kw: dict[str, Any] = {}
+    # the flags spelt as the options, and --jobs only when given (else the default)
+    kw: dict[str, Any] = {
+        k: getattr(args, k) for k in ("compression", "level", "zstd_threads", "oci")
+    }
     if args.jobs is not None:
         kw["jobs"] = args.jobs
     spec = imgpipe.ConvertOptions(
-        compression=args.compression,
-        level=args.level,
-        zstd_threads=args.zstd_threads,
-        oci=args.oci,
         recipients=args.encrypt_recipient,
         encrypt_layers=layers,
         decrypt_keys=args.decrypt_key,

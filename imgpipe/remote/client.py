@@ -27,7 +27,13 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, BinaryIO, Self, TypeVar, cast
 from urllib.parse import urlencode, urlsplit
 
-from imgpipe.formats.errors import ImgpipeError, NotFound, Unauthorized, Unavailable
+from imgpipe.formats.errors import (
+    DigestMismatch,
+    ImgpipeError,
+    NotFound,
+    Unauthorized,
+    Unavailable,
+)
 
 from . import push as _push
 from . import resolve as _resolve
@@ -164,6 +170,12 @@ class Repository:
     def what(self, suffix: str = "") -> str:
         """``host/repo[suffix]`` for messages."""
         return f"{self.ref.domain}/{self.name}{suffix}"
+
+    def check_named(self, digest: Digest, message: str) -> None:
+        """For a reference by digest, ``digest`` must be that one: DigestMismatch with
+        ``message`` otherwise (a tag alone names no digest: nothing to check)."""
+        if self.ref.digest is not None and digest != self.ref.digest:
+            raise DigestMismatch(message, expected=str(self.ref.digest), actual=str(digest))
 
     def keep_document(self, digest: Digest, raw: bytes) -> None:
         """Remember a document ``resolve`` had to GET, for the ``open_document`` after."""

@@ -73,7 +73,7 @@ def _resolve_at(repo: Repository, ep: Endpoint) -> Descriptor:
             size = int(length)
             check_document_size(size, shown)
             digest = parse_digest(dg_text, shown)
-            _check_named_digest(repo, digest, f"{shown}: the registry says the manifest is")
+            repo.check_named(digest, f"{shown}: the registry says the manifest is {digest}")
             return Descriptor(MediaType(mt), digest, size)
     elif resp.status == 404:
         raise error_for(resp, f"{shown}: not found")
@@ -98,7 +98,7 @@ def _get_root(repo: Repository, ep: Endpoint, ref: str, shown: str) -> Descripto
     check_document_size(len(raw), shown)
     algorithm = repo.ref.digest.algorithm if repo.ref.digest else "sha256"
     digest = Digest.from_bytes(raw, algorithm)
-    _check_named_digest(repo, digest, f"{shown}: the registry served a manifest that hashes to")
+    repo.check_named(digest, f"{shown}: the registry served a manifest that hashes to {digest}")
     header = resp.headers.get("Docker-Content-Digest", "")
     if header and repo.ref.digest is None:
         claimed = parse_digest(header, shown)
@@ -114,14 +114,6 @@ def _get_root(repo: Repository, ep: Endpoint, ref: str, shown: str) -> Descripto
         raise Unsupported(f"{shown}: {e}") from None
     repo.keep_document(digest, raw)
     return Descriptor(MediaType(str(doc.media_type or mt)), digest, len(raw))
-
-
-def _check_named_digest(repo: Repository, digest: Digest, message: str) -> None:
-    """For a digest reference, the registry's manifest must be that digest."""
-    if repo.ref.digest is not None and digest != repo.ref.digest:
-        raise DigestMismatch(
-            f"{message} {digest}", expected=str(repo.ref.digest), actual=str(digest)
-        )
 
 
 def _refuse_schema1(mt: str, shown: str) -> None:

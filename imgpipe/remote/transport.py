@@ -21,7 +21,7 @@ from typing import BinaryIO, Final
 from imgpipe.content.verify import VerifyingReader
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.digest import Digest
-from imgpipe.formats.errors import DigestMismatch, FailedPrecondition, NotFound, ResourceLimit
+from imgpipe.formats.errors import FailedPrecondition, NotFound, ResourceLimit
 from imgpipe.formats.manifest import MAX_DOCUMENT_SIZE
 from imgpipe.formats.reference import Reference
 
@@ -177,15 +177,11 @@ class RegistrySink(_Connected):
 
     def write_root(self, desc: Descriptor) -> None:
         """Tag the root (already pushed by digest); for a digest reference, check it."""
-        if self.ref.digest is not None:
-            if desc.digest != self.ref.digest:
-                raise DigestMismatch(
-                    f"{self.ref}: the image is {desc.digest}, not the digest named",
-                    expected=str(self.ref.digest),
-                    actual=str(desc.digest),
-                )
-            if not self.ref.tag:
-                return
+        self._repo.check_named(
+            desc.digest, f"{self.ref}: the image is {desc.digest}, not the digest named"
+        )
+        if self.ref.digest is not None and not self.ref.tag:
+            return  # by digest only: pushed already
         with self._lock:
             doc = self._documents.get(desc.digest)
         if doc is None:
