@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, TypeAlias, TypeVar
 
 from .errors import InvalidArgument, MalformedDocument, ResourceLimit
 
@@ -27,6 +27,8 @@ MAX_DOCUMENT_SIZE: Final = 4 * 1024 * 1024
 
 #: What the document parsers accept as input; they keep an immutable ``bytes`` copy.
 BytesLike: TypeAlias = bytes | bytearray | memoryview
+
+_T = TypeVar("_T")
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -77,31 +79,24 @@ def dump_compact(obj: Mapping[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
+def _opt(obj: Mapping[str, Any], key: str, what: str, kind: type[_T], noun: str) -> _T | None:
+    """``obj[key]`` if of ``kind``, None if absent or null; MalformedDocument otherwise."""
+    v = obj.get(key)
+    if v is not None and not isinstance(v, kind):
+        raise MalformedDocument(f"{what}: {key!r} must be {noun}")
+    return v
+
+
 def opt_str(obj: Mapping[str, Any], key: str, what: str) -> str:
     """``obj[key]`` if a string, "" if absent or null; MalformedDocument otherwise."""
-    v = obj.get(key)
-    if v is None:
-        return ""
-    if not isinstance(v, str):
-        raise MalformedDocument(f"{what}: {key!r} must be a string")
-    return v
+    return _opt(obj, key, what, str, "a string") or ""
 
 
 def opt_list(obj: Mapping[str, Any], key: str, what: str) -> list[Any] | None:
     """``obj[key]`` if a list, None if absent or null; MalformedDocument otherwise."""
-    v = obj.get(key)
-    if v is None:
-        return None
-    if not isinstance(v, list):
-        raise MalformedDocument(f"{what}: {key!r} must be a list")
-    return v
+    return _opt(obj, key, what, list, "a list")
 
 
 def opt_object(obj: Mapping[str, Any], key: str, what: str) -> dict[str, Any] | None:
     """``obj[key]`` if an object, None if absent or null; MalformedDocument otherwise."""
-    v = obj.get(key)
-    if v is None:
-        return None
-    if not isinstance(v, dict):
-        raise MalformedDocument(f"{what}: {key!r} must be an object")
-    return v
+    return _opt(obj, key, what, dict, "an object")

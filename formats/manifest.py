@@ -151,18 +151,33 @@ def _check(raw: bytes, media_type: str | None) -> tuple[_Kind, MediaType | None,
     return kind, declared, obj
 
 
-@dataclass(frozen=True)
-class Manifest:
-    """An image manifest (OCI or Docker schema 2), with the bytes it came from.
+def _document_bytes(
+    mt: MediaType,
+    artifact_type: str,
+    body: Mapping[str, Any],
+    subject: Descriptor | None,
+    annotations: Mapping[str, str] | None,
+) -> bytes:
+    """Canonical compact JSON of a new document: schemaVersion, mediaType, artifactType,
+    then ``body`` (config and layers, or manifests), subject, annotations; empty optional
+    fields left out. Same inputs, same bytes, same digest."""
+    doc: dict[str, Any] = {"schemaVersion": 2, "mediaType": str(mt)}
+    if artifact_type:
+        doc["artifactType"] = artifact_type
+    doc.update(body)
+    if subject is not None:
+        doc["subject"] = subject.to_json()
+    if annotations:
+        doc["annotations"] = dict(annotations)
+    return dump_compact(doc)
 
-    Build one with :meth:`build` or :func:`parse_manifest`; the fields are then consistent
-    with ``raw``, and ``digest`` is the sha256 of ``raw``. Equal manifests have equal raw
-    bytes; the hash is the digest's.
-    """
+
+@dataclass(frozen=True)
+class _Document:
+    """What a manifest and an index share: the fields around their descriptors, the
+    bytes they were parsed from and their digest (which is also their hash)."""
 
     media_type: MediaType
-    config: Descriptor
-    layers: tuple[Descriptor, ...]
     annotations: Mapping[str, str] = field(repr=False)
     subject: Descriptor | None
     artifact_type: str
@@ -171,6 +186,29 @@ class Manifest:
 
     def __hash__(self) -> int:
         return hash(self.digest)
+
+    def descriptor(self) -> Descriptor:
+        """A descriptor of this document (media type, digest, size of ``raw``)."""
+        return Descriptor(media_type=self.media_type, digest=self.digest, size=len(self.raw))
+
+    def is_docker(self) -> bool:
+        """True for a Docker schema 2 document (manifest or manifest list), False for OCI."""
+        return self.media_type.is_docker()
+
+
+@dataclass(frozen=True)
+class Manifest(_Document):
+    """An image manifest (OCI or Docker schema 2), with the bytes it came from.
+
+    Build one with :meth:`build` or :func:`parse_manifest`; the fields are then consistent
+    with ``raw``, and ``digest`` is the sha256 of ``raw``. Equal manifests have equal raw
+    bytes; the hash is the digest's.
+    """
+
+    config: Descriptor
+    layers: tuple[Descriptor, ...]
+
+    __hash__ = _Document.__hash__  # a frozen dataclass would otherwise hash every field
 
     @classmethod
     def build(
@@ -192,44 +230,21 @@ class Manifest:
         mt = MediaType(media_type)
         if not mt.is_manifest():
             raise InvalidArgument(f"{mt!r} is not a manifest media type")
-        doc: dict[str, Any] = {"schemaVersion": 2, "mediaType": str(mt)}
-        if artifact_type:
-            doc["artifactType"] = artifact_type
-        doc["config"] = config.to_json()
-        doc["layers"] = [d.to_json() for d in layers]
-        if subject is not None:
-            doc["subject"] = subject.to_json()
-        if annotations:
-            doc["annotations"] = dict(annotations)
-        return parse_manifest(dump_compact(doc))
-
-    def descriptor(self) -> Descriptor:
-        """A descriptor of this manifest (media type, digest, size of ``raw``)."""
-        return Descriptor(media_type=self.media_type, digest=self.digest, size=len(self.raw))
+        body = {"config": config.to_json(), "layers": [d.to_json() for d in layers]}
+        return parse_manifest(_document_bytes(mt, artifact_type, body, subject, annotations))
 
     def children(self) -> tuple[Descriptor, ...]:
         """What this manifest references, config first, then the layers in order."""
         return (self.config, *self.layers)
 
-    def is_docker(self) -> bool:
-        """True for a Docker schema 2 manifest, False for OCI."""
-        return self.media_type.is_docker()
-
 
 @dataclass(frozen=True)
-class Index:
+class Index(_Document):
     """An image index (OCI) or manifest list (Docker schema 2), with its bytes."""
 
-    media_type: MediaType
     manifests: tuple[Descriptor, ...]
-    annotations: Mapping[str, str] = field(repr=False)
-    subject: Descriptor | None
-    artifact_type: str
-    raw: bytes = field(repr=False)
-    digest: Digest
 
-    def __hash__(self) -> int:
-        return hash(self.digest)
+    __hash__ = _Document.__hash__  # a frozen dataclass would otherwise hash every field
 
     @classmethod
     def build(
@@ -250,27 +265,12 @@ class Index:
         mt = MediaType(media_type)
         if not mt.is_index():
             raise InvalidArgument(f"{mt!r} is not an index media type")
-        doc: dict[str, Any] = {"schemaVersion": 2, "mediaType": str(mt)}
-        if artifact_type:
-            doc["artifactType"] = artifact_type
-        doc["manifests"] = [d.to_json() for d in manifests]
-        if subject is not None:
-            doc["subject"] = subject.to_json()
-        if annotations:
-            doc["annotations"] = dict(annotations)
-        return parse_index(dump_compact(doc))
-
-    def descriptor(self) -> Descriptor:
-        """A descriptor of this index (media type, digest, size of ``raw``)."""
-        return Descriptor(media_type=self.media_type, digest=self.digest, size=len(self.raw))
+        body = {"manifests": [d.to_json() for d in manifests]}
+        return parse_index(_document_bytes(mt, artifact_type, body, subject, annotations))
 
     def children(self) -> tuple[Descriptor, ...]:
         """The entries of ``manifests``, in order."""
         return self.manifests
-
-    def is_docker(self) -> bool:
-        """True for a Docker manifest list, False for an OCI index."""
-        return self.media_type.is_docker()
 
     def for_platform(self, want: Platform, *, strict: bool = False) -> tuple[Descriptor, ...]:
         """Entries an image for ``want`` may use, best first.
@@ -292,32 +292,33 @@ class Index:
         return (*(d for _, _, d in ranked), *tail)
 
 
+def _shared(raw: bytes, obj: dict[str, Any], what: str) -> dict[str, Any]:
+    """The _Document fields of a checked document."""
+    return {
+        "annotations": _annotations(obj, what),
+        "subject": _subject(obj, what),
+        "artifact_type": opt_str(obj, "artifactType", what),
+        "raw": raw,
+        "digest": Digest.from_bytes(raw),
+    }
+
+
 def _manifest_from(raw: bytes, declared: MediaType | None, obj: dict[str, Any]) -> Manifest:
-    what = "manifest"
     if "config" not in obj:
         raise MalformedDocument("manifest: missing required 'config'")
     return Manifest(
         media_type=declared if declared is not None else OCI_MANIFEST,
         config=_descriptor(obj["config"], "manifest config"),
-        layers=_descriptors(obj, "layers", what),
-        annotations=_annotations(obj, what),
-        subject=_subject(obj, what),
-        artifact_type=opt_str(obj, "artifactType", what),
-        raw=raw,
-        digest=Digest.from_bytes(raw),
+        layers=_descriptors(obj, "layers", "manifest"),
+        **_shared(raw, obj, "manifest"),
     )
 
 
 def _index_from(raw: bytes, declared: MediaType | None, obj: dict[str, Any]) -> Index:
-    what = "index"
     return Index(
         media_type=declared if declared is not None else OCI_INDEX,
-        manifests=_descriptors(obj, "manifests", what),
-        annotations=_annotations(obj, what),
-        subject=_subject(obj, what),
-        artifact_type=opt_str(obj, "artifactType", what),
-        raw=raw,
-        digest=Digest.from_bytes(raw),
+        manifests=_descriptors(obj, "manifests", "index"),
+        **_shared(raw, obj, "index"),
     )
 
 

@@ -7,7 +7,7 @@ pipeline branches on: index or manifest, layer or not, which compression, encryp
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Literal
 
 __all__ = [
     "DOCKER_CONFIG",
@@ -20,6 +20,7 @@ __all__ = [
     "DOCKER_MANIFEST_LIST",
     "DOCKER_SCHEMA1_MANIFEST",
     "DOCKER_SCHEMA1_SIGNED_MANIFEST",
+    "LAYER_TYPES",
     "OCI_CONFIG",
     "OCI_EMPTY",
     "OCI_INDEX",
@@ -31,8 +32,12 @@ __all__ = [
     "OCI_LAYER_ZSTD",
     "OCI_LAYOUT_HEADER",
     "OCI_MANIFEST",
+    "Compression",
     "MediaType",
 ]
+
+#: A layer's compression as :meth:`MediaType.compression` names it ("" = uncompressed).
+Compression = Literal["gzip", "zstd", ""]
 
 
 class MediaType(str):
@@ -72,7 +77,7 @@ class MediaType(str):
         b = self.base
         return ".nondistributable." in b or ".foreign." in b
 
-    def compression(self) -> str:
+    def compression(self) -> Compression:
         """``"gzip"``, ``"zstd"`` or ``""`` (uncompressed or not a layer)."""
         if not self.is_layer():
             return ""
@@ -82,6 +87,15 @@ class MediaType(str):
         if b.endswith(("+zstd", ".tar.zstd")):
             return "zstd"
         return ""
+
+    def compressed(self, compression: Literal["gzip", "zstd"]) -> MediaType | None:
+        """This uncompressed layer type compressed with ``compression`` (OCI spells it
+        ``+gzip``, Docker ``.gzip``), if that is one of LAYER_TYPES; else None."""
+        b = self.base
+        if b not in LAYER_TYPES or self.compression():
+            return None
+        out = MediaType(b + ("." if self.is_docker() else "+") + compression)
+        return out if out in LAYER_TYPES else None
 
 
 _OCI_LAYER_PREFIX: Final = "application/vnd.oci.image.layer."
@@ -119,4 +133,22 @@ DOCKER_LAYER_ZSTD: Final = MediaType("application/vnd.docker.image.rootfs.diff.t
 DOCKER_FOREIGN_LAYER: Final = MediaType("application/vnd.docker.image.rootfs.foreign.diff.tar")
 DOCKER_FOREIGN_LAYER_GZIP: Final = MediaType(
     "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+)
+
+#: Every known unencrypted layer type: OCI (distributable and not) and Docker (and
+#: foreign), uncompressed, gzip and zstd. Unknown suffixes (``+foo``) are not in it.
+LAYER_TYPES: Final = frozenset(
+    {
+        OCI_LAYER,
+        OCI_LAYER_GZIP,
+        OCI_LAYER_ZSTD,
+        OCI_LAYER_NONDIST,
+        OCI_LAYER_NONDIST_GZIP,
+        OCI_LAYER_NONDIST_ZSTD,
+        DOCKER_LAYER,
+        DOCKER_LAYER_GZIP,
+        DOCKER_LAYER_ZSTD,
+        DOCKER_FOREIGN_LAYER,
+        DOCKER_FOREIGN_LAYER_GZIP,
+    }
 )

@@ -108,27 +108,6 @@ _WHERE = {
     ),
     **dict.fromkeys(
         (
-            "AlreadyExists",
-            "Conflict",
-            "DigestMismatch",
-            "FailedPrecondition",
-            "ImgpipeError",
-            "IntegrityError",
-            "InvalidArgument",
-            "InvalidDigest",
-            "InvalidReference",
-            "MalformedDocument",
-            "NotFound",
-            "ResourceLimit",
-            "SizeMismatch",
-            "Unauthorized",
-            "Unavailable",
-            "Unsupported",
-        ),
-        "imgpipe.errors",
-    ),
-    **dict.fromkeys(
-        (
             "Context",
             "Event",
             "EventKind",
@@ -190,6 +169,8 @@ def __getattr__(name: str) -> Any:
             value = "0.0.0"
     elif name in _WHERE:
         value = getattr(import_module(_WHERE[name]), name)
+    elif name in (errors := import_module("imgpipe.errors")).__all__:
+        value = getattr(errors, name)  # an error class: their names are listed there only
     else:
         raise AttributeError(f"module 'imgpipe' has no attribute {name!r}")
     globals()[name] = value

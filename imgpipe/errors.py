@@ -3,40 +3,8 @@
 See that module's docstring for the tree. Import from here in code above ``formats``.
 """
 
-from imgpipe.formats.errors import (
-    AlreadyExists,
-    Conflict,
-    DigestMismatch,
-    FailedPrecondition,
-    ImgpipeError,
-    IntegrityError,
-    InvalidArgument,
-    InvalidDigest,
-    InvalidReference,
-    MalformedDocument,
-    NotFound,
-    ResourceLimit,
-    SizeMismatch,
-    Unauthorized,
-    Unavailable,
-    Unsupported,
-)
+from imgpipe.formats import errors as _errors
+from imgpipe.formats.errors import *  # noqa: F403 (the whole tree: formats.errors.__all__)
 
-__all__ = [
-    "AlreadyExists",
-    "Conflict",
-    "DigestMismatch",
-    "FailedPrecondition",
-    "ImgpipeError",
-    "IntegrityError",
-    "InvalidArgument",
-    "InvalidDigest",
-    "InvalidReference",
-    "MalformedDocument",
-    "NotFound",
-    "ResourceLimit",
-    "SizeMismatch",
-    "Unauthorized",
-    "Unavailable",
-    "Unsupported",
-]
+__all__: list[str] = []
+__all__ += _errors.__all__

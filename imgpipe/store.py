@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from types import TracebackType
 from typing import Final
 
 from imgpipe.content import ContentStore
+from imgpipe.content.closing import Closing
 from imgpipe.metadata import MetadataDB
 
 __all__ = ["SYSTEM_ROOT", "Store", "default_root"]
@@ -37,7 +37,7 @@ def default_root() -> Path:
     return Path(data_home) / "imgpipe"
 
 
-class Store:
+class Store(Closing):
     """The content store and metadata database under one root. Use as a context manager.
 
     Two processes may open the same root at once: blob writes are locked per ref and
@@ -52,14 +52,3 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
-
-    def __enter__(self) -> Store:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -38,6 +38,7 @@ from imgpipe.formats.errors import (
 from imgpipe.formats.mediatype import MediaType
 
 from .limits import Limits
+from .streams import PassThrough, Readable
 
 __all__ = [
     "CHUNK_SIZE",
@@ -45,6 +46,7 @@ __all__ = [
     "ZSTD_LEVEL",
     "ZSTD_THREADS",
     "ChunkReader",
+    "Compressor",
     "CorruptData",
     "Direction",
     "FullReads",
@@ -121,14 +123,6 @@ class ProcessorParams:
         object.__setattr__(self, "recipients", tuple(self.recipients))
 
 
-class Readable(Protocol):
-    """The least a processor's input must do: ``read(n)`` and ``close()``."""
-
-    def read(self, size: int = -1, /) -> bytes: ...
-
-    def close(self) -> None: ...
-
-
 @runtime_checkable
 class ProcessedStream(Protocol):
     """A binary, read-only stream out of a processor. ``annotations()`` is final after EOF."""
@@ -171,6 +165,28 @@ class Processor(Protocol):
         ...
 
 
+class Compressor:
+    """The shared half of the gzip and zstd encoders: which types they take and give.
+
+    A known uncompressed layer type (see ``formats.mediatype.LAYER_TYPES``) becomes its
+    ``compression`` variant of the same family; subclasses add ``name`` and ``open``.
+    """
+
+    compression: Literal["gzip", "zstd"]
+    direction: Direction = "encode"
+
+    def accepts(self, media_type: MediaType) -> bool:
+        return MediaType(media_type.base).compressed(self.compression) is not None
+
+    def output_type(self, media_type: MediaType) -> MediaType:
+        out = MediaType(media_type.base).compressed(self.compression)
+        if out is None:
+            raise NoProcessor(
+                f"no {self.compression} variant of {media_type}", media_type=media_type
+            )
+        return out
+
+
 def read_full(stream: Any, size: int) -> bytes:
     """``size`` bytes from ``stream``, fewer only at EOF: undoes short reads (pipes).
 
@@ -191,33 +207,20 @@ def read_full(stream: Any, size: int) -> bytes:
     return b"".join(parts)
 
 
-class FullReads(io.RawIOBase):
+class FullReads(PassThrough):
     """``raw`` with short reads undone (see :func:`read_full`). Closes ``raw``."""
-
-    def __init__(self, raw: Any) -> None:
-        super().__init__()
-        self._raw = raw
-
-    def readable(self) -> bool:
-        return True
 
     def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:
-            return bytes(self._raw.read())
+            return self.readall()
         return read_full(self._raw, size)
 
     def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        n = len(data)
-        memoryview(buffer).cast("B")[:n] = data
-        return n
-
-    def close(self) -> None:
-        if not self.closed:
-            try:
-                self._raw.close()
-            finally:
-                super().close()
+        view = memoryview(buffer).cast("B")
+        have = 0
+        while have < len(view) and (n := super().readinto(view[have:])):
+            have += n
+        return have
 
 
 class ChunkReader(io.RawIOBase):

@@ -15,9 +15,7 @@ stream is opened, so resolving a chain never pays for loading ``cryptography``.
 
 from __future__ import annotations
 
-import io
-from collections.abc import Mapping
-from typing import Any, BinaryIO, Final
+from typing import TYPE_CHECKING, BinaryIO, Final
 
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.errors import InvalidArgument
@@ -25,44 +23,12 @@ from imgpipe.formats.mediatype import MediaType
 
 from .base import Direction, ProcessedStream, ProcessorParams
 
-__all__ = ["ENCRYPTED_SUFFIX", "CryptStream", "Decrypt", "Encrypt"]
+if TYPE_CHECKING:
+    from .ocicrypt import DecryptingReader, EncryptingReader
+
+__all__ = ["ENCRYPTED_SUFFIX", "Decrypt", "Encrypt"]
 
 ENCRYPTED_SUFFIX: Final = "+encrypted"
-
-
-class CryptStream(io.RawIOBase):
-    """An ocicrypt reader seen as a processed stream: reads pass straight through."""
-
-    def __init__(self, inner: Any, *, encrypting: bool) -> None:
-        super().__init__()
-        self._inner = inner
-        self._encrypting = encrypting
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
-        data: bytes = self._inner.read(-1 if size is None else size)
-        return data
-
-    def readall(self) -> bytes:
-        return self.read(-1)
-
-    def readinto(self, buffer: Any) -> int:
-        n: int = self._inner.readinto(buffer)
-        return n
-
-    def annotations(self) -> Mapping[str, str]:
-        """Encrypting: the ocicrypt annotations (FailedPrecondition before EOF).
-        Decrypting: ``{}``."""
-        return dict(self._inner.annotations()) if self._encrypting else {}
-
-    def close(self) -> None:
-        if not self.closed:
-            try:
-                self._inner.close()
-            finally:
-                super().close()
 
 
 class Decrypt:
@@ -77,13 +43,10 @@ class Decrypt:
     def output_type(self, media_type: MediaType) -> MediaType:
         return MediaType(media_type.base.removesuffix(ENCRYPTED_SUFFIX))
 
-    def open(self, stream: BinaryIO, desc: Descriptor, params: ProcessorParams) -> CryptStream:
+    def open(self, stream: BinaryIO, desc: Descriptor, params: ProcessorParams) -> DecryptingReader:
         from .ocicrypt import DecryptingReader  # noqa: PLC0415 (cryptography: on use)
 
-        return CryptStream(
-            DecryptingReader(stream, annotations=desc.annotations, keys=params.decrypt_keys),
-            encrypting=False,
-        )
+        return DecryptingReader(stream, annotations=desc.annotations, keys=params.decrypt_keys)
 
 
 class Encrypt:
@@ -98,7 +61,7 @@ class Encrypt:
     def output_type(self, media_type: MediaType) -> MediaType:
         return MediaType(media_type.base + ENCRYPTED_SUFFIX)
 
-    def open(self, stream: BinaryIO, desc: Descriptor, params: ProcessorParams) -> CryptStream:
+    def open(self, stream: BinaryIO, desc: Descriptor, params: ProcessorParams) -> EncryptingReader:
         if not params.recipients:
             raise InvalidArgument(f"encrypting {desc.digest}: no recipients given")
         from .ocicrypt import EncryptingReader  # noqa: PLC0415 (cryptography: on use)
@@ -110,7 +73,4 @@ class Encrypt:
         # (tar -> zstd -> encrypt) the input is another processor's output, a
         # ProcessedStream whose digest nobody knows yet: the reader hashes it.
         digest = None if isinstance(stream, ProcessedStream) else desc.digest
-        return CryptStream(
-            EncryptingReader(stream, recipients=params.recipients, digest=digest),
-            encrypting=True,
-        )
+        return EncryptingReader(stream, recipients=params.recipients, digest=digest)

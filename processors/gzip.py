@@ -41,23 +41,12 @@ from typing import Any, BinaryIO, Final
 
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.errors import InvalidArgument
-from imgpipe.formats.mediatype import (
-    DOCKER_FOREIGN_LAYER,
-    DOCKER_FOREIGN_LAYER_GZIP,
-    DOCKER_LAYER,
-    DOCKER_LAYER_GZIP,
-    OCI_LAYER,
-    OCI_LAYER_GZIP,
-    OCI_LAYER_NONDIST,
-    OCI_LAYER_NONDIST_GZIP,
-    MediaType,
-)
 
 from .base import (
     CHUNK_SIZE,
     ChunkReader,
+    Compressor,
     CorruptData,
-    Direction,
     ProcessorParams,
     Readable,
     read_full,
@@ -86,14 +75,6 @@ _INPUT_CHUNK: Final = 256 << 10
 _GZIP_WBITS: Final = 31  # zlib: gzip header and trailer, 32 KiB window
 _RAW_WBITS: Final = -15  # zlib: raw deflate, 32 KiB window (we write header and trailer)
 _MEM_LEVEL: Final = 8
-
-# media types the encoder takes -> what it makes of them
-_ENCODED: Final = {
-    OCI_LAYER: OCI_LAYER_GZIP,
-    OCI_LAYER_NONDIST: OCI_LAYER_NONDIST_GZIP,
-    DOCKER_LAYER: DOCKER_LAYER_GZIP,
-    DOCKER_FOREIGN_LAYER: DOCKER_FOREIGN_LAYER_GZIP,
-}
 
 
 def _load(name: str) -> ModuleType | None:
@@ -253,17 +234,11 @@ class GzipEncoder(ChunkReader):
         self._raw.close()
 
 
-class GzipCompress:
+class GzipCompress(Compressor):
     """Encoder: uncompressed layer tar -> the gzip variant of its media type."""
 
     name = "gzip-compress"
-    direction: Direction = "encode"
-
-    def accepts(self, media_type: MediaType) -> bool:
-        return media_type.base in _ENCODED
-
-    def output_type(self, media_type: MediaType) -> MediaType:
-        return _ENCODED[media_type.base]  # type: ignore[index]
+    compression = "gzip"
 
     def open(self, stream: BinaryIO, desc: Descriptor, params: ProcessorParams) -> GzipEncoder:
         return GzipEncoder(stream, level=params.gzip_level)

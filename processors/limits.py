@@ -16,12 +16,13 @@ produced.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Final
 
 from imgpipe.formats.errors import InvalidArgument, ResourceLimit
+
+from .streams import PassThrough, Readable
 
 __all__ = [
     "MAX_DECOMPRESSED_SIZE",
@@ -45,11 +46,6 @@ MAX_RATIO: Final = 1000
 #: The ratio is checked only once this much output was produced: below it no disk is
 #: at risk, and tiny layers legitimately have ratios far beyond MAX_RATIO.
 RATIO_FLOOR: Final = 1 << 30
-
-
-class _Readable(Protocol):
-    def read(self, size: int = -1, /) -> bytes: ...
-    def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,41 +80,22 @@ class Limits:
             )
 
 
-class CountingReader(io.RawIOBase):
-    """A read-only wrapper that counts the bytes read through it. Closes the inner stream.
+class CountingReader(PassThrough):
+    """``raw`` unchanged, with ``count``: the bytes read through it so far. Closes ``raw``.
 
     ``count`` may be read from another thread (an external processor's feeder reads in
     one thread while the consumer checks bounds in another); reading an int is atomic.
     """
 
-    def __init__(self, raw: _Readable) -> None:
-        super().__init__()
-        self._raw = raw
+    def __init__(self, raw: Readable) -> None:
+        super().__init__(raw)
         self.count = 0
 
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
-        data = self._raw.read(-1 if size is None else size)
-        self.count += len(data)
-        return data
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        n = len(data)
-        memoryview(buffer).cast("B")[:n] = data
-        return n
-
-    def close(self) -> None:
-        if not self.closed:
-            try:
-                self._raw.close()
-            finally:
-                super().close()
+    def _seen(self, chunk: bytes | memoryview) -> None:
+        self.count += len(chunk)
 
 
-class BoundedReader(io.RawIOBase):
+class BoundedReader(PassThrough):
     """The output of a decoder, checked against ``limits`` after every read.
 
     ``counter`` is the CountingReader the decoder reads its input through. Closing this
@@ -127,46 +104,25 @@ class BoundedReader(io.RawIOBase):
     """
 
     def __init__(
-        self, inner: _Readable, counter: CountingReader, limits: Limits, *, what: str
+        self, inner: Readable, counter: CountingReader, limits: Limits, *, what: str
     ) -> None:
-        super().__init__()
-        self._inner = inner
+        super().__init__(inner)
         self._counter = counter
         self._limits = limits
         self._what = what
         self._produced = 0
 
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
-            # a whole-stream read is bounded too: go chunk by chunk
-            return b"".join(iter(lambda: self.read(_CHUNK), b""))
-        data = self._inner.read(size)
-        self._produced += len(data)
+    def _seen(self, chunk: bytes | memoryview) -> None:
+        self._produced += len(chunk)
         self._limits.check(self._produced, self._counter.count, what=self._what)
-        return data
 
     def readall(self) -> bytes:
-        return self.read(-1)
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        n = len(data)
-        memoryview(buffer).cast("B")[:n] = data
-        return n
+        # a whole-stream read is bounded too: chunk by chunk, never one unbounded read
+        return b"".join(iter(lambda: self.read(_CHUNK), b""))
 
     def annotations(self) -> Mapping[str, str]:
-        inner_annotations = getattr(self._inner, "annotations", None)
+        inner_annotations = getattr(self._raw, "annotations", None)
         return dict(inner_annotations()) if inner_annotations else {}
-
-    def close(self) -> None:
-        if not self.closed:
-            try:
-                self._inner.close()
-            finally:
-                super().close()
 
 
 _CHUNK: Final = 1 << 20

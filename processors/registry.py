@@ -23,7 +23,6 @@ another through the encoders: ``tar -> tar+zstd -> tar+zstd+encrypted``.
 
 from __future__ import annotations
 
-import io
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -37,6 +36,7 @@ from .base import Direction, NoProcessor, Processor, ProcessorParams
 from .crypt import Decrypt, Encrypt
 from .gzip import GzipCompress
 from .sniff import Decompress
+from .streams import PassThrough
 from .zstd import ZstdCompress
 
 __all__ = [
@@ -209,7 +209,7 @@ class ProcessorRegistry:
         return open_chain(stream, desc, chain, params)
 
 
-class ChainStream(io.RawIOBase):
+class ChainStream(PassThrough):
     """The end of a chain of processed streams; ``annotations()`` merges every step's.
 
     ``media_type`` is the type of the output. Closing it closes every step and the
@@ -217,24 +217,9 @@ class ChainStream(io.RawIOBase):
     """
 
     def __init__(self, steps: Sequence[Any], media_type: MediaType) -> None:
-        super().__init__()
+        super().__init__(steps[-1])
         self._steps = list(steps)
-        self._last = self._steps[-1]
         self.media_type = media_type
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
-        data: bytes = self._last.read(-1 if size is None else size)
-        return data
-
-    def readall(self) -> bytes:
-        return self.read(-1)
-
-    def readinto(self, buffer: Any) -> int:
-        n: int = self._last.readinto(buffer)
-        return n
 
     def annotations(self) -> Mapping[str, str]:
         merged: dict[str, str] = {}
@@ -243,13 +228,6 @@ class ChainStream(io.RawIOBase):
             if get is not None:
                 merged.update(get())
         return merged
-
-    def close(self) -> None:
-        if not self.closed:
-            try:
-                self._last.close()
-            finally:
-                super().close()
 
 
 def open_chain(

@@ -11,67 +11,31 @@ starts with those bytes (a tar starts with a file name), so plain tars are never
 
 from __future__ import annotations
 
-import io
-from typing import Any, BinaryIO, Final, Literal
+from typing import Any, BinaryIO, Final
 
 from imgpipe.formats.descriptor import Descriptor
-from imgpipe.formats.mediatype import (
-    DOCKER_FOREIGN_LAYER,
-    DOCKER_FOREIGN_LAYER_GZIP,
-    DOCKER_LAYER,
-    DOCKER_LAYER_GZIP,
-    DOCKER_LAYER_ZSTD,
-    OCI_LAYER,
-    OCI_LAYER_GZIP,
-    OCI_LAYER_NONDIST,
-    OCI_LAYER_NONDIST_GZIP,
-    OCI_LAYER_NONDIST_ZSTD,
-    OCI_LAYER_ZSTD,
-    MediaType,
-)
+from imgpipe.formats.mediatype import LAYER_TYPES, OCI_LAYER, Compression, MediaType
 
 from .base import Direction, ProcessorParams
 from .gzip import GzipDecoder
 from .limits import BoundedReader, CountingReader
+from .streams import PassThrough
 from .zstd import ZstdDecoder
 
 __all__ = [
     "GZIP_MAGIC",
-    "LAYER_TYPES",
     "MAGIC_SIZE",
     "ZSTD_MAGIC",
-    "Compression",
     "Decompress",
     "PrefixedReader",
     "detect",
     "peek",
 ]
 
-Compression = Literal["gzip", "zstd", ""]
-
 GZIP_MAGIC: Final = b"\x1f\x8b\x08"
 ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
 #: Bytes needed to tell the formats apart.
 MAGIC_SIZE: Final = 4
-
-#: Every unencrypted layer type the built-in decompressor takes: OCI (distributable and
-#: not) and Docker (and foreign), uncompressed, gzip and zstd. Unknown suffixes
-#: (``+foo``) are not in it: those need a processor that knows them.
-LAYER_TYPES: Final = frozenset(
-    {
-        OCI_LAYER,
-        OCI_LAYER_GZIP,
-        OCI_LAYER_ZSTD,
-        OCI_LAYER_NONDIST,
-        OCI_LAYER_NONDIST_GZIP,
-        OCI_LAYER_NONDIST_ZSTD,
-        DOCKER_LAYER,
-        DOCKER_LAYER_GZIP,
-        DOCKER_LAYER_ZSTD,
-        DOCKER_FOREIGN_LAYER,
-        DOCKER_FOREIGN_LAYER_GZIP,
-    }
-)
 
 
 def detect(head: bytes) -> Compression:
@@ -86,47 +50,34 @@ def detect(head: bytes) -> Compression:
     return ""
 
 
-class PrefixedReader(io.RawIOBase):
+class PrefixedReader(PassThrough):
     """``prefix`` then the rest of ``raw``: puts back what ``peek`` took. Closes ``raw``."""
 
     def __init__(self, prefix: bytes, raw: BinaryIO) -> None:
-        super().__init__()
+        super().__init__(raw)
         self._prefix = prefix
-        self._raw = raw
-
-    def readable(self) -> bool:
-        return True
 
     def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
-            out = self._prefix + self._raw.read()
-            self._prefix = b""
-            return out
-        if self._prefix:
-            head, self._prefix = self._prefix[:size], self._prefix[size:]
-            if len(head) < size:
-                head += self._raw.read(size - len(head))
-            return head
-        return self._raw.read(size)
+        if not self._prefix or size is None or size < 0:
+            return super().read(size)
+        head, self._prefix = self._prefix[:size], self._prefix[size:]
+        if len(head) < size:
+            head += super().read(size - len(head))
+        return head
 
     def readall(self) -> bytes:
-        return self.read(-1)
+        head, self._prefix = self._prefix, b""
+        return head + super().readall()
 
     def readinto(self, buffer: Any) -> int:
+        if not self._prefix:
+            return super().readinto(buffer)
         data = self.read(len(buffer))
-        n = len(data)
-        memoryview(buffer).cast("B")[:n] = data
-        return n
+        memoryview(buffer).cast("B")[: len(data)] = data
+        return len(data)
 
     def annotations(self) -> dict[str, str]:
         return {}
-
-    def close(self) -> None:
-        if not self.closed:
-            try:
-                self._raw.close()
-            finally:
-                super().close()
 
 
 def peek(stream: BinaryIO, size: int = MAGIC_SIZE) -> tuple[bytes, PrefixedReader]:
@@ -151,6 +102,7 @@ class Decompress:
     direction: Direction = "decode"
 
     def accepts(self, media_type: MediaType) -> bool:
+        # every known unencrypted layer type; unknown suffixes need a processor of their own
         return media_type.base in LAYER_TYPES
 
     def output_type(self, media_type: MediaType) -> MediaType:

@@ -11,9 +11,17 @@ it through a fresh bytearray: on a 1 MiB-chunk chain that copy shows in the benc
 from __future__ import annotations
 
 import io
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol, cast
 
-__all__ = ["PassThrough"]
+__all__ = ["PassThrough", "Readable"]
+
+
+class Readable(Protocol):
+    """The least a stream's input must do: ``read(n)`` and ``close()``."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def close(self) -> None: ...
 
 
 class PassThrough(io.RawIOBase):
@@ -27,9 +35,12 @@ class PassThrough(io.RawIOBase):
     plain pass-through over a blob is not one; processed streams add it.
     """
 
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, raw: Readable) -> None:
         super().__init__()
-        self._raw = raw
+        # Any BinaryIO is a Readable, and this class uses only read, close and (when
+        # present) readinto. ``_raw`` is typed BinaryIO so that a subclass over a real
+        # file may also seek (the progress reader does); such a subclass takes a BinaryIO.
+        self._raw = cast(BinaryIO, raw)
         self._at_eof = False
 
     # hooks: subclasses override these, not the reads
@@ -67,19 +78,28 @@ class PassThrough(io.RawIOBase):
         return n
 
     def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
         if self.closed:
             raise ValueError("read from a closed stream")
         if size == 0:
             return b""
-        data = self._raw.read(-1 if size is None or size < 0 else size)
+        data = self._raw.read(size)
         if data:
             self._seen(data)
-        if not data or size is None or size < 0:
+        else:
             self._end()
         return data
 
     def readall(self) -> bytes:
-        return self.read(-1)
+        """The rest of ``raw`` in one read (subclasses that bound memory read in chunks)."""
+        if self.closed:
+            raise ValueError("read from a closed stream")
+        data = self._raw.read()
+        if data:
+            self._seen(data)
+        self._end()
+        return data
 
     def close(self) -> None:
         if not self.closed:

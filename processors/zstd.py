@@ -32,25 +32,17 @@ from typing import Any, BinaryIO, Final, cast
 
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.errors import InvalidArgument
-from imgpipe.formats.mediatype import (
-    DOCKER_LAYER,
-    DOCKER_LAYER_ZSTD,
-    OCI_LAYER,
-    OCI_LAYER_NONDIST,
-    OCI_LAYER_NONDIST_ZSTD,
-    OCI_LAYER_ZSTD,
-    MediaType,
-)
 
 from .base import (
     CHUNK_SIZE,
     ChunkReader,
+    Compressor,
     CorruptData,
-    Direction,
     FullReads,
     ProcessorParams,
     Readable,
 )
+from .streams import PassThrough
 
 __all__ = [
     "MAX_WINDOW_SIZE",
@@ -63,11 +55,6 @@ __all__ = [
 #: The largest window a frame may ask for (libzstd's default decoder limit, 2**27).
 MAX_WINDOW_SIZE: Final = 1 << 27
 
-_ENCODED: Final[dict[str, MediaType]] = {
-    OCI_LAYER: OCI_LAYER_ZSTD,
-    OCI_LAYER_NONDIST: OCI_LAYER_NONDIST_ZSTD,
-    DOCKER_LAYER: DOCKER_LAYER_ZSTD,
-}
 
 _ZSTD_MAGIC: Final = 0xFD2FB528
 _SKIPPABLE_MASK: Final = 0xFFFFFFF0
@@ -101,7 +88,7 @@ class FrameWalker:
     def at_boundary(self) -> bool:
         return not self.invalid and self._state == _MAGIC and not self._head and self._skip == 0
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
         pos, end = 0, len(data)
         while pos < end and not self.invalid:
             if self._skip:
@@ -153,21 +140,19 @@ class FrameWalker:
             self._state, self._need = _MAGIC, 4
 
 
-class _Watched:
+class _Watched(PassThrough):
     """The decoder's input: every byte read also goes through the frame walker."""
 
     def __init__(self, raw: Readable, walker: FrameWalker) -> None:
-        self._raw = raw
+        super().__init__(raw)
         self._walker = walker
         self.eof = False
 
-    def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size)
-        if data:
-            self._walker.feed(data)
-        else:
-            self.eof = True
-        return data
+    def _seen(self, chunk: bytes | memoryview) -> None:
+        self._walker.feed(chunk)
+
+    def _eof(self) -> None:
+        self.eof = True
 
 
 class ZstdDecoder(ChunkReader):
@@ -182,7 +167,6 @@ class ZstdDecoder(ChunkReader):
         import zstandard  # noqa: PLC0415 (loaded when a zstd stream is opened)
 
         self._zstd_error = zstandard.ZstdError
-        self._raw = raw
         self.walker = FrameWalker()
         self._source = _Watched(raw, self.walker)
         source: Any = self._source  # zstandard wants IO[bytes]; read() is all it uses
@@ -211,7 +195,7 @@ class ZstdDecoder(ChunkReader):
         try:
             self._reader.close()
         finally:
-            self._raw.close()
+            self._source.close()
 
 
 class ZstdEncoder(ChunkReader):
@@ -239,17 +223,11 @@ class ZstdEncoder(ChunkReader):
             self._raw.close()
 
 
-class ZstdCompress:
+class ZstdCompress(Compressor):
     """Encoder: uncompressed layer tar -> the zstd variant of its media type."""
 
     name = "zstd-compress"
-    direction: Direction = "encode"
-
-    def accepts(self, media_type: MediaType) -> bool:
-        return media_type.base in _ENCODED
-
-    def output_type(self, media_type: MediaType) -> MediaType:
-        return _ENCODED[media_type.base]
+    compression = "zstd"
 
     def open(self, stream: BinaryIO, desc: Descriptor, params: ProcessorParams) -> ZstdEncoder:
         return ZstdEncoder(stream, level=params.zstd_level, threads=params.zstd_threads)

@@ -19,8 +19,10 @@ from imgpipe.content import (
     VerifyingReader,
     digest_stream,
 )
-from imgpipe.content import store as store_mod
-from imgpipe.formats.digest import Digest
+from imgpipe.content import locks as store_mod
+from imgpipe.content.verify import open_verified
+from imgpipe.formats.descriptor import Descriptor
+from imgpipe.formats.digest import Digest, Digester
 from imgpipe.formats.errors import (
     AlreadyExists,
     Conflict,
@@ -31,6 +33,7 @@ from imgpipe.formats.errors import (
     ResourceLimit,
     SizeMismatch,
 )
+from imgpipe.formats.mediatype import MediaType
 
 PAYLOAD = b"hello, content store\n" * 1000
 PAYLOAD_DIGEST = Digest.from_bytes(PAYLOAD)
@@ -717,3 +720,84 @@ def test_digest_stream():
         Digest.from_bytes(PAYLOAD, "sha512"),
         len(PAYLOAD),
     )
+
+
+# -- open_verified and ingest_blob ---------------------------------------------------------
+
+
+class Source:
+    """A BlobReader over bytes by digest, counting how often a blob was opened."""
+
+    def __init__(self, blobs: dict[Digest, bytes], *, seekable: bool = True) -> None:
+        self.blobs = blobs
+        self.seekable = seekable
+        self.opened = 0
+
+    def open_blob(self, desc: Descriptor) -> io.RawIOBase:
+        self.opened += 1
+        data = self.blobs[desc.digest]
+        return io.BytesIO(data) if self.seekable else NonSeekable(data)
+
+
+def desc_of(data: bytes, digest: Digest | None = None) -> Descriptor:
+    return Descriptor(
+        media_type=MediaType("application/octet-stream"),
+        digest=digest or Digest.from_bytes(data),
+        size=len(data),
+    )
+
+
+def test_the_store_is_a_blob_reader(cs: ContentStore):
+    d = put(cs, PAYLOAD)
+    with open_verified(cs, desc_of(PAYLOAD)) as r:
+        assert r.read() == PAYLOAD
+        assert r.verified
+    # A blob changed on disk is caught by the verified read.
+    path = cs.root / "blobs" / "sha256" / d.encoded
+    os.chmod(path, 0o644)
+    path.write_bytes(PAYLOAD[:-1] + b"?")
+    with open_verified(cs, desc_of(PAYLOAD)) as r, pytest.raises(DigestMismatch):
+        r.read()
+
+
+@pytest.mark.parametrize("seekable", [True, False], ids=["seekable", "non-seekable"])
+def test_ingest_blob_resumes_hashing_each_byte_once(cs, seekable):
+    n = 3000
+    with cs.writer(f"import-{PAYLOAD_DIGEST}", expected=PAYLOAD_DIGEST, total=len(PAYLOAD)) as w:
+        w.write(PAYLOAD[:n])
+    # Poisoned first n bytes: if they were copied or re-verified from the source, it fails.
+    source = Source({PAYLOAD_DIGEST: b"\0" * n + PAYLOAD[n:]}, seekable=seekable)
+    assert cs.ingest_blob(source, desc_of(PAYLOAD)) is True
+    assert cs.read_bytes(PAYLOAD_DIGEST, limit=1 << 20) == PAYLOAD
+    assert ingest_entries(cs) == []
+    assert cs.ingest_blob(source, desc_of(PAYLOAD)) is False
+    assert source.opened == 1  # not opened when the blob exists
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [(PAYLOAD[:-1], SizeMismatch), (PAYLOAD + b"!", SizeMismatch), (OTHER, SizeMismatch)],
+    ids=["short", "long", "other"],
+)
+def test_ingest_blob_mismatch_keeps_nothing(cs, data, error):
+    with pytest.raises(error):
+        cs.ingest_blob(Source({PAYLOAD_DIGEST: data}), desc_of(PAYLOAD))
+    bad = PAYLOAD[:-1] + b"?"
+    with pytest.raises(DigestMismatch):
+        cs.ingest_blob(Source({PAYLOAD_DIGEST: bad}), desc_of(PAYLOAD))
+    assert list(cs.walk()) == []
+    assert ingest_entries(cs) == []
+
+
+def test_verifying_reader_resumes_from_a_digester():
+    d = Digester()
+    d.update(PAYLOAD[:100])
+    r = VerifyingReader(io.BytesIO(PAYLOAD[100:]), digest=PAYLOAD_DIGEST, size=len(PAYLOAD),
+                        offset=100, digester=d)  # fmt: skip
+    buf = bytearray(len(PAYLOAD))
+    assert r.readinto(buf) == len(PAYLOAD) - 100
+    assert r.verified and d.digest() == PAYLOAD_DIGEST
+    with pytest.raises(InvalidArgument):
+        VerifyingReader(io.BytesIO(), digest=PAYLOAD_DIGEST, size=10, offset=5)
+    with pytest.raises(InvalidArgument):
+        VerifyingReader(io.BytesIO(), digest=PAYLOAD_DIGEST, size=10, offset=11, digester=d)

@@ -19,8 +19,9 @@ import pytest
 
 from fixtures.hostile import VICTIM_DATA, Case, cases
 from imgpipe.diff import ApplyOptions, apply_layer
-from imgpipe.diff.fsutil import openat2_available
+from imgpipe.diff.state import ApplyState
 from imgpipe.errors import ImgpipeError
+from imgpipe.fs import RootResolver, openat2_available
 from tests.treecompare import snapshot
 
 _PROBE = "/nonexistent-probe"
@@ -95,3 +96,66 @@ def test_hostile_case(tmp_path: Path, name: str, use_openat2: bool):
     if case.warning:
         assert result is not None
         assert any(case.warning in w for w in result.warnings), result.warnings
+
+
+@pytest.mark.parametrize("use_openat2", [True, False], ids=["openat2", "walk"])
+def test_each_mode_uses_its_resolver(tmp_path: Path, use_openat2: bool):
+    """The two runs above really take the two paths: ApplyOptions reaches the resolver."""
+    if use_openat2 and not openat2_available():
+        pytest.skip("kernel without openat2")
+    state = ApplyState(tmp_path, ApplyOptions(use_openat2=use_openat2))
+    try:
+        assert state.root.uses_openat2 is use_openat2
+    finally:
+        state.close()
+
+
+#: Paths through a hostile tree (see _hostile_tree): what each resolves to, or the error.
+RESOLVE_PATHS = [
+    "file", "/file", "../../file", "abs/file", "rel/file", "up/up/file", "escape",
+    "dir/../../file", "loop", "loop/file", "dangling", "file/", "file/x", "dirlink/",
+    "abs", "nope/file", "magic/self", "/", "..",
+]  # fmt: skip
+
+
+def _hostile_tree(tmp_path: Path, sentinel: Path) -> Path:
+    root = tmp_path / "root"
+    (root / "dir").mkdir(parents=True)
+    (root / "file").write_bytes(b"in root")
+    os.symlink("/", root / "abs")  # re-rooted: /file inside
+    os.symlink("../../../..", root / "rel")  # clamped at the root
+    os.symlink("..", root / "up")
+    os.symlink(str(sentinel / "victim"), root / "escape")  # absolute: missing inside
+    os.symlink("loop2", root / "loop")
+    os.symlink("loop", root / "loop2")
+    os.symlink("missing", root / "dangling")
+    os.symlink("dir", root / "dirlink")
+    os.symlink("/proc/self", root / "magic")  # no magic links: /proc is not in the root
+    return root
+
+
+def _resolve(root: Path, path: str, use_openat2: bool) -> object:
+    with RootResolver(root, use_openat2=use_openat2) as r:
+        try:
+            fd = r.open_path(path)
+        except OSError as e:
+            return e.errno
+    try:
+        st = os.fstat(fd)
+        return (st.st_dev, st.st_ino)
+    finally:
+        os.close(fd)
+
+
+def test_open_path_walk_equals_openat2(tmp_path: Path):
+    """The userspace walk answers as the kernel's RESOLVE_IN_ROOT does, path for path."""
+    if not openat2_available():
+        pytest.skip("kernel without openat2: nothing to compare the walk with")
+    (tmp_path / "x").mkdir()
+    _, sentinel = _layout(tmp_path / "x")
+    root = _hostile_tree(tmp_path, sentinel)
+    victim = os.stat(sentinel / "victim")
+    for path in RESOLVE_PATHS:
+        kernel, walk = _resolve(root, path, True), _resolve(root, path, False)
+        assert kernel == walk, path
+        assert kernel != (victim.st_dev, victim.st_ino), path

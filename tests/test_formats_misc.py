@@ -19,6 +19,7 @@ from imgpipe.formats import (
     chain_id,
     chain_ids,
 )
+from imgpipe.formats import mediatype as m
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.digest import Digest, Digester
 from imgpipe.formats.mediatype import MediaType
@@ -343,3 +344,23 @@ def test_public_namespace_is_pinned() -> None:
     ):  # fmt: skip
         missing = set(mod.__all__) - set(formats.__all__)
         assert not missing, f"{mod.__name__} exports {missing} not re-exported by formats"
+
+
+def test_compressed_variants_are_the_known_layer_types() -> None:
+    gzip = {t: t.compressed("gzip") for t in m.LAYER_TYPES if t.compressed("gzip")}
+    zstd = {t: t.compressed("zstd") for t in m.LAYER_TYPES if t.compressed("zstd")}
+    assert gzip == {
+        m.OCI_LAYER: m.OCI_LAYER_GZIP,
+        m.OCI_LAYER_NONDIST: m.OCI_LAYER_NONDIST_GZIP,
+        m.DOCKER_LAYER: m.DOCKER_LAYER_GZIP,
+        m.DOCKER_FOREIGN_LAYER: m.DOCKER_FOREIGN_LAYER_GZIP,
+    }
+    assert zstd == {
+        m.OCI_LAYER: m.OCI_LAYER_ZSTD,
+        m.OCI_LAYER_NONDIST: m.OCI_LAYER_NONDIST_ZSTD,
+        m.DOCKER_LAYER: m.DOCKER_LAYER_ZSTD,
+    }
+    # parameters do not matter; an unknown suffix, an encrypted or a config type has none
+    assert MediaType(m.OCI_LAYER + "; x=y").compressed("gzip") == m.OCI_LAYER_GZIP
+    for other in (m.OCI_LAYER + "+foo", m.OCI_LAYER + "+encrypted", m.OCI_CONFIG):
+        assert MediaType(other).compressed("zstd") is None

@@ -40,6 +40,7 @@ from imgpipe.metadata import (
     validate_labels,
 )
 from imgpipe.metadata.labels import content_refs, parse_expire, snapshot_refs
+from imgpipe.snapshots import SnapshotRecords
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -402,6 +403,33 @@ def test_snapshot_crud(db: MetadataDB):
 def test_snapshot_record_validates(sn, key, kind):
     with pytest.raises(InvalidArgument):
         SnapshotRecord(sn, key, kind, "", "", {}, 0.0, 0.0)
+
+
+def test_metadata_db_is_the_snapshotters_record_store(db: MetadataDB) -> None:
+    # The snapshotters depend on the SnapshotRecords protocol only; the typed assignment
+    # holds MetadataDB to it under mypy, the calls to its behaviour here.
+    records: SnapshotRecords = db
+    first = records.save_snapshot(
+        "native", "k", kind="active", parent="", backend_id="1", labels={"a": "b"}
+    )
+    assert records.get_snapshot("native", "k") == first
+    assert first.created_at == first.updated_at
+    again = records.save_snapshot(
+        "native", "k", kind="active", parent="", backend_id="1", labels={"a": "c"}
+    )
+    assert again.created_at == first.created_at  # kept on update
+    assert again.updated_at >= first.updated_at
+    assert [r.labels for r in records.list_snapshots("native")] == [{"a": "c"}]
+    with pytest.raises(InvalidArgument):
+        records.save_snapshot(
+            "native", "k", kind="active", parent="", backend_id="1", labels={"": "x"}
+        )
+    with pytest.raises(InvalidArgument):
+        records.save_snapshot("native", "k", kind="mounted", parent="", backend_id="1", labels={})
+    assert records.get_snapshot("native", "k") == again  # nothing written
+    with records.transaction():
+        records.delete_snapshot("native", "k")
+    assert records.list_snapshots("native") == []
 
 
 # -- transactions and concurrency ---------------------------------------------------

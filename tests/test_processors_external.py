@@ -145,7 +145,7 @@ def test_closing_early_kills_and_reaps_the_process(tmp_path: Path) -> None:
     proc = external(sys.executable, str(script))
     stream = proc.open(io.BytesIO(b"in"), desc(b"in", OCI_LAYER_GZIP), ProcessorParams())
     assert stream.read(1000)
-    inner = stream._inner  # the ProcessStream behind the bounds
+    inner = stream._raw  # the ProcessStream behind the bounds (PassThrough._raw)
     assert isinstance(inner, ProcessStream)
     pid = inner.pid
     stream.close()

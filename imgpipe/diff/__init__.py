@@ -10,15 +10,15 @@
 
 from __future__ import annotations
 
-from imgpipe.diff.apply import (
+from imgpipe.diff.apply import apply_layer
+from imgpipe.diff.compute import DiffResult, diff_trees, diff_upperdir
+from imgpipe.diff.options import (
     WHITEOUT_DELETE,
     WHITEOUT_OVERLAY,
     WHITEOUT_OVERLAY_USER,
     ApplyOptions,
     ApplyResult,
-    apply_layer,
 )
-from imgpipe.diff.compute import DiffResult, diff_trees, diff_upperdir
 
 __all__ = [
     "WHITEOUT_DELETE",

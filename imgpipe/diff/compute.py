@@ -45,9 +45,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, BinaryIO, Final, cast
 
-from imgpipe.diff.fsutil import DirResolver, NotADirectoryInRoot, clean_components
-from imgpipe.errors import FailedPrecondition, Unsupported
 from imgpipe.formats.digest import Digest, Digester
+from imgpipe.formats.errors import FailedPrecondition, Unsupported
+from imgpipe.fs import CHUNK, RootResolver, clean_components
 
 __all__ = ["EXPORTED_XATTR_PREFIXES", "DiffResult", "diff_trees", "diff_upperdir"]
 
@@ -63,7 +63,6 @@ _UNSUPPORTED_OVERLAY_XATTRS: Final = (
     "user.overlay.metacopy",
     "user.overlay.redirect",
 )
-_CHUNK: Final = 1 << 20
 _WH_PREFIX: Final = ".wh."
 _WH_OPAQUE: Final = ".wh..wh..opq"
 
@@ -120,8 +119,8 @@ def _exported_xattrs(path: str) -> dict[str, bytes]:
 def _same_content(a: str, b: str) -> bool:
     with open(a, "rb") as fa, open(b, "rb") as fb:
         while True:
-            ca = fa.read(_CHUNK)
-            cb = fb.read(_CHUNK)
+            ca = fa.read(CHUNK)
+            cb = fb.read(CHUNK)
             if ca != cb:
                 return False
             if not ca:
@@ -179,10 +178,10 @@ class _ChangeWriter:
             format=tarfile.PAX_FORMAT,
             encoding="utf-8",
             errors="surrogateescape",
-            bufsize=_CHUNK,
+            bufsize=CHUNK,
         )
         # file data is copied in 1 MiB reads, not tarfile's default 16 KiB
-        cast(Any, self._tar).copybufsize = _CHUNK
+        cast(Any, self._tar).copybufsize = CHUNK
         self.entries = 0
         self._added_dirs: set[str] = set()
         self._inode_src: dict[tuple[int, int], str] = {}
@@ -399,22 +398,15 @@ def diff_upperdir(
     """
     uroot = os.fspath(upperdir)
     writer = _ChangeWriter(out, uroot, source_date_epoch)
-    resolvers = [DirResolver(p) for p in lowers]
+    resolvers = [RootResolver(p) for p in lowers]
 
     def in_lowers(rel: str) -> bool:
         comps = clean_components(rel)
         for r in resolvers:
-            try:
-                fd = r.open_dir(comps[:-1])
-            except (FileNotFoundError, NotADirectoryInRoot):
-                continue
-            try:
-                os.stat(comps[-1], dir_fd=fd, follow_symlinks=False)
+            found = r.lstat(comps)
+            if found is not None:
+                os.close(found[0])
                 return True
-            except FileNotFoundError:
-                continue
-            finally:
-                os.close(fd)
         return False
 
     def level(rel: str) -> Iterator[object]:

@@ -1,24 +1,16 @@
 """Metadata: images, content labels, leases and snapshot records in SQLite; garbage
 collection by mark and sweep over containerd's GC labels.
 
-``MetadataDB`` is the database (:mod:`.db`), the ``LABEL_*`` constants and child-label
-helpers are containerd's vocabulary (:mod:`.labels`), and ``collect`` runs a collection
-against a content store (:mod:`.gc`).
+``MetadataDB`` is the database (:mod:`.db`: one module per table, on :mod:`.connection`
+and :mod:`.schema`), the ``LABEL_*`` constants and child-label helpers are containerd's
+vocabulary (:mod:`.labels`), and ``collect`` runs a collection against a content store
+(:mod:`.gc`).
 """
 
-from .db import (
-    DEFAULT_BUSY_TIMEOUT,
-    DEFAULT_LEASE_EXPIRY,
-    LEASE_KINDS,
-    SCHEMA_VERSION,
-    SNAPSHOT_KINDS,
-    ImageRecord,
-    Lease,
-    LeaseRecord,
-    MetadataDB,
-    SnapshotRecord,
-)
+from .connection import DEFAULT_BUSY_TIMEOUT
+from .db import MetadataDB
 from .gc import INGEST_EXPIRY, GCContent, GCResult, collect
+from .images import ImageRecord
 from .labels import (
     LABEL_DISTRIBUTION_SOURCE,
     LABEL_GC_EXPIRE,
@@ -32,6 +24,9 @@ from .labels import (
     manifest_child_labels,
     validate_labels,
 )
+from .leases import DEFAULT_LEASE_EXPIRY, LEASE_KINDS, Lease, LeaseRecord
+from .schema import SCHEMA_VERSION
+from .snapshot_records import SNAPSHOT_KINDS, SnapshotRecord
 
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT",

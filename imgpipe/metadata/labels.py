@@ -30,30 +30,15 @@ from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.digest import Digest
 from imgpipe.formats.errors import InvalidArgument, InvalidDigest
 
-__all__ = [
-    "LABEL_DISTRIBUTION_SOURCE",
-    "LABEL_GC_EXPIRE",
-    "LABEL_GC_FLAT",
-    "LABEL_GC_REF_CONTENT",
-    "LABEL_GC_REF_SNAPSHOT",
-    "LABEL_GC_ROOT",
-    "LABEL_UNCOMPRESSED",
-    "MAX_LABEL_SIZE",
-    "content_refs",
-    "index_child_labels",
-    "manifest_child_labels",
-    "parse_expire",
-    "snapshot_refs",
-    "validate_label",
-    "validate_labels",
-]
+# Every garbage-collection label of containerd's shares this prefix.
+_GC: Final = "containerd.io/gc."
 
-LABEL_GC_ROOT: Final = "containerd.io/gc.root"
-LABEL_GC_REF_CONTENT: Final = "containerd.io/gc.ref.content"
-#: Followed by ``<snapshotter>``: the key prefix ends with the dot.
-LABEL_GC_REF_SNAPSHOT: Final = "containerd.io/gc.ref.snapshot"
-LABEL_GC_EXPIRE: Final = "containerd.io/gc.expire"
-LABEL_GC_FLAT: Final = "containerd.io/gc.flat"
+LABEL_GC_ROOT: Final = _GC + "root"
+LABEL_GC_REF_CONTENT: Final = _GC + "ref.content"
+#: Followed by ``.<snapshotter>`` (see :func:`snapshot_refs`).
+LABEL_GC_REF_SNAPSHOT: Final = _GC + "ref.snapshot"
+LABEL_GC_EXPIRE: Final = _GC + "expire"
+LABEL_GC_FLAT: Final = _GC + "flat"
 #: On a layer blob: the diffID (digest of the uncompressed tar).
 LABEL_UNCOMPRESSED: Final = "containerd.io/uncompressed"
 #: Prefix; containerd writes ``containerd.io/distribution.source.<registry host>`` = repos.

@@ -2,8 +2,10 @@
 
 :func:`open_snapshotter` opens one by name on ``<imgpipe root>/snapshots/<name>``;
 :func:`default_snapshotter_name` picks overlay where it works and native elsewhere.
-:mod:`.base` defines the protocol and types (its docstring walks through the workflow and
-the crash-safety rules), :mod:`.mount` mounts what snapshotters return.
+:mod:`.protocol` defines the protocol and types (its docstring walks through the
+workflow), :mod:`.base` the bookkeeping the three share (and the crash-safety rules),
+:mod:`.records` the narrow metadata protocol they keep their records through,
+:mod:`.registry` opens them by name, and :mod:`.mount` mounts what they return.
 
 =========  ===========================================  ==============================
 name       a snapshot is                                 mounts as
@@ -14,18 +16,11 @@ native     full copy ``snapshots/<id>/fs``               bind
 =========  ===========================================  ==============================
 """
 
-from __future__ import annotations
-
-import os
-from collections.abc import Callable
-from pathlib import Path
-from typing import Final
-
-from imgpipe.formats.errors import NotFound, Unsupported
-from imgpipe.metadata import MetadataDB
-
-from .base import DirSnapshotter, Kind, Mount, SnapshotInfo, Snapshotter, Usage
-from .mount import check_overlay, direct_path, mount_all, unmount
+from .base import DirSnapshotter
+from .mount import direct_path, mount_all, unmount
+from .protocol import Kind, Mount, SnapshotInfo, Snapshotter, Usage
+from .records import SnapshotRecords
+from .registry import SNAPSHOTTER_NAMES, default_snapshotter_name, open_snapshotter
 
 __all__ = [
     "SNAPSHOTTER_NAMES",
@@ -33,6 +28,7 @@ __all__ = [
     "Kind",
     "Mount",
     "SnapshotInfo",
+    "SnapshotRecords",
     "Snapshotter",
     "Usage",
     "default_snapshotter_name",
@@ -41,59 +37,3 @@ __all__ = [
     "open_snapshotter",
     "unmount",
 ]
-
-
-def _overlay(root: Path, db: MetadataDB) -> Snapshotter:
-    from .overlay import OverlaySnapshotter  # noqa: PLC0415 (imported when opened)
-
-    return OverlaySnapshotter(root, db)
-
-
-def _btrfs(root: Path, db: MetadataDB) -> Snapshotter:
-    from .btrfs import BtrfsSnapshotter  # noqa: PLC0415 (imported when opened)
-
-    return BtrfsSnapshotter(root, db)
-
-
-def _native(root: Path, db: MetadataDB) -> Snapshotter:
-    from .native import NativeSnapshotter  # noqa: PLC0415 (imported when opened)
-
-    return NativeSnapshotter(root, db)
-
-
-# The registry: one entry per snapshotter, each imported only when opened.
-_SNAPSHOTTERS: Final[dict[str, Callable[[Path, MetadataDB], Snapshotter]]] = {
-    "overlay": _overlay,
-    "btrfs": _btrfs,
-    "native": _native,
-}
-
-#: The names :func:`open_snapshotter` knows.
-SNAPSHOTTER_NAMES: Final = tuple(sorted(_SNAPSHOTTERS))
-
-
-def open_snapshotter(name: str, root: str | os.PathLike[str], db: MetadataDB) -> Snapshotter:
-    """The snapshotter ``name`` keeping its directories under ``root`` (by convention
-    ``<imgpipe root>/snapshots/<name>``) and its records in ``db``.
-
-    NotFound for an unknown name; Unsupported, saying why, when it cannot work here
-    (overlay: not root, or overlayfs refuses the file system of ``root``; btrfs: ``root``
-    is not on btrfs, or btrfs-progs is missing).
-    """
-    factory = _SNAPSHOTTERS.get(name)
-    if factory is None:
-        raise NotFound(f"unknown snapshotter {name!r} (known: {', '.join(SNAPSHOTTER_NAMES)})")
-    return factory(Path(root), db)
-
-
-def default_snapshotter_name(root: str | os.PathLike[str]) -> str:
-    """``"overlay"`` if overlayfs works for snapshots under ``root`` (as root, with a
-    kernel that has it, on a file system it accepts as upper dir; probed with a real
-    mount like containerd's ``overlayutils.Supported``), else ``"native"``."""
-    if os.geteuid() != 0:
-        return "native"
-    try:
-        check_overlay(root)
-    except (Unsupported, OSError):
-        return "native"
-    return "overlay"

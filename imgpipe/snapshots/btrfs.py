@@ -30,9 +30,11 @@ from pathlib import Path
 from typing import Final
 
 from imgpipe.formats.errors import FailedPrecondition, Unsupported
-from imgpipe.metadata import MetadataDB, SnapshotRecord
 
-from .base import DirSnapshotter, Kind, Mount, Usage, rmtree
+from .base import DirSnapshotter
+from .cleanup import rmtree
+from .protocol import Kind, Mount, Usage
+from .records import Record, SnapshotRecords
 
 __all__ = ["BTRFS_SUPER_MAGIC", "BtrfsSnapshotter", "fs_type_name", "statfs_type"]
 
@@ -82,7 +84,7 @@ class BtrfsSnapshotter(DirSnapshotter):
 
     name = "btrfs"
 
-    def __init__(self, root: Path, db: MetadataDB) -> None:
+    def __init__(self, root: Path, db: SnapshotRecords) -> None:
         root = Path(os.path.abspath(root))
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         magic = statfs_type(root)
@@ -114,7 +116,7 @@ class BtrfsSnapshotter(DirSnapshotter):
                 f"btrfs {' '.join(args)}: {msg[-1] if msg else f'exit {proc.returncode}'}"
             )
 
-    def _build(self, tmp: Path, kind: Kind, parent: SnapshotRecord | None) -> None:
+    def _build(self, tmp: Path, kind: Kind, parent: Record | None) -> None:
         fs = str(tmp / "fs")
         ro = ("-r",) if kind is Kind.VIEW else ()
         if parent is not None:
@@ -125,7 +127,7 @@ class BtrfsSnapshotter(DirSnapshotter):
         if ro:
             self._btrfs("property", "set", "-ts", fs, "ro", "true")
 
-    def _commit_build(self, rec: SnapshotRecord, tmp: Path) -> bool:
+    def _commit_build(self, rec: Record, tmp: Path) -> bool:
         self._btrfs(
             "subvolume", "snapshot", "-r", str(self.fs_dir(rec.backend_id)), str(tmp / "fs")
         )
@@ -145,11 +147,11 @@ class BtrfsSnapshotter(DirSnapshotter):
                     raise
         rmtree(path)
 
-    def _mounts_for(self, rec: SnapshotRecord, chain: list[SnapshotRecord]) -> list[Mount]:
+    def _mounts_for(self, rec: Record, chain: list[Record]) -> list[Mount]:
         mode = "rw" if rec.kind == Kind.ACTIVE.value else "ro"
         return [Mount("bind", str(self.fs_dir(rec.backend_id)), (mode, "rbind"))]
 
-    def _usage(self, rec: SnapshotRecord, chain: list[SnapshotRecord]) -> Usage:
+    def _usage(self, rec: Record, chain: list[Record]) -> Usage:
         # A snapshot keeps its parent's inode numbers, and an inode untouched since the
         # snapshot keeps its ctime: what differs from the parent at the same path is this
         # snapshot's own (containerd's DiffUsage idea, without reading file contents).

@@ -1,6 +1,6 @@
 """Mounting what a snapshotter returns: mount(2) and umount2(2) through ctypes.
 
-A :class:`~imgpipe.snapshots.base.Mount` is containerd's ``mount.Mount``: a type, a
+A :class:`~imgpipe.snapshots.protocol.Mount` is containerd's ``mount.Mount``: a type, a
 source and an option list in ``mount -o`` spelling. :func:`mount_all` turns the options
 into mount(2) flags plus a data string, the way util-linux and containerd do:
 
@@ -45,7 +45,7 @@ from imgpipe.formats.errors import (
     Unsupported,
 )
 
-from .base import Mount
+from .protocol import Mount
 
 __all__ = [
     "OVERLAY_MAX_STACK",

@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Final
 
 from imgpipe.formats.errors import FailedPrecondition
-from imgpipe.metadata import MetadataDB, SnapshotRecord
 
-from .base import DirSnapshotter, Kind, Mount
+from .base import DirSnapshotter
+from .protocol import Kind, Mount
+from .records import Record, SnapshotRecords
 
 __all__ = ["NativeSnapshotter", "copy_tree"]
 
@@ -49,10 +50,10 @@ class NativeSnapshotter(DirSnapshotter):
 
     name = "native"
 
-    def __init__(self, root: Path, db: MetadataDB) -> None:
+    def __init__(self, root: Path, db: SnapshotRecords) -> None:
         super().__init__(Path(os.path.abspath(root)), db)
 
-    def _build(self, tmp: Path, kind: Kind, parent: SnapshotRecord | None) -> None:
+    def _build(self, tmp: Path, kind: Kind, parent: Record | None) -> None:
         fs = tmp / "fs"
         if parent is not None and kind is Kind.ACTIVE:
             copy_tree(self.fs_dir(parent.backend_id), fs)
@@ -61,7 +62,7 @@ class NativeSnapshotter(DirSnapshotter):
             fs.mkdir()
             os.chmod(fs, 0o755)  # noqa: S103 (a rootfs is world-readable)
 
-    def _mounts_for(self, rec: SnapshotRecord, chain: list[SnapshotRecord]) -> list[Mount]:
+    def _mounts_for(self, rec: Record, chain: list[Record]) -> list[Mount]:
         if rec.kind == Kind.VIEW.value:
             src = self.fs_dir(chain[0].backend_id) if chain else self.fs_dir(rec.backend_id)
             return [Mount("bind", str(src), ("ro", "rbind"))]

@@ -27,10 +27,11 @@ import os
 from pathlib import Path
 
 from imgpipe.formats.errors import FailedPrecondition, InvalidArgument
-from imgpipe.metadata import MetadataDB, SnapshotRecord
 
-from .base import DirSnapshotter, Kind, Mount
+from .base import DirSnapshotter
 from .mount import check_overlay, overlay_index_off
+from .protocol import Kind, Mount
+from .records import Record, SnapshotRecords
 
 __all__ = ["OverlaySnapshotter"]
 
@@ -44,7 +45,7 @@ class OverlaySnapshotter(DirSnapshotter):
     name = "overlay"
     supports_rebase = True
 
-    def __init__(self, root: Path, db: MetadataDB, *, check: bool = True) -> None:
+    def __init__(self, root: Path, db: SnapshotRecords, *, check: bool = True) -> None:
         root = Path(os.path.abspath(root))
         if "," in str(root) or ":" in str(root):
             raise InvalidArgument(
@@ -57,7 +58,7 @@ class OverlaySnapshotter(DirSnapshotter):
         super().__init__(root, db)
         self._index = overlay_index_off()
 
-    def _build(self, tmp: Path, kind: Kind, parent: SnapshotRecord | None) -> None:
+    def _build(self, tmp: Path, kind: Kind, parent: Record | None) -> None:
         fs = tmp / "fs"
         fs.mkdir()
         # A rootfs is world-readable (containerd's RootPermission test wants 0755).
@@ -71,7 +72,7 @@ class OverlaySnapshotter(DirSnapshotter):
                 st = os.stat(self.fs_dir(parent.backend_id))
                 os.chown(fs, st.st_uid, st.st_gid)
 
-    def _mounts_for(self, rec: SnapshotRecord, chain: list[SnapshotRecord]) -> list[Mount]:
+    def _mounts_for(self, rec: Record, chain: list[Record]) -> list[Mount]:
         own = str(self.fs_dir(rec.backend_id))
         active = rec.kind == Kind.ACTIVE.value
         if not chain:

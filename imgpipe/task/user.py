@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from imgpipe.errors import InvalidArgument, MalformedDocument, NotFound, ResourceLimit
-from imgpipe.rootpath import open_in_root
+from imgpipe.fs import open_in_root
 
 __all__ = [
     "MAX_ID",
@@ -48,7 +48,6 @@ __all__ = [
 MAX_USER_FILE_BYTES: Final = 10 << 20
 #: runc requires ids to fit a signed 32-bit int (containerd's minUserID..maxUserID).
 MAX_ID: Final = 2**31 - 1
-#: containerd's (continuity's) bound on symlinks followed for one path, for the walk.
 
 
 class UserNotFound(NotFound):

@@ -5,22 +5,42 @@ A transport is named by a string (``oci:DIR[:TAG]``, ``oci-archive:FILE[:TAG]``,
 parses those strings into a ``TransportRef``. ``open_source`` / ``open_sink`` in
 ``imgpipe.transports`` turn one into an object implementing these protocols.
 
-Sources and sinks move bytes only. They never decide what is trusted: the pipeline wraps
-every stream a source returns in a verifying reader before anything is committed, and a
-sink verifies what it is given before it becomes visible.
+Sources and sinks move bytes only. They never decide what is trusted: a source is a
+``BlobReader`` (``imgpipe.content.verify``), and every stream it returns is read through
+``open_verified`` (the store's ``ingest_blob`` does, as does a transport reading one of its
+own documents) before anything is committed; a sink verifies what it is given before it
+becomes visible.
+
+``FdHolder`` and ``CommitOnExit`` are the shared halves of the local transports: the
+directory or archive descriptor they hold, and a sink's commit-on-success ``with`` block.
 """
 
 from __future__ import annotations
 
+import os
 from types import TracebackType
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, Self
 
+from imgpipe.content.closing import Closing
 from imgpipe.formats.descriptor import Descriptor
 
-__all__ = ["ImageSink", "ImageSource"]
+__all__ = ["CommitOnExit", "FdHolder", "ImageSink", "ImageSource"]
 
 
-class ImageSource(Protocol):
+class _Scoped(Protocol):
+    """Used as a context manager; leaving the block releases what the object holds."""
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class ImageSource(_Scoped, Protocol):
     """Somewhere an image can be read from. Use as a context manager."""
 
     def resolve(self) -> Descriptor:
@@ -38,17 +58,8 @@ class ImageSource(Protocol):
         """
         ...
 
-    def __enter__(self) -> ImageSource: ...
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
-
-
-class ImageSink(Protocol):
+class ImageSink(_Scoped, Protocol):
     """Somewhere an image can be written to. Use as a context manager.
 
     Leaving the ``with`` block normally commits (an archive is written, an index updated);
@@ -75,11 +86,48 @@ class ImageSink(Protocol):
         """
         ...
 
-    def __enter__(self) -> ImageSink: ...
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
+class FdHolder(Closing):
+    """Holds one descriptor (a layout directory, an archive) until ``close``.
+
+    ``_name`` says what the object is in the error for use after close, e.g.
+    ``oci:DIR: source``.
+    """
+
+    _fd: int
+    _name: str
+
+    def close(self) -> None:
+        """Release the descriptor. Idempotent; streams already opened stay valid."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _check_open(self) -> int:
+        if self._fd < 0:
+            raise ValueError(f"{self._name} is closed")
+        return self._fd
+
+
+class CommitOnExit(Closing):
+    """A sink's ``with`` block: leaving it normally commits, then closes either way.
+
+    On the way out with an exception ``_abandon`` runs after ``close`` (a sink that
+    created its directory removes it again).
+    """
+
+    def commit(self) -> None:
+        raise NotImplementedError
+
+    def _abandon(self) -> None:
+        """Undo what opening created, after a failed ``with`` block. Nothing by default."""
+
+    def __exit__(self, *exc_info: object) -> None:
+        failed = bool(exc_info) and exc_info[0] is not None
+        try:
+            if not failed:
+                self.commit()
+        finally:
+            self.close()
+            if failed:
+                self._abandon()

@@ -22,24 +22,20 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from dataclasses import dataclass, replace
-from types import TracebackType
 from typing import Any, BinaryIO, Final
 
-from imgpipe.content.verify import digest_stream
+from imgpipe.content.verify import digest_stream, open_verified
 from imgpipe.formats.config import parse_config
 from imgpipe.formats.descriptor import Descriptor
-from imgpipe.formats.digest import Digest
 from imgpipe.formats.errors import (
     DigestMismatch,
     ImgpipeError,
-    InvalidArgument,
     MalformedDocument,
-    NotFound,
+    ResourceLimit,
 )
 from imgpipe.formats.layout import ANNOTATION_IMAGE_NAME
-from imgpipe.formats.manifest import Manifest
+from imgpipe.formats.manifest import MAX_DOCUMENT_SIZE, Manifest
 from imgpipe.formats.mediatype import (
     DOCKER_CONFIG,
     DOCKER_LAYER,
@@ -50,16 +46,8 @@ from imgpipe.formats.mediatype import (
 )
 from imgpipe.formats.reference import parse_reference
 
-from .ociarchive import (
-    TarMember,
-    TarTable,
-    normalise_member_name,
-    open_archive,
-    open_member,
-    read_member_capped,
-    scan_archive_fd,
-)
-from .ocilayout import blob_digest_of
+from .layoutindex import blob_digest_of, choose_image
+from .tarindex import MemberSource, TarMember, normalise_member_name, open_member
 
 __all__ = ["MANIFEST_FILE", "MAX_LINK_HOPS", "DockerArchiveSource"]
 
@@ -132,7 +120,7 @@ def _canonical(name: str) -> str:
         return name
 
 
-class DockerArchiveSource:
+class DockerArchiveSource(MemberSource):
     """Read one image out of a ``docker save`` tar.
 
     ``ref`` picks the ``manifest.json`` entry whose RepoTags hold it, compared in full
@@ -143,24 +131,20 @@ class DockerArchiveSource:
     """
 
     def __init__(self, path: str, *, ref: str = "") -> None:
-        self.path = path
+        super().__init__("docker-archive", path)
         self.ref = ref
-        self._fd = open_archive(path)
         try:
-            self._table: TarTable = scan_archive_fd(self._fd, where=path)
             member = self._table.files.get(MANIFEST_FILE)
             if member is None:
                 raise MalformedDocument(
                     f"{path}: no {MANIFEST_FILE} member: not a docker-archive "
                     "(as written by docker save)"
                 )
-            raw = read_member_capped(self._fd, member, where=path)
-            self.images = parse_docker_manifest_json(raw, where=path)
+            self.images = parse_docker_manifest_json(self._read_capped(member), where=path)
         except BaseException:
-            os.close(self._fd)
+            self.close()
             raise
         self._manifest: Manifest | None = None
-        self._blobs: dict[Digest, TarMember] = {}
 
     def select(self) -> ArchiveImage:
         """The ``manifest.json`` entry ``ref`` names (or the only one).
@@ -168,26 +152,16 @@ class DockerArchiveSource:
         NotFound listing the RepoTags present if none matches; InvalidArgument if no ref
         was given and there are several.
         """
-        where = f"docker-archive:{self.path}"
-        if self.ref:
-            want = _canonical(self.ref)
-            for image in self.images:
-                if any(_canonical(t) == want for t in image.repo_tags):
-                    return image
-            present = sorted({t for image in self.images for t in image.repo_tags})
-            raise NotFound(
-                f"{where}: no image tagged {self.ref!r}; tags present: "
-                + (", ".join(present) if present else "none")
-            )
-        if len(self.images) == 1:
-            return self.images[0]
-        if not self.images:
-            raise NotFound(f"{where}: the archive holds no image")
-        listed = ", ".join(
-            ",".join(image.repo_tags) or f"(untagged, config {image.config})"
-            for image in self.images
+        want = _canonical(self.ref) if self.ref else ""
+        return choose_image(
+            self.images,
+            self.ref,
+            [i for i in self.images if any(_canonical(t) == want for t in i.repo_tags)],
+            where=f"docker-archive:{self.path}",
+            holder="archive",
+            present=(t for image in self.images for t in image.repo_tags),
+            label=lambda i: ",".join(i.repo_tags) or f"(untagged, config {i.config})",
         )
-        raise InvalidArgument(f"{where}: the archive holds several images, name one: {listed}")
 
     def resolve(self) -> Descriptor:
         """The synthesised Docker schema 2 manifest of the selected image.
@@ -220,8 +194,13 @@ class DockerArchiveSource:
                 actual=str(config.digest),
             )
         layers = [self._describe(name, None) for name in image.layers]
-        raw_config = read_member_capped(self._fd, self._member(image.config), where=self.path)
-        diff_ids = parse_config(raw_config).diff_ids
+        if config.size > MAX_DOCUMENT_SIZE:
+            raise ResourceLimit(
+                f"{self.path}/{image.config}: larger than {MAX_DOCUMENT_SIZE} bytes"
+            )
+        # Read again through the verifying reader: the bytes parsed are the bytes hashed.
+        with open_verified(self, config) as f:
+            diff_ids = parse_config(f.read()).diff_ids
         if len(diff_ids) != len(layers):
             raise MalformedDocument(
                 f"{self.path}: config lists {len(diff_ids)} diff_ids for {len(layers)} layers"
@@ -272,31 +251,10 @@ class DockerArchiveSource:
 
         Call ``resolve`` first: it is what learns the digests.
         """
-        if self._fd < 0:
-            raise ValueError(f"docker-archive:{self.path}: source is closed")
+        self._check_open()
         if self._manifest is not None and desc.digest == self._manifest.digest:
             return io.BytesIO(self._manifest.raw)
-        member = self._blobs.get(desc.digest)
-        if member is None:
-            raise NotFound(f"docker-archive:{self.path}: no blob {desc.digest}")
-        return open_member(self._fd, member, where=self.path)
-
-    def close(self) -> None:
-        """Close FILE. Idempotent; streams already opened stay valid."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def __enter__(self) -> DockerArchiveSource:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        return super().open_blob(desc)
 
 
 def _layer_type(head: bytes) -> MediaType:

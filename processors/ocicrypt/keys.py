@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -54,6 +54,7 @@ _OTHER_SCHEMES: Final = ("pgp", "pkcs7", "pkcs11", "provider")
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+_K = TypeVar("_K", bound=PrivateKey | PublicKey)
 
 
 def _describe(key: PrivateKey | PublicKey) -> str:
@@ -62,31 +63,17 @@ def _describe(key: PrivateKey | PublicKey) -> str:
     return f"EC-{_CURVES[key.curve.name]}"
 
 
-class DecryptKey:
-    """A loaded private key (RSA, or EC on P-256/P-384/P-521).
-
-    Holds the key in memory only. ``repr``/``str`` show the key type and the file it came
-    from, never key material or the password.
-    """
+class _Key(Generic[_K]):
+    """What both kinds of key hold: the key, what kind it is, the file it came from, and
+    its JWK (built once, on first use)."""
 
     __slots__ = ("_jwk", "_key", "kind", "source")
 
-    def __init__(self, key: PrivateKey, *, source: str = "") -> None:
-        if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name not in _CURVES:
-            raise Unsupported(f"EC curve {key.curve.name} is not usable with JWE")
-        self._key = key
+    def __init__(self, key: _K, source: str) -> None:
+        self._key: _K = key
         self._jwk: Any = None
         self.kind = _describe(key)
         self.source = source
-
-    def __repr__(self) -> str:
-        return f"DecryptKey({self.kind}, source={self.source!r})"
-
-    __str__ = __repr__
-
-    def __reduce__(self) -> Any:
-        # A key must not end up in a pickle (a multiprocessing queue, a cache file).
-        raise TypeError("DecryptKey cannot be pickled")
 
     def jwk(self) -> Any:
         """The key as a jwcrypto JWK (built once, on first use)."""
@@ -97,18 +84,42 @@ class DecryptKey:
             self._jwk = jwk.JWK.from_pyca(self._key)
         return self._jwk
 
+
+class DecryptKey(_Key[PrivateKey]):
+    """A loaded private key (RSA, or EC on P-256/P-384/P-521).
+
+    Holds the key in memory only. ``repr``/``str`` show the key type and the file it came
+    from, never key material or the password.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, key: PrivateKey, *, source: str = "") -> None:
+        if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name not in _CURVES:
+            raise Unsupported(f"EC curve {key.curve.name} is not usable with JWE")
+        super().__init__(key, source)
+
+    def __repr__(self) -> str:
+        return f"DecryptKey({self.kind}, source={self.source!r})"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> Any:
+        # A key must not end up in a pickle (a multiprocessing queue, a cache file).
+        raise TypeError("DecryptKey cannot be pickled")
+
     def public_key(self) -> PublicKey:
         return self._key.public_key()
 
 
-class Recipient:
+class Recipient(_Key[PublicKey]):
     """A public key to wrap the layer key for, with the JWE algorithm to use.
 
     ``algorithm`` defaults to what ocicrypt picks: ``RSA-OAEP`` for RSA keys and
     ``ECDH-ES+A256KW`` for EC keys; ``RSA-OAEP-256`` may be chosen for RSA.
     """
 
-    __slots__ = ("_jwk", "_key", "algorithm", "kind", "source")
+    __slots__ = ("algorithm",)
 
     def __init__(self, key: PublicKey, *, algorithm: str | None = None, source: str = "") -> None:
         if isinstance(key, rsa.RSAPublicKey):
@@ -124,24 +135,13 @@ class Recipient:
                 f"JWE algorithm {alg!r} does not fit a {_describe(key)} key "
                 f"(use one of {', '.join(allowed)})"
             )
-        self._key = key
-        self._jwk: Any = None
+        super().__init__(key, source)
         self.algorithm = alg
-        self.kind = _describe(key)
-        self.source = source
 
     def __repr__(self) -> str:
         return f"Recipient({self.kind}, {self.algorithm}, source={self.source!r})"
 
     __str__ = __repr__
-
-    def jwk(self) -> Any:
-        """The key as a jwcrypto JWK (built once, on first use)."""
-        if self._jwk is None:
-            from jwcrypto import jwk  # noqa: PLC0415
-
-            self._jwk = jwk.JWK.from_pyca(self._key)
-        return self._jwk
 
 
 def _read_key_file(path: str, what: str) -> bytes:

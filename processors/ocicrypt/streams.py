@@ -18,7 +18,6 @@ cost, so the hot loop is one ``update`` of each per 1 MiB chunk and nothing else
 from __future__ import annotations
 
 import hmac
-import io
 import os
 from collections.abc import Mapping, Sequence
 from typing import BinaryIO, Final
@@ -33,6 +32,7 @@ from imgpipe.formats import (
     InvalidArgument,
     MalformedDocument,
 )
+from imgpipe.processors.base import ChunkReader
 
 from . import jwe
 from ._spec import (
@@ -135,37 +135,17 @@ def _ctr(key: bytes, nonce: bytes) -> Cipher[modes.CTR]:
     return Cipher(algorithms.AES(key), modes.CTR(nonce))
 
 
-class _Reader(io.RawIOBase):
-    """Shared plumbing: a read-only binary stream with fast ``read`` and ``readall``."""
+class _Reader(ChunkReader):
+    """Shared plumbing: ``raw`` to read, closed with this reader when ``close_raw``."""
 
     def __init__(self, raw: BinaryIO, *, close_raw: bool) -> None:
         super().__init__()
         self._raw = raw
         self._close_raw = close_raw
 
-    def readable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        if not self.closed and self._close_raw:
+    def _close_inner(self) -> None:
+        if self._close_raw:
             self._raw.close()
-        super().close()
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        with memoryview(b) as view, view.cast("B") as out:
-            data = self.read(len(out))
-            n = len(data)
-            out[:n] = data
-        return n
-
-    def readall(self) -> bytes:
-        parts = []
-        while chunk := self.read(CHUNK_SIZE):
-            parts.append(chunk)
-        return b"".join(parts)
-
-    def read(self, size: int | None = -1) -> bytes:  # pragma: no cover - overridden
-        raise NotImplementedError
 
 
 class DecryptingReader(_Reader):
@@ -209,31 +189,29 @@ class DecryptingReader(_Reader):
                 raise MalformedDocument("verify_digest: the private options carry no digest")
             self._digester = Digester(priv.digest.algorithm)
         self._held = b""  # plaintext of the last raw read, withheld until more data follows
-        self._out = b""  # plaintext ready to hand out
-        self._pos = 0
         self._eof = False
         self._error: Exception | None = None
 
-    def _advance(self) -> None:
-        """Make ``_out`` non-empty, or set ``_eof`` once the stream verified."""
+    def _next_chunk(self) -> bytes:
+        """The next plaintext chunk: the previous raw read's, released once more data
+        follows, or at the end once the stream verified."""
         while not self._eof:
             if self._error is not None:
                 raise self._error
             ct = self._raw.read(self._chunk)
-            if ct:
-                self._mac.update(ct)
-                pt = self._dec.update(ct)
-                if self._digester is not None:
-                    self._digester.update(pt)
-                released, self._held = self._held, pt
-                if released:
-                    self._out, self._pos = released, 0
-                    return
-                continue
-            self._finish()
-            self._out, self._pos, self._held = self._held, 0, b""
-            self._eof = True
-            return
+            if not ct:
+                self._finish()
+                self._eof = True
+                last, self._held = self._held, b""
+                return last
+            self._mac.update(ct)
+            pt = self._dec.update(ct)
+            if self._digester is not None:
+                self._digester.update(pt)
+            released, self._held = self._held, pt
+            if released:
+                return released
+        return b""
 
     def _finish(self) -> None:
         self._dec.finalize()
@@ -252,25 +230,6 @@ class DecryptingReader(_Reader):
                     actual=str(actual),
                 )
                 raise self._error
-
-    def read(self, size: int | None = -1) -> bytes:
-        """Up to ``size`` bytes of plaintext (all that is left if ``size`` < 0 or None);
-        ``b""`` only at a verified EOF. Raises DigestMismatch as described above."""
-        if self.closed:
-            raise ValueError("read from a closed DecryptingReader")
-        if size is None or size < 0:
-            return self.readall()
-        if size == 0:
-            return b""
-        if self._pos >= len(self._out):
-            self._advance()
-        out, pos = self._out, self._pos
-        if pos == 0 and size >= len(out):
-            self._pos = len(out)
-            return out  # the common case with large reads: no copy
-        end = min(pos + size, len(out))
-        self._pos = end
-        return out[pos:end]
 
 
 class EncryptingReader(_Reader):
@@ -309,22 +268,17 @@ class EncryptingReader(_Reader):
         self._annotations: dict[str, str] | None = None
         self.size = 0  # bytes encrypted so far (= ciphertext length at EOF)
 
-    def read(self, size: int | None = -1) -> bytes:
-        """Up to ``size`` bytes of ciphertext (all that is left if ``size`` < 0 or None)."""
-        if self.closed:
-            raise ValueError("read from a closed EncryptingReader")
-        if size is None or size < 0:
-            return self.readall()
-        if size == 0 or self._eof:
+    def _next_chunk(self) -> bytes:
+        if self._eof:
             return b""
-        pt = self._raw.read(min(size, self._chunk))
+        pt = self._raw.read(self._chunk)
         if not pt:
             self._enc.finalize()
             self._eof = True
             return b""
         if self._digester is not None:
             self._digester.update(pt)
-        ct = self._enc.update(pt)
+        ct: bytes = self._enc.update(pt)
         self._mac.update(ct)
         self.size += len(ct)
         return ct

@@ -24,7 +24,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from imgpipe.content import ContentStore, store
+from imgpipe.content import ContentStore
+from imgpipe.content import locks as store
 from imgpipe.formats.digest import Digest
 from imgpipe.formats.errors import Conflict
 

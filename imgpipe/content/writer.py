@@ -1,0 +1,334 @@
+"""Writing one ingest: append while hashing, resume after an interruption, commit.
+
+How a blob gets in: a ``Writer`` appends to ``ingest/<key>/data`` while hashing, then
+``commit`` fsyncs, checks size and digest (``verify.check_hashed``), and renames ``data``
+to ``blobs/<alg>/<hex>``. The rename is the only way anything appears in ``blobs/``, so
+readers never see partial or unverified data. An interrupted write leaves its ingest
+behind; the next writer of the same ref re-hashes ``data`` and continues at its end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from typing import Final
+
+from imgpipe.formats.digest import Digest, Digester
+from imgpipe.formats.errors import FailedPrecondition, IntegrityError, SizeMismatch
+
+from .closing import Closing
+from .layout import BLOB_MODE, DATA_MODE, Layout, check_digest, check_size, fsync_dir
+from .locks import IngestLock
+from .meta import fmt_time, read_meta, set_meta, write_meta
+from .verify import CHUNK_SIZE, VerifyingReader, check_hashed
+
+__all__ = ["Writer", "rehash"]
+
+_DEFAULT_ALGORITHM: Final = "sha256"
+
+
+class Writer(Closing):
+    """Appends to one ingest while hashing; ``commit`` makes it a blob.
+
+    Obtain one from ``ContentStore.writer``. It holds the ingest's lock until ``commit``,
+    ``close`` or ``discard``. Leaving a ``with`` block without committing closes the
+    writer and keeps the ingest for a later resume. Writes go straight to the file
+    (no user-space buffer), so whatever ``offset`` says is in ``data``. Not thread-safe.
+    """
+
+    def __init__(
+        self,
+        layout: Layout,
+        ref: str,
+        *,
+        lock: IngestLock,
+        data_fd: int,
+        digester: Digester,
+        offset: int,
+        expected: Digest | None,
+        total: int | None,
+    ) -> None:
+        self.ref = ref
+        self._layout = layout
+        self._lock = lock
+        self._fd: int | None = data_fd
+        self._digester = digester
+        self._offset = offset
+        self._expected = expected
+        self._total = total
+        self._committed_new = False
+
+    @classmethod
+    def _open(
+        cls,
+        layout: Layout,
+        ref: str,
+        lock: IngestLock,
+        *,
+        expected: Digest | None,
+        total: int | None,
+    ) -> Writer:
+        """Create or resume the ingest in ``lock.directory`` (whose lock we hold)."""
+        directory = lock.directory
+        meta = read_meta(directory)
+        fd = os.open(
+            directory / "data", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, DATA_MODE
+        )
+        try:
+            restart = (
+                meta.damaged
+                or meta.ref != ref
+                or (total is not None and meta.total is not None and meta.total != total)
+                or (
+                    expected is not None and meta.expected is not None and meta.expected != expected
+                )
+            )
+            eff_total = total if total is not None else (None if restart else meta.total)
+            eff_expected = (
+                expected if expected is not None else (None if restart else meta.expected)
+            )
+            algorithm = eff_expected.algorithm if eff_expected else _DEFAULT_ALGORITHM
+            digester = Digester(algorithm)
+            offset = 0
+            if not restart:
+                digester, offset = rehash(fd, algorithm)
+                restart = eff_total is not None and (
+                    offset > eff_total
+                    or (
+                        offset == eff_total
+                        and eff_expected is not None
+                        and digester.digest() != eff_expected
+                    )
+                )
+            now = time.time()
+            if restart:
+                os.ftruncate(fd, 0)
+                digester, offset = Digester(algorithm), 0
+                write_meta(directory, "startedat", fmt_time(now))
+                write_meta(directory, "updatedat", fmt_time(now))
+                set_meta(directory, "total", None if eff_total is None else str(eff_total))
+                set_meta(directory, "expected", None if eff_expected is None else str(eff_expected))
+                # `ref` last: an ingest without it is treated as not (yet) existing.
+                write_meta(directory, "ref", ref)
+            else:
+                if total is not None and meta.total is None:
+                    write_meta(directory, "total", str(total))
+                if expected is not None and meta.expected is None:
+                    write_meta(directory, "expected", str(expected))
+            os.lseek(fd, offset, os.SEEK_SET)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(
+            layout,
+            ref,
+            lock=lock,
+            data_fd=fd,
+            digester=digester,
+            offset=offset,
+            expected=eff_expected,
+            total=eff_total,
+        )
+
+    # -- state ----------------------------------------------------------------------------
+
+    @property
+    def offset(self) -> int:
+        """Bytes in the ingest so far (where the next write lands)."""
+        return self._offset
+
+    @property
+    def total(self) -> int | None:
+        """The declared size, if one was given now or recorded earlier."""
+        return self._total
+
+    @property
+    def expected(self) -> Digest | None:
+        """The declared digest, if one was given now or recorded earlier."""
+        return self._expected
+
+    @property
+    def closed(self) -> bool:
+        return self._fd is None
+
+    @property
+    def committed_new(self) -> bool:
+        """True after a ``commit`` that created the blob (False if it already existed)."""
+        return self._committed_new
+
+    @property
+    def digester(self) -> Digester:
+        """The live hash of the bytes written so far: a verified read resuming this
+        ingest (``open_verified(..., resume=writer)``) continues it in place."""
+        return self._digester
+
+    def digest(self) -> Digest:
+        """The digest of the bytes written so far (the ingest's algorithm)."""
+        return self._digester.digest()
+
+    # -- writing --------------------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Append ``data``; returns its length.
+
+        Raises SizeMismatch without writing anything if the write would take the ingest
+        past its declared total; FailedPrecondition if the writer is closed. If the disk
+        write fails the data file is cut back to the previous offset, so the ingest stays
+        consistent for a resume.
+        """
+        view = memoryview(data).cast("B")
+        n = len(view)
+        self._require_open()
+        if self._total is not None and self._offset + n > self._total:
+            raise SizeMismatch(
+                f"ingest {self.ref!r}: writing {n} bytes at offset {self._offset} goes past "
+                f"the declared size {self._total}",
+                expected=self._total,
+                actual=self._offset + n,
+            )
+        self._append(view)
+        self._digester.update(view)
+        return n
+
+    def _copy_verified(self, reader: VerifyingReader) -> None:
+        """Append everything ``reader`` delivers, through one reused buffer.
+
+        ``reader`` resumed this writer (``open_verified(..., resume=self)``), so it hashes
+        into this writer's digester and checks size and digest itself: the bytes are
+        hashed once, and the last chunk of a bad blob never reaches the disk.
+        """
+        view = memoryview(bytearray(CHUNK_SIZE))
+        # One read of the source per write: what arrived is on disk before the next
+        # read, which may fail, so a resume keeps it.
+        while n := reader.readinto1(view):
+            self._append(view[:n])
+
+    def _append(self, view: memoryview) -> None:
+        """Write ``view`` at the end of the data, unhashed. If the disk write fails the
+        data file is cut back to the previous offset, so the ingest stays consistent for
+        a resume."""
+        fd = self._require_open()
+        done = 0
+        try:
+            while done < len(view):
+                done += os.write(fd, view[done:])
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, self._offset)
+                os.lseek(fd, self._offset, os.SEEK_SET)
+            raise
+        self._offset += len(view)
+
+    def truncate(self) -> None:
+        """Drop everything written: back to offset 0 with a fresh hash."""
+        fd = self._require_open()
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        self._digester = Digester(self._digester.algorithm)
+        self._offset = 0
+
+    def commit(self, size: int, expected: Digest) -> Digest:
+        """Make the ingest the blob ``expected``; returns ``expected``.
+
+        Fsyncs the data, then checks the byte count against ``size`` (SizeMismatch) and
+        the hash against ``expected`` (DigestMismatch; re-hashed if ``expected`` uses
+        another algorithm than the ingest); on a mismatch the ingest is discarded. Then
+        the data is made read-only and renamed into ``blobs/`` and the directory fsynced.
+        If the blob already exists (another writer committed it), the ingest is discarded
+        and the call returns normally (``committed_new`` tells the two apart). The writer
+        is closed and the lock released in every case, even on error; an InvalidArgument
+        (bad ``size`` or ``expected``) keeps the ingest. Raises FailedPrecondition if
+        already closed.
+        """
+        fd = self._require_open()
+        directory = self._lock.directory
+        try:
+            expected = check_digest(expected)
+            check_size(size, "size")  # a caller bug, not bad content: keep the ingest
+            os.fsync(fd)
+            digester = self._digester
+            if expected.algorithm != digester.algorithm:
+                digester = rehash(fd, expected.algorithm)[0]
+            try:
+                check_hashed(digester, os.fstat(fd).st_size, digest=expected, size=size)
+            except IntegrityError:
+                self._layout.remove_ingest_dir(directory)
+                raise
+            target = self._layout.ensure_blob_dir(expected.algorithm) / expected.encoded
+            if os.path.lexists(target):
+                self._layout.remove_ingest_dir(directory)
+                return expected
+            # Read-only and stamped before the rename: the blob appears in its final state.
+            os.fchmod(fd, BLOB_MODE)
+            now = time.time()
+            os.utime(fd, (now, now))
+            # Two writers of different refs may both get here for one digest; the second
+            # rename replaces a file with identical (verified) bytes, which readers of the
+            # first cannot tell apart.
+            os.rename(directory / "data", target)
+            fsync_dir(target.parent)
+            self._committed_new = True
+            self._layout.remove_ingest_dir(directory)
+            return expected
+        finally:
+            self._release()
+
+    def discard(self) -> None:
+        """Remove the ingest and release the lock (``abort`` for the lock holder).
+
+        Raises FailedPrecondition if the writer is already closed (its lock is gone, so
+        removing the ingest now could remove someone else's: use ``abort`` then).
+        """
+        self._require_open()
+        try:
+            self._layout.remove_ingest_dir(self._lock.directory)
+        finally:
+            self._release()
+
+    def close(self) -> None:
+        """Fsync the data, record the update time and release the lock, keeping the
+        ingest for a later resume. Idempotent."""
+        fd = self._fd
+        if fd is None:
+            return
+        try:
+            os.fsync(fd)
+            write_meta(self._lock.directory, "updatedat", fmt_time(time.time()))
+        finally:
+            self._release()
+
+    def __del__(self) -> None:
+        # A writer dropped without close must not keep the ref locked for the life of
+        # the process; no fsync here (finalisers should not do I/O that can fail).
+        with contextlib.suppress(Exception):
+            self._release()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"offset={self._offset}"
+        return f"<Writer ref={self.ref!r} {state}>"
+
+    def _require_open(self) -> int:
+        if self._fd is None:
+            raise FailedPrecondition(f"writer for ingest {self.ref!r} is closed")
+        return self._fd
+
+    def _release(self) -> None:
+        fd, self._fd = self._fd, None
+        try:
+            if fd is not None:
+                os.close(fd)
+        finally:
+            self._lock.release()
+
+
+def rehash(fd: int, algorithm: str) -> tuple[Digester, int]:
+    """Hash the whole file behind ``fd`` through one reused buffer: (digester, size)."""
+    d = Digester(algorithm)
+    buf = bytearray(CHUNK_SIZE)
+    view = memoryview(buf)
+    pos = 0
+    while n := os.preadv(fd, [buf], pos):
+        d.update(view[:n])
+        pos += n
+    return d, pos

@@ -1,0 +1,190 @@
+"""The layer's tar stream: every byte hashed into the DiffID, headers bounded, and the
+walk over its entries that tells a real end of archive from a cut one.
+
+``tarfile`` only parses headers (``TarFile.next()`` and ``extractfile()``); every file
+operation is the applier's. Integrity: every byte read from the stream, up to EOF and
+including the end-of-archive blocks and any padding after them, is hashed into the
+DiffID. A tar cut short (EOF inside an entry, inside the padding, or before the
+end-of-archive zero block) and a header that does not parse are MalformedDocument, never
+a silently shorter tree.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tarfile
+from collections.abc import Iterator
+from typing import IO, Any, BinaryIO, Final, cast
+
+from imgpipe.formats.digest import Digest, Digester
+from imgpipe.formats.errors import MalformedDocument, ResourceLimit
+from imgpipe.fs import CHUNK
+
+from .options import MAX_HEADER_SIZE
+
+__all__ = ["TarSource", "tar_entries"]
+
+_BLOCK: Final = 512
+#: Headers whose whole body tarfile reads into memory.
+_EXTENDED_HEADER_TYPES: Final = frozenset(
+    {
+        tarfile.XHDTYPE,
+        tarfile.XGLTYPE,
+        tarfile.SOLARIS_XHDTYPE,
+        tarfile.GNUTYPE_LONGNAME,
+        tarfile.GNUTYPE_LONGLINK,
+    }
+)
+
+
+class TarSource:
+    """The layer stream as tarfile sees it: buffered, hashed, forward-only.
+
+    Every byte fetched from the raw stream is hashed and counted once. tarfile's ``r:``
+    mode reads exactly what it needs (512-byte headers, then data) and seeks only
+    forward; a backward seek is allowed within the current and the previous buffer,
+    which also lets us look again at the block where tarfile stopped (the
+    end-of-archive marker must be a full zero block there). This replaces tarfile's
+    stream mode, whose buffer is re-copied on every header read (quadratic in its size).
+    """
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._digester = Digester("sha256")
+        self.fetched = 0  # bytes taken from raw (and hashed)
+        self._buf = b""  # the most recent chunk from raw ...
+        self._buf_start = 0  # ... and its offset in the stream
+        self._prev = b""  # the chunk before it, for short looks back
+        self._pos = 0  # tarfile's position
+
+    def _fetch(self) -> bool:
+        data = self._raw.read(CHUNK)
+        if not data:
+            return False
+        data = bytes(data)
+        self._digester.update(data)
+        self._prev = self._buf
+        self._buf_start += len(self._buf)
+        self._buf = data
+        self.fetched += len(data)
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = CHUNK
+        parts: list[bytes] = []
+        while size > 0:
+            lo = self._pos - self._buf_start
+            if lo < 0:  # inside the previous chunk after a short seek back
+                piece = self._prev[len(self._prev) + lo :][:size]
+            elif lo < len(self._buf):
+                piece = self._buf[lo : lo + size]
+            elif self._fetch():
+                continue
+            else:
+                break
+            parts.append(piece)
+            self._pos += len(piece)
+            size -= len(piece)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_CUR:
+            offset += self._pos
+        elif whence != os.SEEK_SET:
+            raise OSError(errno.ESPIPE, "layer stream: only absolute seeks")
+        if offset < self._buf_start - len(self._prev):
+            raise OSError(errno.ESPIPE, "layer stream: cannot seek that far back")
+        # Forward seeks past the buffer fetch (and hash) the bytes skipped; a seek past
+        # EOF leaves the position at EOF, so the next read is short, as with a file.
+        while offset > self._buf_start + len(self._buf) and self._fetch():
+            pass
+        self._pos = min(offset, self._buf_start + len(self._buf))
+        return self._pos
+
+    def seekable(self) -> bool:
+        return False
+
+    def block_at(self, offset: int) -> bytes:
+        """Up to one block at ``offset`` (short at EOF)."""
+        self.seek(offset)
+        return self.read(_BLOCK)
+
+    def drain(self) -> None:
+        while self._fetch():
+            pass
+
+    def digest(self) -> Digest:
+        return self._digester.digest()
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """TarInfo that refuses oversized PAX / GNU long-name headers before reading them.
+
+    ``_proc_member`` is tarfile's documented extension point for subclasses.
+    """
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> Any:
+        if self.type in _EXTENDED_HEADER_TYPES and self.size > MAX_HEADER_SIZE:
+            raise ResourceLimit(
+                f"tar extended header of {self.size} bytes at offset {self.offset}: "
+                f"more than {MAX_HEADER_SIZE}"
+            )
+        return super()._proc_member(tarfile_)  # type: ignore[misc]
+
+
+def _check_end(reader: TarSource, tar: tarfile.TarFile) -> None:
+    """After tarfile's last member: the end-of-archive marker must be there.
+
+    tarfile returns None alike for a zero block, a clean EOF, a short block and a header
+    that does not parse; only the zero block is a real end. (Go's reader also accepts
+    a single zero block; POSIX writers put two.)
+    """
+    offset = tar.offset
+    block = reader.block_at(offset)
+    if len(block) < _BLOCK:
+        raise MalformedDocument(
+            f"tar ends at offset {offset + len(block)} without the end-of-archive blocks "
+            "(truncated layer)"
+        )
+    if block.count(0) != _BLOCK:
+        raise MalformedDocument(f"tar: invalid header at offset {offset}")
+
+
+def tar_entries(
+    reader: TarSource, max_entries: int
+) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
+    """Each entry of the tar in ``reader`` with the TarFile to read its data from, then a
+    check of the end-of-archive marker. MalformedDocument for a tar that does not parse
+    or is cut short, ResourceLimit past ``max_entries``."""
+    try:
+        tar = tarfile.open(  # noqa: SIM115 - in a try for its error; closed by `with` below
+            fileobj=cast(IO[bytes], reader),
+            mode="r:",
+            tarinfo=_BoundedTarInfo,
+            encoding="utf-8",
+            errors="surrogateescape",
+        )
+    except tarfile.ReadError as e:
+        raise MalformedDocument(f"layer is not a tar archive: {e}") from None
+    entries = 0
+    with tar:
+        while True:
+            try:
+                member = tar.next()
+            except tarfile.TarError as e:
+                raise MalformedDocument(f"tar: {e}") from None
+            if member is None:
+                break
+            # TarFile keeps every TarInfo for getmembers(); we never need them,
+            # and a million entries would otherwise stay in memory.
+            cast(Any, tar).members.clear()
+            entries += 1
+            if entries > max_entries:
+                raise ResourceLimit(f"layer has more than {max_entries} entries")
+            yield tar, member
+        _check_end(reader, tar)
