@@ -16,7 +16,8 @@ Modules (private implementation, public names re-exported here):
 - :mod:`~imgpipe.remote.login`: ``login`` / ``logout``, checked as a pull would be;
 - :mod:`~imgpipe.remote.transport`: :class:`RegistrySource`, :class:`RegistrySink`.
 
-Remote imports only :mod:`imgpipe.formats`, :mod:`imgpipe.content.verify` and
+Remote imports only :mod:`imgpipe.formats`, :mod:`imgpipe.content.verify` (the one
+verified read), :mod:`imgpipe.content.closing` (the one ``with`` shape) and
 :mod:`imgpipe.processors.streams` (the one pass-through stream) of the project.
 
 Importing this package imports only the options; urllib3 and the client load on first

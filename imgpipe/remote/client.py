@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, BinaryIO, Self, TypeVar, cast
+from typing import TYPE_CHECKING, BinaryIO, TypeVar, cast
 from urllib.parse import urlencode, urlsplit
 
+from imgpipe.content.closing import Closing
 from imgpipe.formats.errors import (
     DigestMismatch,
     ImgpipeError,
@@ -64,25 +65,11 @@ __all__ = [
     "UPLOAD_CHUNK_SIZE",
     "UPLOAD_READ_SIZE",
     "BlobReader",
-    "Closing",
     "RegistryClient",
     "Repository",
 ]
 
 _T = TypeVar("_T")
-
-
-class Closing:
-    """A context manager that calls ``close()`` on exit (the client, the transport ends)."""
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class RegistryClient(Closing):

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Mapping
 from typing import BinaryIO, Final
 
+from imgpipe.content.closing import Closing
 from imgpipe.content.verify import VerifyingReader
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.digest import Digest
@@ -28,7 +29,6 @@ from imgpipe.formats.reference import Reference
 from .client import (
     CHUNK_THRESHOLD,
     UPLOAD_CHUNK_SIZE,
-    Closing,
     RegistryClient,
     Repository,
     as_binary,
