@@ -8,19 +8,15 @@ from typing import Any
 
 from imgpipe.errors import DigestMismatch
 
+from . import flags
 from .exitcodes import exit_code_for
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("content", help="work on the content store directly")
     csub = p.add_subparsers(dest="content_command", metavar="COMMAND", required=True)
-    c = csub.add_parser("ls", help="list blobs with size and labels")
-    c.add_argument("--json", action="store_true", help="machine-readable output")
-    c.set_defaults(func=content_ls)
-    c = csub.add_parser(
-        "get",
-        help="write a blob to stdout, as stored or (--decode) decoded to its tar stream",
-    )
+    flags.json_output(flags.verb(csub, "ls", content_ls))
+    c = flags.verb(csub, "get", content_get)
     c.add_argument("digest", metavar="DIGEST")
     c.add_argument(
         "--decode",
@@ -32,28 +28,17 @@ def register(sub: Any) -> None:
         metavar="MT",
         help="the blob's media type (default: from the stored image that refers to it)",
     )
-    c.add_argument(
-        "--decrypt-key",
-        metavar="FILE[:PASSWORD]",
-        action="append",
-        default=[],
-        help="an ocicrypt private key (PEM); repeat for several",
-    )
-    c.set_defaults(func=content_get)
-    c = csub.add_parser(
-        "verify", help="re-hash every blob; exit 8 (digest mismatch) if any is corrupt"
-    )
-    c.set_defaults(func=content_verify)
-    c = csub.add_parser("rm", help="remove blobs by digest (gc does this safely)")
+    flags.decrypt_keys(c, help="an ocicrypt private key (PEM); repeat for several")
+    flags.verb(csub, "verify", content_verify)
+    c = flags.verb(csub, "rm", content_rm)
     c.add_argument("digests", metavar="DIGEST", nargs="+")
-    c.set_defaults(func=content_rm)
 
-    p = sub.add_parser("gc", help="remove content no image or live lease holds")
+    p = flags.verb(sub, "gc", gc)
     p.add_argument("--dry-run", action="store_true", help="report, remove nothing")
-    p.set_defaults(func=gc)
 
 
 def content_ls(args: argparse.Namespace) -> int:
+    """list blobs with size and labels"""
     import imgpipe
 
     from .output import human_size, print_json, print_table
@@ -73,50 +58,26 @@ def content_ls(args: argparse.Namespace) -> int:
 
 
 def content_get(args: argparse.Namespace) -> int:
-    from imgpipe.formats.descriptor import Descriptor
-    from imgpipe.formats.digest import Digest
-    from imgpipe.formats.mediatype import MediaType
-    from imgpipe.store import Store
+    """write a blob to stdout, as stored or (--decode) decoded to its tar stream"""
+    import imgpipe
 
     from .main import usage_error
 
     if (args.media_type or args.decrypt_key) and not args.decode:
         return usage_error("--media-type and --decrypt-key need --decode")
-    digest = Digest.parse(args.digest)
-    out = sys.stdout.buffer
-    with Store(args.root) as store:
-        if not args.decode:
-            with store.content.open(digest) as f:
-                _copy(f, out)
-            return 0
-        from imgpipe.decode import find_descriptor, open_decoded
-
-        if args.media_type:
-            try:  # the stored descriptor carries annotations (ocicrypt's wrapped keys)
-                annotations = find_descriptor(store, digest).annotations
-            except LookupError:
-                annotations = {}
-            size = store.content.info(digest).size
-            desc = Descriptor(MediaType(args.media_type), digest, size, annotations=annotations)
-        else:
-            desc = find_descriptor(store, digest)
-        keys = []
-        if args.decrypt_key:
-            from imgpipe.processors.ocicrypt import load_private_key
-
-            keys = [load_private_key(spec) for spec in args.decrypt_key]
-        with open_decoded(store.content, desc, keys=keys) as stream:
-            _copy(stream, out)
+    imgpipe.content_get(
+        args.digest,
+        sys.stdout.buffer,
+        decode=args.decode,
+        media_type=args.media_type,
+        decrypt_keys=args.decrypt_key,
+        root=args.root,
+    )
     return 0
 
 
-def _copy(src: Any, dst: Any) -> None:
-    while chunk := src.read(1 << 20):
-        dst.write(chunk)
-    dst.flush()
-
-
 def content_verify(args: argparse.Namespace) -> int:
+    """re-hash every blob; exit 8 (digest mismatch) if any is corrupt"""
     import imgpipe
 
     problems = imgpipe.content_verify(root=args.root)
@@ -131,6 +92,7 @@ def content_verify(args: argparse.Namespace) -> int:
 
 
 def content_rm(args: argparse.Namespace) -> int:
+    """remove blobs by digest (gc does this safely)"""
     import imgpipe
 
     for d in imgpipe.content_remove(args.digests, root=args.root):
@@ -139,6 +101,7 @@ def content_rm(args: argparse.Namespace) -> int:
 
 
 def gc(args: argparse.Namespace) -> int:
+    """remove content no image or live lease holds"""
     import imgpipe
 
     from .output import human_size

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .cmd_transfer import connection_flags, transport_options
+from . import flags
 
 _LOCATIONS = (
     "SRC and DST are docker://REF, oci:DIR[:TAG], oci-archive:FILE[:TAG] "
@@ -53,7 +53,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--report", metavar="FILE", help="write a JSON report of every layer to FILE (CI)"
     )
-    connection_flags(p)
+    flags.connection(p)
     add_output_flags(p)
 
 
@@ -93,14 +93,7 @@ def _compression(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "convert",
-        help="recompress, re-type, encrypt or decrypt an image",
-        description="Convert the image SRC into DST: layers are recompressed, encrypted or "
-        "decrypted as asked (layers already in the target form are copied byte for byte), "
-        "manifests and the index rewritten, the config kept. Registry to registry streams "
-        "layer by layer and needs no local store. " + _LOCATIONS,
-    )
+    p = flags.verb(sub, "convert", convert, _LOCATIONS)
     _compression(p)
     p.add_argument(
         "--encrypt-recipient",
@@ -116,18 +109,13 @@ def register(sub: Any) -> None:
         metavar="I[,J...]",
         help="encrypt only these layers (0 = base; negative counts from the top; default all)",
     )
-    p.add_argument(
-        "--decrypt-key",
-        action="append",
-        default=[],
-        metavar="FILE[:PASSWORD]",
-        help="private key to decrypt encrypted layers with (repeatable)",
-    )
+    flags.decrypt_keys(p, help="private key to decrypt encrypted layers with (repeatable)")
     _common(p)
-    p.set_defaults(func=convert)
 
-    p = sub.add_parser(
+    p = flags.verb(
+        sub,
         "encrypt",
+        convert,
         help="encrypt an image's layers (short for convert --encrypt-recipient)",
         description="Encrypt the layers of SRC for the recipients into DST (ocicrypt, as "
         "nerdctl image encrypt; only layers are encrypted, not the config). " + _LOCATIONS,
@@ -148,33 +136,22 @@ def register(sub: Any) -> None:
         metavar="I[,J...]",
         help="encrypt only these layers (default all)",
     )
-    p.add_argument(
-        "--key",
-        dest="decrypt_key",
-        action="append",
-        default=[],
-        metavar="FILE[:PASSWORD]",
-        help="key for layers that are already encrypted (they are re-encrypted)",
+    flags.decrypt_keys(
+        p, "--key", help="key for layers that are already encrypted (they are re-encrypted)"
     )
     _common(p)
-    p.set_defaults(func=convert, compression=None, level=None, zstd_threads=0, oci=False)
+    p.set_defaults(compression=None, level=None, zstd_threads=0, oci=False)
 
-    p = sub.add_parser(
+    p = flags.verb(
+        sub,
         "decrypt",
+        convert,
         help="decrypt an image's layers (short for convert --decrypt-key)",
         description="Decrypt the encrypted layers of SRC into DST. " + _LOCATIONS,
     )
-    p.add_argument(
-        "--key",
-        dest="decrypt_key",
-        action="append",
-        required=True,
-        metavar="FILE[:PASSWORD]",
-        help="private key (repeatable)",
-    )
+    flags.decrypt_keys(p, "--key", help="private key (repeatable)", required=True)
     _common(p)
     p.set_defaults(
-        func=convert,
         compression=None,
         level=None,
         zstd_threads=0,
@@ -185,9 +162,16 @@ def register(sub: Any) -> None:
 
 
 def convert(args: argparse.Namespace) -> int:
+    """recompress, re-type, encrypt or decrypt an image
+
+    Convert the image SRC into DST: layers are recompressed, encrypted or decrypted as asked
+    (layers already in the target form are copied byte for byte), manifests and the index
+    rewritten, the config kept. Registry to registry streams layer by layer and needs no
+    local store.
+    """
     import json
 
-    from imgpipe.conversion import Converter, ConvertOptions
+    import imgpipe
 
     from .main import usage_error
     from .output import close_observer, make_observer, print_result
@@ -205,14 +189,13 @@ def convert(args: argparse.Namespace) -> int:
     layers = None
     if args.encrypt_layers is not None:
         layers = [i for group in args.encrypt_layers for i in group]
-    kw: dict[str, Any] = {}
+    # the flags spelt as the options, and --jobs only when given (else the default)
+    kw: dict[str, Any] = {
+        k: getattr(args, k) for k in ("compression", "level", "zstd_threads", "oci")
+    }
     if args.jobs is not None:
         kw["jobs"] = args.jobs
-    spec = ConvertOptions(
-        compression=args.compression,
-        level=args.level,
-        zstd_threads=args.zstd_threads,
-        oci=args.oci,
+    spec = imgpipe.ConvertOptions(
         recipients=args.encrypt_recipient,
         encrypt_layers=layers,
         decrypt_keys=args.decrypt_key,
@@ -232,8 +215,8 @@ def convert(args: argparse.Namespace) -> int:
     observer = make_observer(args)
     try:
         try:
-            with Converter(options=transport_options(args, None), root=args.root) as converter:
-                report = converter.convert(args.source, args.dest, spec, observer=observer)
+            with imgpipe.Converter(options=flags.transport_options(args), root=args.root) as c:
+                report = c.convert(args.source, args.dest, spec, observer=observer)
         except Exception as e:
             if report_file is not None:  # a CI job needs the report most when the job fails
                 _write_failure_report(report_file, args, e)

@@ -5,29 +5,26 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
+from . import flags
+
 if TYPE_CHECKING:
     from imgpipe import ImageDetails, Store
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("images", aliases=["ls"], help="list images in the store")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=images)
+    flags.json_output(flags.verb(sub, "images", images, aliases=["ls"]))
 
-    p = sub.add_parser("inspect", help="show an image's index, manifests, config and layers")
+    p = flags.verb(sub, "inspect", inspect)
     p.add_argument("name", metavar="NAME")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=inspect)
+    flags.json_output(p)
 
-    p = sub.add_parser("tag", help="give an image another name")
+    p = flags.verb(sub, "tag", tag)
     p.add_argument("source", metavar="SOURCE")
     p.add_argument("target", metavar="TARGET")
-    p.set_defaults(func=tag)
 
-    p = sub.add_parser("rmi", help="remove images, then garbage-collect (like ctr rmi --sync)")
+    p = flags.verb(sub, "rmi", rmi)
     p.add_argument("names", metavar="NAME", nargs="+")
     p.add_argument("--no-prune", action="store_true", help="skip the gc; content stays until one")
-    p.set_defaults(func=rmi)
 
 
 def _image_size(store: Store, name: str) -> int | None:
@@ -49,6 +46,7 @@ def _image_size(store: Store, name: str) -> int | None:
 
 
 def images(args: argparse.Namespace) -> int:
+    """list images in the store"""
     import imgpipe
 
     from .output import human_size, print_json, print_table
@@ -124,6 +122,7 @@ def _details_json(d: ImageDetails) -> dict[str, Any]:
 
 
 def inspect(args: argparse.Namespace) -> int:
+    """show an image's index, manifests, config and layers"""
     import json
 
     import imgpipe
@@ -165,6 +164,7 @@ def inspect(args: argparse.Namespace) -> int:
 
 
 def tag(args: argparse.Namespace) -> int:
+    """give an image another name"""
     import imgpipe
 
     rec = imgpipe.tag(args.source, args.target, root=args.root)
@@ -173,6 +173,7 @@ def tag(args: argparse.Namespace) -> int:
 
 
 def rmi(args: argparse.Namespace) -> int:
+    """remove images, then garbage-collect (like ctr rmi --sync)"""
     import imgpipe
 
     from .output import human_size

@@ -15,8 +15,10 @@ import re
 import sys
 from typing import TYPE_CHECKING, Any, Final
 
+from . import flags
+
 if TYPE_CHECKING:
-    from imgpipe.transports import TransportOptions
+    import imgpipe
 
 #: Shell conventions (and Docker's) for a command that could not be run.
 EXIT_NOT_FOUND: Final = 127
@@ -35,11 +37,7 @@ def parse_size(text: str) -> int:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "run",
-        help="run a command in a new container of an image (pulled and unpacked if needed)",
-        description="Run a command in a new container, as `ctr run` does, with runc.",
-    )
+    p = flags.verb(sub, "run", run)
     p.add_argument("--rm", action="store_true", help="remove the container and its snapshot after")
     p.add_argument("--name", help="container name (default: random)")
     p.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="set a variable")
@@ -75,47 +73,37 @@ def register(sub: Any) -> None:
         metavar="SECONDS",
         help="after a forwarded signal, SIGKILL the container this late (default 10)",
     )
-    p.add_argument(
-        "--snapshotter",
-        choices=("overlay", "btrfs", "native"),
-        help="overlay, btrfs or native (default: overlay if it works)",
-    )
-    p.add_argument("--runtime", help="runtime binary (default: runc on PATH)")
-    p.add_argument("--platform", help="os/arch[/variant] of an index (default: this host)")
-    p.add_argument(
-        "--decrypt-key", action="append", default=[], metavar="FILE[:PASS]", help="ocicrypt key"
-    )
-    from .cmd_transfer import connection_flags
-
-    connection_flags(p)  # for the pull `run` does when the image is not stored
+    flags.snapshotter(p)
+    flags.runtime(p)
+    flags.platform(p, "os/arch[/variant] of an index (default: this host)")
+    flags.decrypt_keys(p, help="ocicrypt key")
+    flags.connection(p)  # for the pull `run` does when the image is not stored
     p.add_argument("image", metavar="REF")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD [ARG...]")
-    p.set_defaults(func=run)
 
-    p = sub.add_parser("ps", help="list containers that were not removed")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--runtime", help="runtime binary (default: runc on PATH)")
-    p.set_defaults(func=ps)
+    p = flags.verb(sub, "ps", ps)
+    flags.json_output(p)
+    flags.runtime(p)
 
-    p = sub.add_parser("rm", help="remove stopped containers (and their snapshots)")
+    p = flags.verb(sub, "rm", rm)
     p.add_argument("names", metavar="NAME", nargs="+")
     p.add_argument("-f", "--force", action="store_true", help="kill running containers first")
-    p.add_argument("--runtime", help="runtime binary (default: runc on PATH)")
-    p.set_defaults(func=rm)
+    flags.runtime(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    """run a command in a new container of an image (pulled and unpacked if needed)
+
+    Run a command in a new container, as `ctr run` does, with runc.
+    """
+    import imgpipe
     from imgpipe.errors import InvalidArgument
-    from imgpipe.task import CommandNotExecutable, CommandNotFound, ContainerSettings
-    from imgpipe.task import run as run_task
-    from imgpipe.task.spec import parse_env_file, parse_volume
-    from imgpipe.task.task import DEFAULT_STOP_TIMEOUT
 
     env: list[str] = []
     for path in args.env_file:
         try:
             with open(path, encoding="utf-8") as f:
-                env += parse_env_file(f.read())
+                env += imgpipe.parse_env_file(f.read())
         except UnicodeDecodeError:
             raise InvalidArgument(f"--env-file {path}: not UTF-8 text") from None
     if args.stop_timeout is not None and args.stop_timeout < 0:
@@ -124,13 +112,13 @@ def run(args: argparse.Namespace) -> int:
     entrypoint = None
     if args.entrypoint is not None:
         entrypoint = (args.entrypoint,) if args.entrypoint else ()
-    settings = ContainerSettings(
+    settings = imgpipe.ContainerSettings(
         args=tuple(args.command),
         entrypoint=entrypoint,
         env=tuple(env),
         user=args.user,
         workdir=args.workdir,
-        volumes=tuple(parse_volume(v) for v in args.volume),
+        volumes=tuple(imgpipe.parse_volume(v) for v in args.volume),
         read_only=args.read_only,
         net=args.net,
         terminal=args.tty,
@@ -145,8 +133,11 @@ def run(args: argparse.Namespace) -> int:
         from .output import make_observer
 
         observer = make_observer(args)
+    kw: dict[str, Any] = {}
+    if args.stop_timeout is not None:
+        kw["stop_timeout"] = args.stop_timeout
     try:
-        return run_task(
+        return imgpipe.run(
             args.image,
             settings=settings,
             name=args.name,
@@ -156,14 +147,14 @@ def run(args: argparse.Namespace) -> int:
             platform=args.platform,
             decrypt_keys=tuple(args.decrypt_key),
             runtime=args.runtime,
-            stop_timeout=DEFAULT_STOP_TIMEOUT if args.stop_timeout is None else args.stop_timeout,
             root=args.root,
             observer=observer,
             options=_options_if_given(args),
+            **kw,
         )
-    except (CommandNotFound, CommandNotExecutable) as e:
+    except (imgpipe.CommandNotFound, imgpipe.CommandNotExecutable) as e:
         print(f"imgpipe: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return EXIT_NOT_FOUND if isinstance(e, CommandNotFound) else EXIT_NOT_EXECUTABLE
+        return EXIT_NOT_FOUND if isinstance(e, imgpipe.CommandNotFound) else EXIT_NOT_EXECUTABLE
     finally:
         if observer is not None:
             from .output import close_observer
@@ -171,58 +162,39 @@ def run(args: argparse.Namespace) -> int:
             close_observer(observer)
 
 
-def _status(rec: Any, live: dict[str, dict[str, Any]]) -> str:
-    st = live.get(rec.id)
-    if st is not None and st.get("status") in ("running", "created", "paused"):
-        return str(st["status"])
-    if rec.exit_code is not None:
-        return f"exited ({rec.exit_code})"
-    return "stopped" if rec.pid else "created"
+def _options_if_given(args: argparse.Namespace) -> imgpipe.TransportOptions | None:
+    """Registry settings for the pull `run` may need; None (the library's defaults) when
+    neither the command line nor a default registries.toml names any."""
+    import imgpipe
 
-
-def _options_if_given(args: argparse.Namespace) -> TransportOptions | None:
-    """Registry settings for the pull `run` may need; None (and no import) when the
-    command line names none, to keep the run path lean."""
-    if not (args.plain_http or args.tls_ca or args.registry_config or args.auth_file):
+    if not flags.connection_given(args) and imgpipe.default_registry_config() is None:
         return None
-    from .cmd_transfer import transport_options
-
-    return transport_options(args, None)
+    return flags.transport_options(args)
 
 
 def ps(args: argparse.Namespace) -> int:
+    """list containers that were not removed"""
     import time
 
-    from imgpipe.store import default_root
-    from imgpipe.task import Runc, list_records
-    from imgpipe.task.state import RUNC_DIR
+    import imgpipe
 
-    root = args.root or default_root()
-    records = list_records(root)
-    from pathlib import Path
-
-    from imgpipe.errors import ImgpipeError
-
-    try:
-        live = {c["id"]: c for c in Runc(Path(root) / RUNC_DIR, binary=args.runtime).list()}
-    except ImgpipeError:
-        live = {}  # no runtime here: list what the records say (nothing is running)
+    containers = imgpipe.list_containers(runtime=args.runtime, root=args.root)
     if args.json:
         from .output import print_json
 
         print_json(
             [
                 {
-                    "id": r.id,
-                    "image": r.image,
-                    "command": r.args,
-                    "created": r.created_at,
-                    "status": _status(r, live),
-                    "pid": live.get(r.id, {}).get("pid", 0),
-                    "exitCode": r.exit_code,
-                    "snapshotter": r.snapshotter,
+                    "id": c.record.id,
+                    "image": c.record.image,
+                    "command": c.record.args,
+                    "created": c.record.created_at,
+                    "status": c.status,
+                    "pid": c.pid,
+                    "exitCode": c.record.exit_code,
+                    "snapshotter": c.record.snapshotter,
                 }
-                for r in records
+                for c in containers
             ]
         )
         return 0
@@ -232,13 +204,13 @@ def ps(args: argparse.Namespace) -> int:
     print_table(
         [
             (
-                r.id,
-                r.image,
-                " ".join(r.args)[:40],
-                f"{int(now - r.created_at)}s ago",
-                _status(r, live),
+                c.record.id,
+                c.record.image,
+                " ".join(c.record.args)[:40],
+                f"{int(now - c.record.created_at)}s ago",
+                c.status,
             )
-            for r in records
+            for c in containers
         ],
         ("NAME", "IMAGE", "COMMAND", "CREATED", "STATUS"),
     )
@@ -246,10 +218,11 @@ def ps(args: argparse.Namespace) -> int:
 
 
 def rm(args: argparse.Namespace) -> int:
+    """remove stopped containers (and their snapshots)"""
     import sys
 
+    import imgpipe
     from imgpipe.errors import ImgpipeError
-    from imgpipe.task import remove_container
 
     from .exitcodes import exit_code_for
 
@@ -257,7 +230,7 @@ def rm(args: argparse.Namespace) -> int:
     code = 0
     for name in args.names:
         try:
-            remove_container(name, force=args.force, runtime=args.runtime, root=args.root)
+            imgpipe.remove_container(name, force=args.force, runtime=args.runtime, root=args.root)
         except ImgpipeError as e:
             print(f"imgpipe: error: {' '.join(str(e).split())}", file=sys.stderr)
             code = code or exit_code_for(e)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from imgpipe.transports import TransportOptions
+from . import flags
 
 _TRANSPORTS_HELP = (
     "oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:REF], or a registry "
@@ -14,52 +13,18 @@ _TRANSPORTS_HELP = (
 )
 
 
-def connection_flags(p: argparse.ArgumentParser) -> None:
-    """The flags that say how to reach a registry (ignored by local transports)."""
-    g = p.add_argument_group("registry connection")
-    g.add_argument(
-        "--plain-http",
-        action="store_true",
-        help="talk plain HTTP to the registry (default: HTTPS; loopback hosts and "
-        "'insecure' hosts of the registry config fall back to HTTP by themselves)",
-    )
-    g.add_argument("--tls-ca", metavar="FILE", help="PEM file of CA certificates to trust as well")
-    g.add_argument(
-        "--registry-config",
-        metavar="FILE",
-        help="registries.toml to read (mirrors, ca, insecure per host; default: "
-        "$IMGPIPE_CONFIG/registries.toml, /etc/imgpipe as root, else ~/.config/imgpipe)",
-    )
-    g.add_argument(
-        "--auth-file",
-        metavar="FILE",
-        help="Docker-format credentials file (default: $REGISTRY_AUTH_FILE, "
-        "$DOCKER_CONFIG/config.json, ~/.docker/config.json)",
-    )
-
-
 def register(sub: Any) -> None:
     from .cmd_unpack import add_unpack_flags
     from .output import add_output_flags
 
-    p = sub.add_parser(
-        "pull",
-        help="import an image into the store",
-        description=f"Import an image, verifying every blob. SOURCE is {_TRANSPORTS_HELP}.",
+    p = flags.verb(
+        sub, "pull", pull, f"Import an image, verifying every blob. SOURCE is {_TRANSPORTS_HELP}."
     )
     p.add_argument("source", metavar="SOURCE")
     p.add_argument("--name", help="local name (default: the source's tag or image name)")
-    p.add_argument(
-        "--platform", help="os/arch[/variant] to take from an index (default: this host)"
-    )
+    flags.platform(p, "os/arch[/variant] to take from an index (default: this host)")
     p.add_argument("--all-platforms", action="store_true", help="take every platform of an index")
-    p.add_argument(
-        "--max-concurrent-downloads",
-        type=int,
-        metavar="N",
-        default=None,
-        help="blobs downloaded at once (default: 3)",
-    )
+    flags.max_concurrent(p, "download")
     g = p.add_argument_group("unpack")
     g.add_argument(
         "--unpack",
@@ -67,45 +32,21 @@ def register(sub: Any) -> None:
         help="also unpack the image into snapshots (as `imgpipe unpack`)",
     )
     add_unpack_flags(g, platform=False)
-    connection_flags(p)
+    flags.connection(p)
     add_output_flags(p)
-    p.set_defaults(func=pull)
 
-    p = sub.add_parser(
-        "push",
-        help="export an image from the store",
-        description=f"Write the image NAME to DEST: {_TRANSPORTS_HELP} (not docker-archive).",
+    p = flags.verb(
+        sub, "push", push, f"Write the image NAME to DEST: {_TRANSPORTS_HELP} (not docker-archive)."
     )
     p.add_argument("name", metavar="NAME")
     p.add_argument("dest", metavar="DEST")
-    p.add_argument(
-        "--max-concurrent-uploads",
-        type=int,
-        metavar="N",
-        default=None,
-        help="blobs uploaded at once (default: 3)",
-    )
-    connection_flags(p)
+    flags.max_concurrent(p, "upload")
+    flags.connection(p)
     add_output_flags(p)
-    p.set_defaults(func=push)
-
-
-def transport_options(args: argparse.Namespace, concurrent: int | None) -> TransportOptions:
-    from imgpipe.transports import TransportOptions
-
-    kw: dict[str, Any] = {}
-    if concurrent is not None:
-        kw["max_concurrent"] = concurrent
-    return TransportOptions(
-        plain_http=args.plain_http,
-        tls_ca=args.tls_ca,
-        registry_config=args.registry_config,
-        auth_file=args.auth_file,
-        **kw,
-    )
 
 
 def pull(args: argparse.Namespace) -> int:
+    """import an image into the store"""
     import imgpipe
 
     from .main import usage_error
@@ -117,39 +58,29 @@ def pull(args: argparse.Namespace) -> int:
         return usage_error("--max-concurrent-downloads must be at least 1")
     if not args.unpack and (args.snapshotter or args.decrypt_key):
         return usage_error("--snapshotter and --decrypt-key go with --unpack")
-    options = transport_options(args, args.max_concurrent_downloads)
+    options = flags.transport_options(args, args.max_concurrent_downloads)
     observer = make_observer(args)
     unpacked: dict[str, Any] = {}
+    kw: dict[str, Any] = {
+        "name": args.name,
+        "platform": args.platform,
+        "all_platforms": args.all_platforms,
+        "root": args.root,
+        "observer": observer,
+        "options": options,
+    }
     try:
         if args.unpack:
-            from imgpipe.unpacking import pull_unpack
-
             from .cmd_unpack import print_layers, result_fields
 
-            rec, result = pull_unpack(
-                args.source,
-                name=args.name,
-                platform=args.platform,
-                all_platforms=args.all_platforms,
-                snapshotter=args.snapshotter,
-                decrypt_keys=args.decrypt_key,
-                root=args.root,
-                observer=observer,
-                options=options,
+            rec, result = imgpipe.pull_unpack(
+                args.source, snapshotter=args.snapshotter, decrypt_keys=args.decrypt_key, **kw
             )
             print_layers(args, result)
             fields = result_fields(result)
             unpacked = {"unpacked": {k: v for k, v in fields.items() if k != "image"}}
         else:
-            rec = imgpipe.pull(
-                args.source,
-                name=args.name,
-                platform=args.platform,
-                all_platforms=args.all_platforms,
-                root=args.root,
-                observer=observer,
-                options=options,
-            )
+            rec = imgpipe.pull(args.source, **kw)
     finally:
         close_observer(observer)
     text = f"{rec.name} {rec.target.digest}"
@@ -168,6 +99,7 @@ def pull(args: argparse.Namespace) -> int:
 
 
 def push(args: argparse.Namespace) -> int:
+    """export an image from the store"""
     import imgpipe
 
     from .main import usage_error
@@ -175,7 +107,7 @@ def push(args: argparse.Namespace) -> int:
 
     if args.max_concurrent_uploads is not None and args.max_concurrent_uploads < 1:
         return usage_error("--max-concurrent-uploads must be at least 1")
-    options = transport_options(args, args.max_concurrent_uploads)
+    options = flags.transport_options(args, args.max_concurrent_uploads)
     observer = make_observer(args)
     try:
         desc = imgpipe.push(

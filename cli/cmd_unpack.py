@@ -6,70 +6,44 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from imgpipe.unpacking import UnpackResult
+from . import flags
 
-_SNAPSHOTTERS = ("overlay", "btrfs", "native")
-_SNAPSHOTTER_HELP = "overlay, btrfs or native (default: overlay where it works, else native)"
+if TYPE_CHECKING:
+    from imgpipe import UnpackResult
 
 
 def add_unpack_flags(p: Any, *, platform: bool = True) -> None:
-    """``--snapshotter`` and ``--decrypt-key`` (and ``--platform``), shared with ``pull``.
-
-    ``p`` is a parser or an argument group (argparse has no public type for both)."""
-    p.add_argument("--snapshotter", choices=_SNAPSHOTTERS, help=_SNAPSHOTTER_HELP)
+    """``--snapshotter`` and ``--decrypt-key`` (and ``--platform``), shared with ``pull``."""
+    flags.snapshotter(p)
     if platform:
-        p.add_argument("--platform", help="os/arch[/variant] of a multi-platform image")
-    p.add_argument(
-        "--decrypt-key",
-        action="append",
-        default=[],
-        metavar="FILE[:PASS]",
-        help="private key (PEM/DER) for encrypted layers; PASS is pass:TEXT, env:VAR, "
-        "file:PATH or the password itself; repeatable",
-    )
+        flags.platform(p)
+    flags.decrypt_keys(p)
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "unpack",
-        help="unpack an image's layers into snapshots",
-        description="Apply each layer of the stored image REF into a snapshot keyed by "
-        "its chain ID (reusing those already there), or with --export write the "
-        "flattened root filesystem into a plain directory (no root needed).",
-    )
+    p = flags.verb(sub, "unpack", unpack)
     p.add_argument("name", metavar="REF")
     add_unpack_flags(p)
     p.add_argument("--export", metavar="DIR", help="write a flattened copy into DIR instead")
-    p.add_argument("--json", action="store_true", help="machine-readable result")
-    p.set_defaults(func=unpack)
+    flags.json_output(p, "machine-readable result")
 
-    p = sub.add_parser(
-        "mount",
-        help="mount an image's root filesystem on a directory",
-        description="Unpack REF if needed and mount its root filesystem on DIR: a "
-        "read-write snapshot (changes are dropped by umount) or --read-only a view.",
-    )
+    p = flags.verb(sub, "mount", mount)
     p.add_argument("name", metavar="REF")
     p.add_argument("target", metavar="DIR")
     p.add_argument("--read-only", action="store_true", help="mount a read-only view")
     add_unpack_flags(p)
-    p.set_defaults(func=mount)
 
-    p = sub.add_parser("umount", help="unmount what `imgpipe mount` mounted; drop its snapshot")
+    p = flags.verb(sub, "umount", umount)
     p.add_argument("target", metavar="DIR")
-    p.set_defaults(func=umount)
 
     p = sub.add_parser("snapshots", help="list or remove snapshots")
     ssub = p.add_subparsers(dest="snapshots_command", metavar="COMMAND", required=True)
-    s = ssub.add_parser("ls", help="list snapshots")
-    s.add_argument("--snapshotter", choices=_SNAPSHOTTERS, help="only this snapshotter's")
-    s.add_argument("--json", action="store_true", help="machine-readable output")
-    s.set_defaults(func=snapshots_ls)
-    s = ssub.add_parser("rm", help="remove snapshots by key (gc removes unused ones safely)")
+    s = flags.verb(ssub, "ls", snapshots_ls)
+    flags.snapshotter(s, "only this snapshotter's")
+    flags.json_output(s)
+    s = flags.verb(ssub, "rm", snapshots_rm)
     s.add_argument("keys", metavar="KEY", nargs="+")
-    s.add_argument("--snapshotter", choices=_SNAPSHOTTERS, help="where KEY is, if ambiguous")
-    s.set_defaults(func=snapshots_rm)
+    flags.snapshotter(s, "where KEY is, if ambiguous")
 
 
 def print_layers(args: argparse.Namespace, result: UnpackResult) -> None:
@@ -102,8 +76,19 @@ def result_fields(result: UnpackResult) -> dict[str, Any]:
     }
 
 
+def _image_args(args: argparse.Namespace) -> dict[str, Any]:
+    """What unpack and mount pass on about the image: platform, keys, state root."""
+    return {"platform": args.platform, "decrypt_keys": args.decrypt_key, "root": args.root}
+
+
 def unpack(args: argparse.Namespace) -> int:
-    import imgpipe.unpacking as lib
+    """unpack an image's layers into snapshots
+
+    Apply each layer of the stored image REF into a snapshot keyed by its chain ID (reusing
+    those already there), or with --export write the flattened root filesystem into a plain
+    directory (no root needed).
+    """
+    import imgpipe
 
     from .main import usage_error
     from .output import print_result
@@ -111,22 +96,10 @@ def unpack(args: argparse.Namespace) -> int:
     if args.export:
         if args.snapshotter:
             return usage_error("--export and --snapshotter exclude each other")
-        result = lib.export_rootfs(
-            args.name,
-            args.export,
-            platform=args.platform,
-            decrypt_keys=args.decrypt_key,
-            root=args.root,
-        )
+        result = imgpipe.export_rootfs(args.name, args.export, **_image_args(args))
         text = f"{result.image} exported to {args.export}"
     else:
-        result = lib.unpack(
-            args.name,
-            snapshotter=args.snapshotter,
-            platform=args.platform,
-            decrypt_keys=args.decrypt_key,
-            root=args.root,
-        )
+        result = imgpipe.unpack(args.name, snapshotter=args.snapshotter, **_image_args(args))
         reused = sum(1 for layer in result.layers if layer.reused)
         text = (
             f"{result.image} {result.snapshotter} {result.chain_id} "
@@ -138,34 +111,39 @@ def unpack(args: argparse.Namespace) -> int:
 
 
 def mount(args: argparse.Namespace) -> int:
-    import imgpipe.unpacking as lib
+    """mount an image's root filesystem on a directory
 
-    key = lib.mount(
+    Unpack REF if needed and mount its root filesystem on DIR: a read-write snapshot
+    (changes are dropped by umount) or --read-only a view.
+    """
+    import imgpipe
+
+    key = imgpipe.mount(
         args.name,
         args.target,
         read_only=args.read_only,
         snapshotter=args.snapshotter,
-        platform=args.platform,
-        decrypt_keys=args.decrypt_key,
-        root=args.root,
+        **_image_args(args),
     )
     print(key)
     return 0
 
 
 def umount(args: argparse.Namespace) -> int:
-    import imgpipe.unpacking as lib
+    """unmount what `imgpipe mount` mounted; drop its snapshot"""
+    import imgpipe
 
-    lib.umount(args.target, root=args.root)
+    imgpipe.umount(args.target, root=args.root)
     return 0
 
 
 def snapshots_ls(args: argparse.Namespace) -> int:
-    import imgpipe.unpacking as lib
+    """list snapshots"""
+    import imgpipe
 
     from .output import print_json, print_table
 
-    rows = lib.snapshots_list(snapshotter=args.snapshotter, root=args.root)
+    rows = imgpipe.snapshots_list(snapshotter=args.snapshotter, root=args.root)
     if not rows and not args.json:
         print("SNAPSHOTTER  KEY  KIND  PARENT")
         return 0
@@ -192,8 +170,9 @@ def snapshots_ls(args: argparse.Namespace) -> int:
 
 
 def snapshots_rm(args: argparse.Namespace) -> int:
-    import imgpipe.unpacking as lib
+    """remove snapshots by key (gc removes unused ones safely)"""
+    import imgpipe
 
-    for sn, key in lib.snapshot_remove(args.keys, snapshotter=args.snapshotter, root=args.root):
+    for sn, key in imgpipe.snapshot_remove(args.keys, snapshotter=args.snapshotter, root=args.root):
         print(f"removed {sn} {key}")
     return 0

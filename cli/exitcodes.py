@@ -7,21 +7,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from imgpipe.errors import (
-    AlreadyExists,
-    Conflict,
-    DigestMismatch,
-    FailedPrecondition,
-    ImgpipeError,
-    InvalidArgument,
-    MalformedDocument,
-    NotFound,
-    ResourceLimit,
-    SizeMismatch,
-    Unauthorized,
-    Unavailable,
-    Unsupported,
-)
+from imgpipe import errors
 
 __all__ = [
     "EXIT_CODES",
@@ -38,19 +24,19 @@ EXIT_USAGE: Final = 2  # bad command line (argparse's own code)
 EXIT_INTERNAL: Final = 70  # a bug: an exception imgpipe did not mean to raise (EX_SOFTWARE)
 EXIT_INTERRUPTED: Final = 130  # SIGINT, as shells report it
 
-EXIT_CODES: Final[tuple[tuple[type[ImgpipeError], int], ...]] = (
-    (MalformedDocument, 4),
-    (InvalidArgument, 3),
-    (NotFound, 5),
-    (AlreadyExists, 6),
-    (Conflict, 7),
-    (DigestMismatch, 8),
-    (SizeMismatch, 9),
-    (FailedPrecondition, 10),
-    (Unsupported, 11),
-    (Unauthorized, 12),
-    (Unavailable, 13),
-    (ResourceLimit, 14),
+EXIT_CODES: Final[tuple[tuple[type[errors.ImgpipeError], int], ...]] = (
+    (errors.MalformedDocument, 4),
+    (errors.InvalidArgument, 3),
+    (errors.NotFound, 5),
+    (errors.AlreadyExists, 6),
+    (errors.Conflict, 7),
+    (errors.DigestMismatch, 8),
+    (errors.SizeMismatch, 9),
+    (errors.FailedPrecondition, 10),
+    (errors.Unsupported, 11),
+    (errors.Unauthorized, 12),
+    (errors.Unavailable, 13),
+    (errors.ResourceLimit, 14),
 )
 
 
@@ -62,6 +48,6 @@ def exit_code_for(exc: BaseException) -> int:
         if isinstance(exc, cls):
             return code
     # OSError: the environment refused (permissions, a full disk), not a bug of ours
-    if isinstance(exc, ImgpipeError | OSError):
+    if isinstance(exc, errors.ImgpipeError | OSError):
         return EXIT_ERROR
     return EXIT_INTERNAL

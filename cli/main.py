@@ -24,6 +24,12 @@ from . import (
 )
 from .exitcodes import EXIT_USAGE, exit_code_for
 
+#: Where the state lives, as imgpipe.store.default_root looks for it.
+_ROOT_HELP = (
+    "state directory (default: $IMGPIPE_ROOT, /var/lib/imgpipe as root, "
+    "else $XDG_DATA_HOME/imgpipe)"
+)
+
 
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
@@ -55,12 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="containerd's image pipeline: pull, verify, store, inspect and export images.",
     )
     parser.add_argument("--version", action=_VersionAction, nargs=0, help="print the version")
-    parser.add_argument(
-        "--root",
-        metavar="DIR",
-        help="state directory (default: $IMGPIPE_ROOT, /var/lib/imgpipe as root, "
-        "else $XDG_DATA_HOME/imgpipe)",
-    )
+    parser.add_argument("--root", metavar="DIR", help=_ROOT_HELP)
     parser.add_argument("--debug", action="store_true", help="print tracebacks on errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only results")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
         remove_image,
         tag,
     )
+    from imgpipe.blobs import content_get
+    from imgpipe.config import default_registry_config
+    from imgpipe.containers import ContainerStatus, list_containers
     from imgpipe.conversion import Converter, ConvertOptions, ConvertReport, convert
     from imgpipe.errors import (
         AlreadyExists,
@@ -55,13 +58,25 @@ if TYPE_CHECKING:
         Stage,
         normalize_name,
     )
+    from imgpipe.remote.login import login, logout, registry_host
+    from imgpipe.remote.options import TransportOptions
     from imgpipe.store import Store, default_root
-    from imgpipe.task import ContainerSettings, Task, remove_container, run
+    from imgpipe.task import (
+        CommandNotExecutable,
+        CommandNotFound,
+        ContainerSettings,
+        Task,
+        parse_volume,
+        remove_container,
+        run,
+    )
+    from imgpipe.task.spec import parse_env_file
     from imgpipe.unpacking import (
         UnpackResult,
         export_rootfs,
         mount,
         prepare_rootfs,
+        pull_unpack,
         snapshot_remove,
         snapshots_list,
         umount,
@@ -109,13 +124,31 @@ _WHERE = {
     **dict.fromkeys(
         ("ConvertOptions", "ConvertReport", "Converter", "convert"), "imgpipe.conversion"
     ),
-    **dict.fromkeys(("ContainerSettings", "Task", "remove_container", "run"), "imgpipe.task"),
+    **dict.fromkeys(
+        (
+            "CommandNotExecutable",
+            "CommandNotFound",
+            "ContainerSettings",
+            "Task",
+            "parse_volume",
+            "remove_container",
+            "run",
+        ),
+        "imgpipe.task",
+    ),
+    "parse_env_file": "imgpipe.task.spec",
+    **dict.fromkeys(("ContainerStatus", "list_containers"), "imgpipe.containers"),
+    "content_get": "imgpipe.blobs",
+    "default_registry_config": "imgpipe.config",
+    **dict.fromkeys(("login", "logout", "registry_host"), "imgpipe.remote.login"),
+    "TransportOptions": "imgpipe.remote.options",
     **dict.fromkeys(
         (
             "UnpackResult",
             "export_rootfs",
             "mount",
             "prepare_rootfs",
+            "pull_unpack",
             "snapshot_remove",
             "snapshots_list",
             "umount",
@@ -150,8 +183,11 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "AlreadyExists",
+    "CommandNotExecutable",
+    "CommandNotFound",
     "Conflict",
     "ContainerSettings",
+    "ContainerStatus",
     "Context",
     "ConvertOptions",
     "ConvertReport",
@@ -177,25 +213,35 @@ __all__ = [
     "Stage",
     "Store",
     "Task",
+    "TransportOptions",
     "Unauthorized",
     "Unavailable",
     "UnpackResult",
     "Unsupported",
     "__version__",
+    "content_get",
     "content_list",
     "content_remove",
     "content_verify",
     "convert",
+    "default_registry_config",
     "default_root",
     "export_rootfs",
     "gc",
     "images",
     "inspect",
+    "list_containers",
+    "login",
+    "logout",
     "mount",
     "normalize_name",
+    "parse_env_file",
+    "parse_volume",
     "prepare_rootfs",
     "pull",
+    "pull_unpack",
     "push",
+    "registry_host",
     "remove_container",
     "remove_image",
     "run",

@@ -1,10 +1,12 @@
-"""imgpipe's configuration directory and the ``[[processors]]`` entries of config.toml.
+"""imgpipe's configuration directory, the ``[[processors]]`` of config.toml, and where
+``registries.toml`` is.
 
 The directory is ``$IMGPIPE_CONFIG``, else ``/etc/imgpipe`` for the superuser (like
 /etc/containerd), else ``$XDG_CONFIG_HOME/imgpipe`` (``~/.config/imgpipe``): the same
 order as the state root (``$IMGPIPE_ROOT``, /var/lib/imgpipe, ``$XDG_DATA_HOME``). It
-holds ``config.toml`` (this module) and ``registries.toml`` (registry settings, read by
-the registry client). A missing file is an empty configuration, never an error.
+holds ``config.toml`` (this module) and ``registries.toml`` (registry settings: the format
+is :mod:`imgpipe.remote.hosts`'s; the registry client is given the file, and never looks
+for it itself). A missing file in the directory is an empty configuration, never an error.
 
 ``config.toml`` declares external stream processors with containerd's fields::
 
@@ -24,24 +26,32 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from imgpipe.errors import InvalidArgument, MalformedDocument
-from imgpipe.processors.external import ExternalProcessor, ExternalProcessorConfig
+
+if TYPE_CHECKING:
+    from imgpipe.processors.external import ExternalProcessor
+    from imgpipe.remote.hosts import RegistryConfig
 
 __all__ = [
     "CONFIG_FILE",
+    "REGISTRIES_FILE",
     "SYSTEM_CONFIG_DIR",
     "config_dir",
     "config_path",
+    "default_registry_config",
     "load_config",
     "load_processors",
+    "load_registry_config",
 ]
 
 #: The superuser's configuration directory.
 SYSTEM_CONFIG_DIR: Final = Path("/etc/imgpipe")
 #: The main configuration file's name inside the directory.
 CONFIG_FILE: Final = "config.toml"
+#: The registry settings' file name inside the directory (format: imgpipe.remote.hosts).
+REGISTRIES_FILE: Final = "registries.toml"
 #: A configuration file is small; refuse to parse a huge one (a wrong path, a device).
 MAX_CONFIG_SIZE: Final = 1 << 20
 
@@ -50,18 +60,35 @@ _PROCESSOR_KEYS: Final = frozenset({"id", "accepts", "returns", "path", "args", 
 
 def config_dir() -> Path:
     """imgpipe's configuration directory (see the module docstring). No I/O."""
-    env = os.environ.get("IMGPIPE_CONFIG")
-    if env:
+    if env := os.environ.get("IMGPIPE_CONFIG"):
         return Path(env)
     if os.geteuid() == 0:
         return SYSTEM_CONFIG_DIR
-    xdg = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(xdg) / "imgpipe"
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "imgpipe"
 
 
 def config_path() -> Path:
     """``config.toml`` in :func:`config_dir`."""
     return config_dir() / CONFIG_FILE
+
+
+def default_registry_config() -> str | None:
+    """The default ``registries.toml`` (in :func:`config_dir`) if it exists, else None:
+    what a caller puts in ``TransportOptions.registry_config`` when the user named none."""
+    path = config_dir() / REGISTRIES_FILE
+    return str(path) if path.exists() else None
+
+
+def load_registry_config(path: str | os.PathLike[str] | None = None) -> RegistryConfig:
+    """Read ``path`` (NotFound if missing), or the default file (absent = empty config).
+
+    Raises MalformedDocument for TOML that does not parse or does not fit the format.
+    """
+    from imgpipe.remote.hosts import load_registry_config as read  # noqa: PLC0415 (start-up)
+
+    if path is not None:
+        return read(path)
+    return read(config_dir() / REGISTRIES_FILE, missing_ok=True)
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
@@ -97,6 +124,11 @@ def load_processors(
     Raises MalformedDocument naming the file and the entry for a wrong shape, an unknown
     key, a missing field or a duplicate id.
     """
+    from imgpipe.processors.external import (  # noqa: PLC0415 (start-up: only when asked)
+        ExternalProcessor,
+        ExternalProcessorConfig,
+    )
+
     where = str(path if path is not None else config_path())
     doc = config if config is not None else load_config(path)
     entries = doc.get("processors", [])

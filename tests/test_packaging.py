@@ -181,6 +181,20 @@ PUBLIC_API = {
     "push",
     "remove_image",
     "tag",
+    # added by the spine (issue 10): what the command line needs, so it uses only these
+    "CommandNotExecutable",
+    "CommandNotFound",
+    "ContainerStatus",
+    "TransportOptions",
+    "content_get",
+    "default_registry_config",
+    "list_containers",
+    "login",
+    "logout",
+    "parse_env_file",
+    "parse_volume",
+    "pull_unpack",
+    "registry_host",
 }
 
 

@@ -23,6 +23,7 @@ from urllib3.exceptions import (
 
 import imgpipe
 from fixtures.build import root_digest
+from imgpipe.config import load_registry_config
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.digest import Digest
 from imgpipe.formats.errors import (
@@ -38,12 +39,7 @@ from imgpipe.formats.reference import parse_reference
 from imgpipe.remote.auth import Authorizer, parse_challenges
 from imgpipe.remote.client import RegistryClient
 from imgpipe.remote.credentials import Credentials
-from imgpipe.remote.hosts import (
-    DOCKER_HUB_API_HOST,
-    is_loopback,
-    load_registry_config,
-    schemes_for,
-)
+from imgpipe.remote.hosts import DOCKER_HUB_API_HOST, is_loopback, schemes_for
 from imgpipe.remote.http import HttpClient, is_retryable
 from imgpipe.store import Store
 from imgpipe.transports import TransportOptions

@@ -32,8 +32,9 @@ does not silently drop a setting):
     allow plain HTTP for this host: HTTPS is tried first, plain HTTP when the server does
     not speak TLS. Certificate errors are never "fixed" by falling back.
 
-Where the file is: ``--registry-config FILE``; else ``<config dir>/registries.toml``, the
-config dir being :func:`imgpipe.config.config_dir` (``$IMGPIPE_CONFIG``, else
+Where the file is, the caller says (the client reads ``TransportOptions.registry_config``):
+``--registry-config FILE``, else ``<config dir>/registries.toml`` as
+:func:`imgpipe.config.load_registry_config` finds it (``$IMGPIPE_CONFIG``, else
 ``/etc/imgpipe`` as root, else ``$XDG_CONFIG_HOME/imgpipe``). A missing default file is no
 registry config; a missing file given explicitly is NotFound.
 
@@ -52,11 +53,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from imgpipe.config import config_dir
 from imgpipe.formats.errors import InvalidArgument, MalformedDocument, NotFound
 
 __all__ = [
-    "CONFIG_FILE_NAME",
     "DOCKER_HUB_API_HOST",
     "Endpoint",
     "HostConfig",
@@ -67,7 +66,6 @@ __all__ = [
     "schemes_for",
 ]
 
-CONFIG_FILE_NAME: Final = "registries.toml"
 #: References say ``docker.io``; its API lives elsewhere (containerd's DefaultHost).
 DOCKER_HUB_API_HOST: Final = "registry-1.docker.io"
 _DOCKER_HUB: Final = "docker.io"
@@ -215,17 +213,19 @@ def _parse_host(host: str, table: Any, base: Path, where: str) -> HostConfig:
     return HostConfig(host, tuple(mirrors), ca, insecure)
 
 
-def load_registry_config(path: str | os.PathLike[str] | None = None) -> RegistryConfig:
-    """Read ``path`` (NotFound if missing), or the default file (absent = empty config).
+def load_registry_config(
+    path: str | os.PathLike[str], *, missing_ok: bool = False
+) -> RegistryConfig:
+    """Read the registry config ``path``: NotFound if it is missing (an empty config with
+    ``missing_ok``, for a default location).
 
     Raises MalformedDocument for TOML that does not parse or does not fit the format.
     """
-    explicit = path is not None
-    p = Path(path) if path is not None else config_dir() / CONFIG_FILE_NAME
+    p = Path(path)
     try:
         raw = p.read_bytes()
     except FileNotFoundError:
-        if explicit:
+        if not missing_ok:
             raise NotFound(f"registry config {p}: no such file") from None
         return RegistryConfig()
     except IsADirectoryError:

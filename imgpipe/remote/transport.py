@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from types import TracebackType
 from typing import BinaryIO, Final
 
+from imgpipe.content.closing import Closing
+from imgpipe.content.verify import VerifyingReader
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.digest import Digest
-from imgpipe.formats.errors import DigestMismatch, FailedPrecondition, NotFound, ResourceLimit
+from imgpipe.formats.errors import FailedPrecondition, NotFound, ResourceLimit
 from imgpipe.formats.manifest import MAX_DOCUMENT_SIZE
 from imgpipe.formats.reference import Reference
 
@@ -51,7 +52,16 @@ def source_repos(labels: Mapping[str, str], host: str) -> list[str]:
     return [r for r in value.split(",") if r]
 
 
-class RegistrySource:
+class _Connected(Closing):
+    """A transport end over one RegistryClient: closing it closes its connections."""
+
+    _client: RegistryClient
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class RegistrySource(_Connected):
     """Read an image from a registry. Use as a context manager (closes connections)."""
 
     def __init__(self, ref: Reference, *, options: TransportOptions | None = None) -> None:
@@ -72,22 +82,8 @@ class RegistrySource:
             return self._repo.open_document(desc)
         return as_binary(self._repo.open_blob(desc))
 
-    def close(self) -> None:
-        self._client.close()
 
-    def __enter__(self) -> RegistrySource:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class RegistrySink:
+class RegistrySink(_Connected):
     """Push an image to a registry repository. Use as a context manager.
 
     ``max_concurrent`` tells the Export stage how many blobs it may write at once
@@ -148,18 +144,11 @@ class RegistrySink:
 
     def write_blob(self, desc: Descriptor, stream: BinaryIO) -> None:
         """Upload a blob, or PUT a manifest/index by digest (its bytes are checked
-        against ``desc`` here, and by the registry)."""
+        against ``desc`` here, through the one verified read, and by the registry)."""
         if _is_document(desc):
-            raw = stream.read(MAX_DOCUMENT_SIZE + 1)
-            if len(raw) > MAX_DOCUMENT_SIZE:
+            if desc.size > MAX_DOCUMENT_SIZE:
                 raise ResourceLimit(f"{desc.digest}: documents over {MAX_DOCUMENT_SIZE} bytes")
-            got = Digest.from_bytes(raw, desc.digest.algorithm)
-            if got != desc.digest or len(raw) != desc.size:
-                raise DigestMismatch(
-                    f"{desc.digest}: the document to push hashes to {got}",
-                    expected=str(desc.digest),
-                    actual=str(got),
-                )
+            raw = VerifyingReader(stream, digest=desc.digest, size=desc.size).read()
             try:
                 self._repo.put_manifest(str(desc.digest), raw, str(desc.media_type))
             except NotFound as e:
@@ -188,32 +177,14 @@ class RegistrySink:
 
     def write_root(self, desc: Descriptor) -> None:
         """Tag the root (already pushed by digest); for a digest reference, check it."""
-        if self.ref.digest is not None:
-            if desc.digest != self.ref.digest:
-                raise DigestMismatch(
-                    f"{self.ref}: the image is {desc.digest}, not the digest named",
-                    expected=str(self.ref.digest),
-                    actual=str(desc.digest),
-                )
-            if not self.ref.tag:
-                return
+        self._repo.check_named(
+            desc.digest, f"{self.ref}: the image is {desc.digest}, not the digest named"
+        )
+        if self.ref.digest is not None and not self.ref.tag:
+            return  # by digest only: pushed already
         with self._lock:
             doc = self._documents.get(desc.digest)
         if doc is None:
             raise FailedPrecondition(f"{self.ref}: write the root document before tagging it")
         raw, media_type = doc
         self._repo.put_manifest(self.ref.tag, raw, media_type)
-
-    def close(self) -> None:
-        self._client.close()
-
-    def __enter__(self) -> RegistrySink:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

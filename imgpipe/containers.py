@@ -1,0 +1,61 @@
+"""The containers ``imgpipe run`` left (not removed), with what the runtime says of each:
+what ``imgpipe ps`` lists.
+
+The records on disk (:mod:`imgpipe.task.state`) say what was run; the runtime's own
+state says whether it still runs. Without a runtime on this machine the records alone are
+listed (then nothing is running).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from imgpipe.task.state import TaskRecord
+
+__all__ = ["ContainerStatus", "list_containers"]
+
+_LIVE_STATES = ("running", "created", "paused")
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerStatus:
+    """One container: its record, its status as ``ps`` shows it, its pid (0: none)."""
+
+    record: TaskRecord
+    status: str
+    pid: int
+
+
+def _status(rec: TaskRecord, live: dict[str, Any] | None) -> str:
+    if live is not None and live.get("status") in _LIVE_STATES:
+        return str(live["status"])
+    if rec.exit_code is not None:
+        return f"exited ({rec.exit_code})"
+    return "stopped" if rec.pid else "created"
+
+
+def list_containers(
+    *, runtime: str | None = None, root: str | os.PathLike[str] | None = None
+) -> list[ContainerStatus]:
+    """Every container not removed, oldest first, with its status: ``running``,
+    ``created`` or ``paused`` as the runtime (``runtime``, default runc on PATH) says,
+    else ``exited (N)``, ``stopped`` or ``created`` from the record."""
+    from imgpipe.errors import ImgpipeError  # noqa: PLC0415 (start-up: imported on use)
+    from imgpipe.store import default_root  # noqa: PLC0415
+    from imgpipe.task import Runc, list_records  # noqa: PLC0415
+    from imgpipe.task.state import RUNC_DIR  # noqa: PLC0415
+
+    base = root or default_root()
+    records = list_records(base)
+    try:
+        live = {c["id"]: c for c in Runc(Path(base) / RUNC_DIR, binary=runtime).list()}
+    except ImgpipeError:
+        live = {}  # no runtime here: list what the records say (nothing is running)
+    return [
+        ContainerStatus(r, _status(r, live.get(r.id)), int(live.get(r.id, {}).get("pid", 0)))
+        for r in records
+    ]
