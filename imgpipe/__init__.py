@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     )
     from imgpipe.remote.login import login, logout, registry_host
     from imgpipe.remote.options import TransportOptions
+    from imgpipe.snapshot_admin import snapshot_remove, snapshots_list
     from imgpipe.store import Store, default_root
     from imgpipe.task import (
         CommandNotExecutable,
@@ -77,8 +78,6 @@ if TYPE_CHECKING:
         mount,
         prepare_rootfs,
         pull_unpack,
-        snapshot_remove,
-        snapshots_list,
         umount,
         unpack,
     )
@@ -139,6 +138,7 @@ _WHERE = {
     "parse_env_file": "imgpipe.task.spec",
     **dict.fromkeys(("ContainerStatus", "list_containers"), "imgpipe.containers"),
     "content_get": "imgpipe.blobs",
+    **dict.fromkeys(("snapshot_remove", "snapshots_list"), "imgpipe.snapshot_admin"),
     "default_registry_config": "imgpipe.config",
     **dict.fromkeys(("login", "logout", "registry_host"), "imgpipe.remote.login"),
     "TransportOptions": "imgpipe.remote.options",
@@ -149,8 +149,6 @@ _WHERE = {
             "mount",
             "prepare_rootfs",
             "pull_unpack",
-            "snapshot_remove",
-            "snapshots_list",
             "umount",
             "unpack",
         ),

@@ -186,7 +186,7 @@ def gc(*, dry_run: bool = False, store: Store | None = None, root: Root = None) 
         if not dry_run and (s.root / "snapshots").is_dir():
             # imported here: snapshotters load ctypes and the applier, which a gc of a
             # store that never unpacked anything does not need
-            from imgpipe.unpacking import cleanup_snapshotters  # noqa: PLC0415
+            from imgpipe.snapshot_admin import cleanup_snapshotters  # noqa: PLC0415
 
             cleanup_snapshotters(s)
         return result

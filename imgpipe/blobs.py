@@ -11,14 +11,17 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Sequence
-from typing import BinaryIO, Final
+from typing import TYPE_CHECKING, BinaryIO, Final
 
-from imgpipe.errors import InvalidArgument
+from imgpipe.errors import InvalidArgument, NotFound
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.digest import Digest
 from imgpipe.formats.mediatype import MediaType
 
-__all__ = ["content_get"]
+if TYPE_CHECKING:
+    from imgpipe.store import Store
+
+__all__ = ["content_get", "find_descriptor"]
 
 #: Bytes per copy: large enough that per-call overhead is noise, memory stays flat.
 _COPY_SIZE: Final = 1 << 20
@@ -42,7 +45,8 @@ def content_get(
     or no stored image names its media type), and what decoding raises (NoProcessor,
     Unauthorized for an encrypted layer without its key).
     """
-    from imgpipe.decode import find_descriptor, open_decoded  # noqa: PLC0415 (start-up)
+    from imgpipe.decode import default_registry  # noqa: PLC0415 (start-up)
+    from imgpipe.image import BlobLayer  # noqa: PLC0415
     from imgpipe.store import Store  # noqa: PLC0415
 
     if (media_type or decrypt_keys) and not decode:
@@ -68,6 +72,28 @@ def content_get(
             from imgpipe.processors.ocicrypt import load_private_key  # noqa: PLC0415
 
             keys = [load_private_key(spec) for spec in decrypt_keys]
-        with open_decoded(store.content, desc, keys=keys) as stream:
+        layer = BlobLayer(store.content, desc, registry=default_registry())
+        with layer.open_uncompressed(keys=keys) as stream:
             shutil.copyfileobj(stream, out, _COPY_SIZE)
         out.flush()
+
+
+def find_descriptor(store: Store, digest: Digest) -> Descriptor:
+    """The descriptor (media type, annotations) that a stored image gives ``digest``.
+
+    Walks the manifests of every named image (layers and configs). Raises NotFound when
+    no stored image refers to the digest.
+    """
+    from imgpipe.pipeline import Context, LoadImage  # noqa: PLC0415 (start-up)
+
+    ctx = Context(store)
+    with ctx.resources:
+        for rec in store.db.list_images():
+            try:
+                plan = LoadImage().run(rec.name, ctx)
+            except NotFound:
+                continue
+            for desc in plan.blobs:
+                if desc.digest == digest:
+                    return desc
+    raise NotFound(f"no stored image refers to {digest}; give its media type")

@@ -36,6 +36,7 @@ from imgpipe.formats.config import ImageConfig
 from imgpipe.formats.platform import host_platform
 from imgpipe.metadata.labels import LABEL_GC_REF_SNAPSHOT, LABEL_UNCOMPRESSED
 from imgpipe.pipeline import Context, Pipeline
+from imgpipe.snapshot_admin import snapshot_remove, snapshots_list
 from imgpipe.store import Store
 from imgpipe.unpacking import (
     Unpack,
@@ -44,8 +45,6 @@ from imgpipe.unpacking import (
     mount,
     mounted,
     prepare_rootfs,
-    snapshot_remove,
-    snapshots_list,
     umount,
     unpack,
 )

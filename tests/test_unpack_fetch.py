@@ -25,6 +25,7 @@ from imgpipe.errors import DigestMismatch, NotFound
 from imgpipe.events import Event, EventKind
 from imgpipe.formats.chainid import chain_ids
 from imgpipe.formats.digest import Digest
+from imgpipe.snapshot_admin import snapshots_list
 from imgpipe.store import Store
 from imgpipe.transports import TransportOptions
 from imgpipe.unpacking import (
@@ -33,7 +34,6 @@ from imgpipe.unpacking import (
     UnpackResult,
     mount,
     pull_unpack,
-    snapshots_list,
     umount,
 )
 from tests.test_unpack import needs_root, rewrite_config

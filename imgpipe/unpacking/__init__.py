@@ -62,7 +62,6 @@ Modules, one job each:
 * :mod:`.verbs` — :func:`unpack`, :func:`pull_unpack`, :func:`prepare_rootfs`;
 * :mod:`.mounts` — :func:`mount`, :func:`mounted`, :func:`umount`;
 * :mod:`.export` — :func:`export_rootfs` (a plain directory, no snapshotter);
-* :mod:`.admin` — :func:`snapshots_list`, :func:`snapshot_remove`, :func:`cleanup_snapshotters`;
 * :mod:`.snapshotters` — :func:`open_store_snapshotter`.
 
 The names are re-exported lazily (PEP 562): ``imgpipe run`` imports
@@ -75,7 +74,6 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .admin import cleanup_snapshotters, snapshot_remove, snapshots_list
     from .export import export_rootfs
     from .mounts import mount, mounted, umount
     from .result import (
@@ -100,15 +98,12 @@ _WHERE = {
     "LayerUnpack": "result",
     "Unpack": "stages",
     "UnpackResult": "result",
-    "cleanup_snapshotters": "admin",
     "export_rootfs": "export",
     "mount": "mounts",
     "mounted": "mounts",
     "open_store_snapshotter": "snapshotters",
     "prepare_rootfs": "verbs",
     "pull_unpack": "verbs",
-    "snapshot_remove": "admin",
-    "snapshots_list": "admin",
     "umount": "mounts",
     "unpack": "verbs",
 }
@@ -131,15 +126,12 @@ __all__ = [
     "LayerUnpack",
     "Unpack",
     "UnpackResult",
-    "cleanup_snapshotters",
     "export_rootfs",
     "mount",
     "mounted",
     "open_store_snapshotter",
     "prepare_rootfs",
     "pull_unpack",
-    "snapshot_remove",
-    "snapshots_list",
     "umount",
     "unpack",
 ]

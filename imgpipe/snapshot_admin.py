@@ -1,5 +1,9 @@
 """The snapshot administration verbs: list, remove, and clean up the directories no
-record names any more."""
+record names any more.
+
+A verb of its own, above unpacking and task: removing a snapshot asks both whether
+something still uses it (a mount made by :func:`imgpipe.mount`, a container's rootfs).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,9 @@ from collections.abc import Sequence
 from imgpipe.errors import FailedPrecondition, InvalidArgument, NotFound, Unsupported
 from imgpipe.snapshots import SNAPSHOTTER_NAMES, Kind, SnapshotInfo, open_snapshotter
 from imgpipe.store import Store
-
-from .mounts import mounted
-from .result import Root
-from .snapshotters import open_store_snapshotter, opened, snapshots_base
+from imgpipe.unpacking.mounts import mounted
+from imgpipe.unpacking.result import Root
+from imgpipe.unpacking.snapshotters import open_store_snapshotter, opened, snapshots_base
 
 
 def snapshots_list(
