@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -33,6 +34,7 @@ from imgpipe.errors import InvalidArgument, MalformedDocument
 if TYPE_CHECKING:
     from imgpipe.processors.external import ExternalProcessor
     from imgpipe.remote.hosts import RegistryConfig
+    from imgpipe.remote.options import TransportOptions
 
 __all__ = [
     "CONFIG_FILE",
@@ -44,6 +46,7 @@ __all__ = [
     "load_config",
     "load_processors",
     "load_registry_config",
+    "with_defaults",
 ]
 
 #: The superuser's configuration directory.
@@ -77,6 +80,18 @@ def default_registry_config() -> str | None:
     what a caller puts in ``TransportOptions.registry_config`` when the user named none."""
     path = config_dir() / REGISTRIES_FILE
     return str(path) if path.exists() else None
+
+
+def with_defaults(options: TransportOptions | None) -> TransportOptions:
+    """``options`` (or the defaults) with the default ``registries.toml`` filled in when
+    none is named: what every verb that opens a transport hands on, so a library caller
+    gets the same mirrors, CAs and insecure hosts as the command. No I/O beyond a stat."""
+    from imgpipe.remote.options import TransportOptions  # noqa: PLC0415 (start-up)
+
+    opts = options if options is not None else TransportOptions()
+    if opts.registry_config is None and (default := default_registry_config()) is not None:
+        opts = replace(opts, registry_config=default)
+    return opts
 
 
 def load_registry_config(path: str | os.PathLike[str] | None = None) -> RegistryConfig:

@@ -198,6 +198,28 @@ def test_mirror_is_tried_first_then_the_registry(
     assert all("ns=registry.invalid" in r.path for r in proxy.log("/v2/mirrored/"))
 
 
+def test_library_pull_reads_the_default_registries_toml(
+    registry: Registry,
+    fixture_dir: Path,
+    tmp_path: Path,
+    store: Store,
+    fault_proxy: Callable[[Registry], FaultProxy],
+    *,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A caller that passes no options gets the mirrors of <config dir>/registries.toml,
+    as the command does (the registry client itself never reads configuration)."""
+    registry.push_layout(fixture_dir / "busybox", "busybox", "mirrored/busybox", "1")
+    proxy = fault_proxy(registry)
+    (tmp_path / "registries.toml").write_text(
+        f'[registry."registry.invalid"]\nmirrors = ["http://{proxy.host}"]\n'
+    )
+    monkeypatch.setenv("IMGPIPE_CONFIG", str(tmp_path))
+    rec = imgpipe.pull("registry.invalid/mirrored/busybox:1", store=store)
+    assert rec.target.digest == root_digest(fixture_dir / "busybox")
+    assert proxy.log("/v2/mirrored/")
+
+
 # -- challenges and tokens -----------------------------------------------------------------
 
 

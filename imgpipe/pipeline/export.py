@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from imgpipe.config import with_defaults
 from imgpipe.events import Event, EventKind
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.digest import Digest
@@ -37,7 +38,7 @@ class Export(Stage[ImagePlan, Descriptor]):
 
     def run(self, item: ImagePlan, ctx: Context) -> Descriptor:
         sink: ImageSink = ctx.resources.enter_context(
-            open_sink(self.ref, image_name=self.image_name, options=self.options)
+            open_sink(self.ref, image_name=self.image_name, options=with_defaults(self.options))
         )
         labels: Mapping[Digest, Mapping[str, str]] = {}
         workers = 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from imgpipe.config import with_defaults
 from imgpipe.events import Event, EventKind
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.errors import InvalidArgument
@@ -51,7 +52,7 @@ class Resolve(Stage[TransportRef, Resolved]):
         self.options = options
 
     def run(self, item: TransportRef, ctx: Context) -> Resolved:
-        source = ctx.resources.enter_context(open_source(item, options=self.options))
+        source = ctx.resources.enter_context(open_source(item, options=with_defaults(self.options)))
         root = source.resolve()
         ctx.emit(Event(EventKind.RESOLVED, root.digest, root.media_type, root.size, str(item)))
         name = self.image_name or suggested_name(item, root)
