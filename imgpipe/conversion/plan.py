@@ -3,10 +3,10 @@ becomes of each blob.
 
 :class:`Resolve` opens both ends (closed when the conversion ends: the destination then
 finishes, committing only on success). :class:`Planner` reads the source's documents
-(verified) and returns a tree of
-:class:`ManifestNode` / :class:`IndexNode`: the index entries kept (platforms asked,
-present in the source), each manifest's target media types and one :class:`LayerPlan`
-per layer. Encrypted layers are checked against the keys here, before any byte moves.
+(verified) and returns a tree of :class:`ManifestNode` / :class:`IndexNode`: the index
+entries kept (platforms asked, present in the source), each manifest's target media
+types and one :class:`LayerPlan` per layer. Encrypted layers are checked against the keys
+here, before any byte moves.
 """
 
 from __future__ import annotations

@@ -28,6 +28,10 @@ FetchDocuments and FetchBlobs refuses an image before a single layer is download
 
     Pipeline.pull(name="x").insert_after("fetch-documents", MaxSize()).run(ref, store=s)
 
+``run(item, store=None)`` runs with no store at all: no lease, nothing to roll back, a
+stage asking for ``ctx.store`` gets FailedPrecondition (a conversion between registries
+runs so, as nobody). ``run_in(item, ctx)`` runs a pipeline as one stage of another.
+
 The names are imported on first use (PEP 562): a verb that needs ``Pipeline`` and a
 stage or two does not pay for every stage's transports at start-up.
 """
