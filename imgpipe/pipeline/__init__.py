@@ -45,19 +45,9 @@ if TYPE_CHECKING:
     from imgpipe.events import Event, EventKind, Observer
     from imgpipe.image import ImagePlan, walk_image
 
-    from .context import (
-        Context,
-        Root,
-        Stage,
-        opened_store,
-    )
+    from .context import Context, Root, Stage, opened_store
     from .export import Export
-    from .fetch import (
-        BlobFetch,
-        FetchBlobs,
-        FetchDocuments,
-        store_blob,
-    )
+    from .fetch import BlobFetch, FetchBlobs, FetchDocuments, store_blob
     from .load import LoadImage
     from .names import normalize_name, suggested_name
     from .pipeline import Pipeline
@@ -74,38 +64,30 @@ if TYPE_CHECKING:
         run_concurrently,
     )
 
-#: name -> the module that defines it
-_WHERE: dict[str, str] = {
-    "Event": "imgpipe.events",
-    "EventKind": "imgpipe.events",
-    "Observer": "imgpipe.events",
-    "ImagePlan": "imgpipe.image",
-    "walk_image": "imgpipe.image",
-    "Context": ".context",
-    "Root": ".context",
-    "Stage": ".context",
-    "opened_store": ".context",
-    "Export": ".export",
-    "BlobFetch": ".fetch",
-    "FetchBlobs": ".fetch",
-    "FetchDocuments": ".fetch",
-    "store_blob": ".fetch",
-    "LoadImage": ".load",
-    "normalize_name": ".names",
-    "suggested_name": ".names",
-    "Pipeline": ".pipeline",
-    "Record": ".record",
-    "Resolve": ".resolve",
-    "Resolved": ".resolve",
-    "DEFAULT_MAX_CONCURRENT": ".scheduler",
-    "PROGRESS_INTERVAL": ".scheduler",
-    "WAIT_SLICE": ".scheduler",
-    "Background": ".scheduler",
-    "Cancelled": ".scheduler",
-    "ProgressReader": ".scheduler",
-    "rollback": ".scheduler",
-    "run_concurrently": ".scheduler",
+#: the module that defines each name
+_MODULES: dict[str, tuple[str, ...]] = {
+    "imgpipe.events": ("Event", "EventKind", "Observer"),
+    "imgpipe.image": ("ImagePlan", "walk_image"),
+    ".context": ("Context", "Root", "Stage", "opened_store"),
+    ".export": ("Export",),
+    ".fetch": ("BlobFetch", "FetchBlobs", "FetchDocuments", "store_blob"),
+    ".load": ("LoadImage",),
+    ".names": ("normalize_name", "suggested_name"),
+    ".pipeline": ("Pipeline",),
+    ".record": ("Record",),
+    ".resolve": ("Resolve", "Resolved"),
+    ".scheduler": (
+        "DEFAULT_MAX_CONCURRENT",
+        "PROGRESS_INTERVAL",
+        "WAIT_SLICE",
+        "Background",
+        "Cancelled",
+        "ProgressReader",
+        "rollback",
+        "run_concurrently",
+    ),
 }
+_WHERE = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = [
     "DEFAULT_MAX_CONCURRENT",
