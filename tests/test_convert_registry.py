@@ -307,3 +307,42 @@ def test_missing_decryption_key_between_registries(
     assert proc.returncode == 12, proc.stderr
     assert "decryption key" in proc.stderr or "opens" in proc.stderr
     assert not tag_exists(seeded, "dec/nokey", "1")
+
+
+def test_a_stage_before_write_reads_converted_layers_back_from_the_registry(
+    seeded: Registry, tmp_path: Path
+) -> None:
+    """MapLayers hands on model Layers of the destination: a user stage between it and
+    Write reads them back (verified) while no tag names the image; still no root."""
+    import hashlib
+
+    from imgpipe.conversion import Mapped
+    from imgpipe.pipeline import Context
+
+    tagged: list[bool] = []
+    read: list[tuple[str, str]] = []
+
+    class ReadBack:
+        name = "read-back"
+
+        def run(self, item: Mapped, ctx: Context) -> Mapped:
+            tagged.append(tag_exists(seeded, "dst/readback", "1"))
+            for result in item.results.values():
+                layer = result.layer
+                if layer.media_type == ZSTD:
+                    with layer.open_uncompressed() as tar:
+                        read.append((hashlib.sha256(tar.read()).hexdigest(), str(layer.diff_id())))
+            return item
+
+    never = tmp_path / "no-root"
+    with Converter(root=never) as c:
+        pipeline = c.pipeline(ConvertOptions(compression="zstd"))
+        report = c.run_pipeline(
+            pipeline.insert_after("map-layers", ReadBack()),
+            c.request(seeded.ref("src/layered", "oci"), seeded.ref("dst/readback", "1")),
+        )
+    assert not never.exists()
+    assert tagged == [False]
+    assert len(read) == len(report.layers) > 0
+    assert all(f"sha256:{h}" == d for h, d in read)
+    assert tag_exists(seeded, "dst/readback", "1")

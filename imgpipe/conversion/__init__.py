@@ -60,19 +60,37 @@ destination registry refused or failed the push, Unavailable (13) for an unreach
 source.
 
 Modules, one job each: :mod:`.options` (what to change), :mod:`.locate` (where a name
-points), :mod:`.sources` and :mod:`.destinations` (the ends), :mod:`.plan` (the walk
-and a plan per layer), :mod:`.layers` (a layer's media types and converted stream),
-:mod:`.blobs` (the per-blob work), :mod:`.documents` (manifests and indexes written),
-:mod:`.report`, :mod:`.converter` (:class:`Converter`, :func:`convert`) and
-:mod:`.stage` (:class:`Convert`, the pipeline stage). A conversion is three typed
-stages, Resolve -> MapLayers -> Write (:mod:`.flow` draws what they hand each other).
+points), :mod:`.sources` and :mod:`.destinations` (the ends), :mod:`.plan` (the ends
+opened, the walk and a plan per layer), :mod:`.layers` (a layer's media types and
+converted stream), :mod:`.blobs` (the per-blob work), :mod:`.documents` (manifests and
+indexes written), :mod:`.report`, :mod:`.converter` (:class:`Converter`,
+:func:`convert`) and :mod:`.stage` (:class:`Convert`, the pipeline stage).
+
+A conversion is a :class:`~imgpipe.pipeline.Pipeline` of three typed stages, Resolve ->
+MapLayers -> Write (:mod:`.flow` draws what they hand each other; MapLayers maps each
+source Layer to the destination's). It runs with a store only when the destination is
+the store, under the pipeline's lease and rollback; registry to registry it opens none.
+A stage of your own goes between MapLayers and Write, where every blob is in and nothing
+names the image yet::
+
+    class MaxLayer:
+        name = "max-layer"
+        def run(self, mapped: Mapped, ctx: Context) -> Mapped:
+            for r in mapped.results.values():
+                if r.layer.descriptor.size > LIMIT:
+                    raise imgpipe.ResourceLimit(f"layer {r.layer.descriptor.digest} too big")
+            return mapped
+
+    with Converter() as c:
+        p = c.pipeline(ConvertOptions(compression="zstd")).insert_after("map-layers", MaxLayer())
+        c.run_pipeline(p, c.request("reg.example.com/app:1", "reg.example.com/app:1-zstd"))
 """
 
 from .blobs import LAYER_ATTEMPTS, MapLayers
 from .converter import Converter, Root, convert
 from .destinations import PushRejected
 from .documents import Write
-from .flow import Ends, Mapped, Planned
+from .flow import Ends, Mapped, MappedLayer, Planned, Request
 from .locate import LOCAL_PREFIX, Location, locate
 from .options import COMPRESSIONS, DEFAULT_JOBS, ConvertOptions
 from .plan import Resolve
@@ -95,8 +113,10 @@ __all__ = [
     "ManifestReport",
     "MapLayers",
     "Mapped",
+    "MappedLayer",
     "Planned",
     "PushRejected",
+    "Request",
     "Resolve",
     "Root",
     "Write",

@@ -27,30 +27,67 @@ FetchDocuments and FetchBlobs refuses an image before a single layer is download
             return plan
 
     Pipeline.pull(name="x").insert_after("fetch-documents", MaxSize()).run(ref, store=s)
+
+``run(item, store=None)`` runs with no store at all: no lease, nothing to roll back, a
+stage asking for ``ctx.store`` gets FailedPrecondition (a conversion between registries
+runs so, as nobody). ``run_in(item, ctx)`` runs a pipeline as one stage of another.
+
+The names are imported on first use (PEP 562): a verb that needs ``Pipeline`` and a
+stage or two does not pay for every stage's transports at start-up.
 """
 
-from imgpipe.events import Event, EventKind, Observer
-from imgpipe.image import ImagePlan, walk_image
+from __future__ import annotations
 
-from .context import Context, Root, Stage, opened_store
-from .export import Export
-from .fetch import BlobFetch, FetchBlobs, FetchDocuments, store_blob
-from .load import LoadImage
-from .names import normalize_name, suggested_name
-from .pipeline import Pipeline
-from .record import Record
-from .resolve import Resolve, Resolved
-from .scheduler import (
-    DEFAULT_MAX_CONCURRENT,
-    PROGRESS_INTERVAL,
-    WAIT_SLICE,
-    Background,
-    Cancelled,
-    ProgressReader,
-    rollback,
-    run_concurrently,
-    with_progress,
-)
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from imgpipe.events import Event, EventKind, Observer
+    from imgpipe.image import ImagePlan, walk_image
+
+    from .context import Context, Root, Stage, opened_store
+    from .export import Export
+    from .fetch import BlobFetch, FetchBlobs, FetchDocuments, store_blob
+    from .load import LoadImage
+    from .names import normalize_name, suggested_name
+    from .pipeline import Pipeline
+    from .record import Record
+    from .resolve import Resolve, Resolved
+    from .scheduler import (
+        DEFAULT_MAX_CONCURRENT,
+        PROGRESS_INTERVAL,
+        WAIT_SLICE,
+        Background,
+        Cancelled,
+        ProgressReader,
+        rollback,
+        run_concurrently,
+    )
+
+#: the module that defines each name
+_MODULES: dict[str, tuple[str, ...]] = {
+    "imgpipe.events": ("Event", "EventKind", "Observer"),
+    "imgpipe.image": ("ImagePlan", "walk_image"),
+    ".context": ("Context", "Root", "Stage", "opened_store"),
+    ".export": ("Export",),
+    ".fetch": ("BlobFetch", "FetchBlobs", "FetchDocuments", "store_blob"),
+    ".load": ("LoadImage",),
+    ".names": ("normalize_name", "suggested_name"),
+    ".pipeline": ("Pipeline",),
+    ".record": ("Record",),
+    ".resolve": ("Resolve", "Resolved"),
+    ".scheduler": (
+        "DEFAULT_MAX_CONCURRENT",
+        "PROGRESS_INTERVAL",
+        "WAIT_SLICE",
+        "Background",
+        "Cancelled",
+        "ProgressReader",
+        "rollback",
+        "run_concurrently",
+    ),
+}
+_WHERE = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = [
     "DEFAULT_MAX_CONCURRENT",
@@ -82,5 +119,17 @@ __all__ = [
     "store_blob",
     "suggested_name",
     "walk_image",
-    "with_progress",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(where, __name__), name)
+    globals()[name] = value  # once: later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
