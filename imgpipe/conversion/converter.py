@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from imgpipe.config import with_defaults
 from imgpipe.formats.digest import Digest
 from imgpipe.formats.errors import NotFound
 from imgpipe.formats.mediatype import MediaType
@@ -61,7 +62,7 @@ class Converter:
         root: Root = None,
         registry: ProcessorRegistry | None = None,
     ) -> None:
-        self.options = options or TransportOptions()
+        self.options = with_defaults(options)
         self._store = store
         self._own_store = False
         self._root = root
