@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from imgpipe.errors import NotFound
 
@@ -16,6 +16,7 @@ from .images import check_run_keys
 
 if TYPE_CHECKING:
     from imgpipe.formats.platform import Platform
+    from imgpipe.pipeline.context import Context
     from imgpipe.snapshots import Mount, Snapshotter
     from imgpipe.store import Store
     from imgpipe.unpacking.target import Target
@@ -64,10 +65,12 @@ class ImageRootfs:
     """An active snapshot on an image's top layer: containerd's ``withNewSnapshot``.
 
     When the image is already unpacked in the snapshotter the snapshot is prepared
-    directly on its committed top chain ID (the fast path of ``imgpipe run``: no pipeline
-    to import); otherwise :func:`imgpipe.unpacking.stages.rootfs_stages` (FindImage ->
-    Unpack -> PrepareRootfs) unpack it first. Either
-    way the snapshot is labelled ``containerd.io/gc.root`` while the container exists.
+    directly on its committed top chain ID (the fast path of ``imgpipe run``: no unpack
+    machinery to import); otherwise :func:`imgpipe.unpacking.stages.rootfs_stages`
+    (FindImage -> Unpack -> PrepareRootfs) unpack it first, in ``context`` (the run's
+    pipeline: its lease, its observer) or, without one, in a pipeline of their own.
+    Either way the snapshot is labelled ``containerd.io/gc.root`` while the container
+    exists.
     """
 
     def __init__(
@@ -78,8 +81,10 @@ class ImageRootfs:
         snapshotter: str | None = None,
         platform: str | Platform | None = None,
         decrypt_keys: Sequence[str] = (),
+        context: Context | None = None,
     ) -> None:
         self.store = store
+        self.context = context
         #: the manifest to run (:func:`~imgpipe.task.images.run_target`)
         self.target = target
         self.name = target.image
@@ -138,8 +143,7 @@ class ImageRootfs:
                     return make(key, top, labels=labels)
                 except NotFound:
                     pass  # collected since we looked: unpack again below
-        # heavy: the pipeline is imported only to unpack
-        from imgpipe.pipeline import Pipeline  # noqa: PLC0415
+        # heavy: the unpack machinery is imported only to unpack
         from imgpipe.unpacking.stages import rootfs_stages  # noqa: PLC0415
 
         stages = rootfs_stages(
@@ -149,8 +153,15 @@ class ImageRootfs:
             decrypt_keys=self.decrypt_keys,
             read_only=read_only,
         )
-        mounts: list[Mount] = Pipeline(stages).run(self.name, store=self.store)
-        return mounts
+        if self.context is None:
+            from imgpipe.pipeline.pipeline import Pipeline  # noqa: PLC0415
+
+            mounts: list[Mount] = Pipeline(stages).run(self.name, store=self.store)
+            return mounts
+        item: Any = self.name
+        for stage in stages:
+            item = stage.run(item, self.context)
+        return list(item)
 
     def release(self, key: str) -> None:
         with contextlib.suppress(NotFound):
