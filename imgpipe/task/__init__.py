@@ -7,7 +7,6 @@
 * :mod:`.runc` — the runtime binary: create/start/kill/delete/state, ``run``;
 * :mod:`.task` — :class:`Task` (one container: create, start, wait, kill, delete);
 * :mod:`.rootfs` — where the rootfs comes from (:class:`ImageRootfs`, :class:`DirectoryRootfs`);
-* :mod:`.images` — the image to run: found or pulled, its manifest and config;
 * :mod:`.relay` — signals forwarded to the container, the terminal relay;
 * :mod:`.stage` — the stages of ``run`` (FindOrPull, ChooseImage, PrepareContainer,
   MountRootfs, RunContainer) and the :class:`~.stage.Container` they clean up;

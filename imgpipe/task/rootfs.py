@@ -1,5 +1,7 @@
 """Where a container's root filesystem comes from: :class:`RootfsProvider`, an existing
-directory (:class:`DirectoryRootfs`) or an image's snapshot (:class:`ImageRootfs`)."""
+directory (:class:`DirectoryRootfs`) or an image's snapshot (:class:`ImageRootfs`, of the
+manifest :class:`~.stage.ChooseImage` took, its encrypted layers checked against the
+keys the run was given)."""
 
 from __future__ import annotations
 
@@ -11,8 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from imgpipe.errors import NotFound
-
-from .images import check_run_keys
 
 if TYPE_CHECKING:
     from imgpipe.formats.platform import Platform
@@ -85,7 +85,7 @@ class ImageRootfs:
     ) -> None:
         self.store = store
         self.context = context
-        #: the manifest to run (:func:`~imgpipe.task.images.run_target`)
+        #: the manifest to run (:class:`~.stage.ChooseImage`)
         self.target = target
         self.name = target.image
         self.snapshotter_name = snapshotter
@@ -169,3 +169,19 @@ class ImageRootfs:
 
     def record(self) -> tuple[str, str]:
         return self._open().name, self.name
+
+
+def check_run_keys(target: Target, decrypt_keys: Sequence[str]) -> None:
+    """Unpacked once with a key is not a licence to run without one (imgcrypt's
+    authorization check): every encrypted layer must open with ``decrypt_keys``."""
+    if not any(layer.media_type.is_encrypted() for layer in target.layers):
+        return  # no cryptography to import
+    from imgpipe.image import check_layer_keys  # noqa: PLC0415
+    from imgpipe.image.keys import in_layer  # noqa: PLC0415
+    from imgpipe.processors.ocicrypt import NoDecryptionKey  # noqa: PLC0415
+    from imgpipe.unpacking.target import load_keys  # noqa: PLC0415
+
+    try:
+        check_layer_keys(target.layers, load_keys(decrypt_keys))
+    except NoDecryptionKey as e:
+        raise in_layer(e, f"image {target.image}: an encrypted layer refuses to run") from None
