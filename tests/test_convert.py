@@ -580,6 +580,125 @@ def test_module_is_callable_and_the_stage_runs(fixture_dir: Path, tmp_path: Path
     assert again.destination_digest == report.destination_digest
 
 
+def test_the_stage_converts_under_the_runs_lease_or_with_no_store(
+    fixture_dir: Path, tmp_path: Path
+) -> None:
+    from imgpipe.pipeline import Context, Pipeline
+
+    src = f"oci:{fixture_dir / 'busybox'}:busybox"
+    leases: list[object] = []
+    seen: list[tuple[int, list[Digest]]] = []
+
+    class Lease:
+        name = "lease"
+
+        def run(self, item: str, ctx: Context) -> str:
+            leases.append(ctx.lease)
+            return item
+
+    class After:
+        name = "after"
+
+        def run(self, item: ConvertReport, ctx: Context) -> ConvertReport:
+            seen.append((len(ctx.store.db.leases()), list(ctx.created)))
+            return item
+
+    stage = imgpipe.conversion.Convert("local:z:1", ConvertOptions(compression="zstd"))
+    with Store(tmp_path / "root") as store:
+        report = Pipeline([Lease(), stage, After()]).run(src, store=store)
+        assert store.db.get_image("docker.io/library/z:1").target.digest == Digest.parse(
+            report.destination_digest
+        )
+        assert leases[0] is not None
+        # the conversion wrote under the run's one lease, into the run's rollback list
+        n_leases, created = seen[0]
+        assert n_leases == 1
+        assert Digest.parse(report.destination_digest) in created
+        assert store.db.leases() == []
+    # without a store: a layout to a layout needs none
+    out = imgpipe.conversion.Convert(f"oci:{tmp_path / 'o'}:z", ConvertOptions(compression="zstd"))
+    again = Pipeline([Lease(), out]).run(src)  # no store
+    assert leases[1] is None
+    assert again.destination_digest == report.destination_digest
+
+
+def test_a_user_stage_between_map_layers_and_write_refuses_a_big_layer(
+    fixture_dir: Path, converter: Converter
+) -> None:
+    """MapLayers hands Write model Layers of the destination; a stage between them sees
+    every blob in and nothing named, and refusing rolls the store back (the pipeline's
+    lease and rollback, not a second one)."""
+    from imgpipe.conversion import Mapped
+    from imgpipe.formats.errors import ResourceLimit
+    from imgpipe.image import Layer
+    from imgpipe.pipeline import Context
+
+    seen: list[tuple[Layer, Layer]] = []
+
+    class MaxLayer:
+        name = "max-layer"
+
+        def run(self, item: Mapped, ctx: Context) -> Mapped:
+            assert ctx.lease is not None  # the destination is the run's store
+            for result in item.results.values():
+                layer = result.layer
+                if layer.media_type.is_layer():
+                    seen.append((layer, result.layer.source))
+                    if layer.descriptor.size > 1024:
+                        raise ResourceLimit(f"layer {layer.descriptor.digest} is too big")
+            return item
+
+    src = f"oci:{fixture_dir / 'layered'}:layered"
+    pipeline = converter.pipeline(ConvertOptions(compression="zstd"))
+    pipeline = pipeline.insert_after("map-layers", MaxLayer())
+    assert pipeline.names() == ["resolve", "map-layers", "max-layer", "write"]
+    with pytest.raises(ResourceLimit, match="too big"):
+        converter.run_pipeline(pipeline, converter.request(src, "local:big:1"))
+    store = converter.store()
+    assert store.db.list_images() == []
+    assert list(store.content.walk()) == []  # every blob the conversion wrote is gone
+    # the layers the stage saw: zstd now, the DiffID checked, readable (verified)
+    layer, source = seen[0]
+    assert str(layer.media_type).endswith("tar+zstd")
+    assert layer.diff_id() == source.diff_id()
+    assert layer.descriptor.digest != source.descriptor.digest
+
+
+def test_a_user_stage_reads_the_mapped_layers_back(fixture_dir: Path, converter: Converter) -> None:
+    from imgpipe.conversion import Mapped
+    from imgpipe.pipeline import Context
+
+    digests: list[tuple[str, str, str]] = []
+
+    class ReadBack:
+        name = "read-back"
+
+        def run(self, item: Mapped, ctx: Context) -> Mapped:
+            for result in item.results.values():
+                layer = result.layer
+                if layer.media_type.is_layer():
+                    with layer.open_compressed() as f:
+                        blob = hashlib.sha256(f.read()).hexdigest()
+                    with layer.open_uncompressed() as f:
+                        tar = hashlib.sha256(f.read()).hexdigest()
+                    digests.append((layer.descriptor.digest.encoded, blob, tar))
+                    assert tar == layer.diff_id().encoded
+            return item
+
+    src = f"oci:{fixture_dir / 'layered'}:layered"
+    pipeline = converter.pipeline(ConvertOptions(compression="zstd"))
+    report = converter.run_pipeline(
+        pipeline.insert_before("write", ReadBack()), converter.request(src, "local:zstd:1")
+    )
+    assert [d for d, _, _ in digests] == [
+        layer.after.digest.split(":")[1] for layer in report.layers
+    ]
+    assert all(d == blob for d, blob, _ in digests)
+    assert converter.store().db.get_image("docker.io/library/zstd:1").target.digest == Digest.parse(
+        report.destination_digest
+    )
+
+
 # -- the command -----------------------------------------------------------------------------
 
 

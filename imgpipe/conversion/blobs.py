@@ -5,6 +5,9 @@ the destination (HEAD) or mounted from the source repository before it is copied
 for byte. A layer to convert goes through :func:`~imgpipe.conversion.layers.open_converted`
 into the destination's ``write_converted``; its result is remembered in the Converter's
 cache so the same layer of another image is found or mounted instead of converted again.
+
+Each source Layer becomes a Layer of the destination (:class:`~.flow.MappedLayer`): the
+new descriptor, the checked DiffID, its bytes readable again by a later stage.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ from imgpipe.formats.digest import Digest
 from imgpipe.formats.errors import DigestMismatch, SizeMismatch, Unavailable
 from imgpipe.image.keys import in_layer
 from imgpipe.pipeline import Event, EventKind, Observer
+from imgpipe.pipeline.context import Context, Stage
 from imgpipe.pipeline.scheduler import ProgressReader, run_concurrently
 
 from .destinations import PushRejected, RegistryDestination
-from .flow import Emits, Ends, Mapped, Planned, Result
+from .flow import Ends, Mapped, MappedLayer, Planned, Result
 from .layers import LayerPlan, open_converted
 from .options import ConvertOptions
 from .plan import BlobKey
@@ -80,14 +84,14 @@ class BlobWork:
         emit = self.emit
         if plan.passthrough:
             out = replace(src, media_type=plan.target_type)
-            if found := self._found(out, [self.source.registry_repo()], start):
+            if found := self._found(plan, out, [self.source.registry_repo()], start):
                 return found
             emit(Event(EventKind.BLOB_START, src.digest, src.media_type, src.size, "copying"))
             self.dest.copy_blob(
                 out, ProgressReader(plan.layer.open_compressed(), emit, src, VERB, final=VERB)
             )
             emit(Event(EventKind.BLOB_DONE, out.digest, out.media_type, out.size, "done"))
-            return Result(out, "copied", time.monotonic() - start)
+            return Result(self._layer(plan, out), "copied", time.monotonic() - start)
         key = plan.cache_key(self.params)
         if key is not None:
             with self.stage.cache_lock:
@@ -98,7 +102,7 @@ class BlobWork:
                 hit = None
             if hit is not None:
                 out = self._descriptor(plan, hit.digest, hit.size, {})
-                if found := self._found(out, sorted(hit.places), start, hit.diff_id):
+                if found := self._found(plan, out, sorted(hit.places), start, hit.diff_id):
                     return found
         emit(Event(EventKind.BLOB_START, src.digest, src.media_type, src.size, "converting"))
         for attempt in range(LAYER_ATTEMPTS):
@@ -130,10 +134,20 @@ class BlobWork:
                 if isinstance(self.dest, RegistryDestination):
                     entry.places.add((self.dest.ref.domain, self.dest.ref.path))
         emit(Event(EventKind.BLOB_DONE, out.digest, out.media_type, out.size, "done"))
-        return Result(out, "converted", time.monotonic() - start, str(diff_id or ""))
+        layer = self._layer(plan, out, diff_id)
+        return Result(layer, "converted", time.monotonic() - start, str(diff_id or ""))
+
+    def _layer(
+        self, plan: LayerPlan, out: Descriptor, diff_id: Digest | None = None
+    ) -> MappedLayer:
+        """The Layer ``plan``'s source is now: bytes unchanged are read from the source
+        (the destination may be a layout being written), new ones from the destination."""
+        reader = self.source if out.digest == plan.source.digest else self.dest
+        return MappedLayer(reader, out, plan.layer, diff_id, self.stage.registry)
 
     def _found(
         self,
+        plan: LayerPlan,
         out: Descriptor,
         places: Sequence[tuple[str, str] | None],
         start: float,
@@ -149,7 +163,8 @@ class BlobWork:
                 return None
             action, detail = "mounted", f"mounted from {origin}"
         self.emit(Event(EventKind.BLOB_EXISTS, out.digest, out.media_type, out.size, detail))
-        return Result(out, action, time.monotonic() - start, diff_id)
+        checked = Digest.parse(diff_id) if diff_id else None
+        return Result(self._layer(plan, out, checked), action, time.monotonic() - start, diff_id)
 
     def _descriptor(
         self, plan: LayerPlan, digest: Digest, size: int, added: Mapping[str, str]
@@ -189,10 +204,10 @@ def _source(plan: LayerPlan) -> Descriptor:
     return plan.source
 
 
-class MapLayers:
+class MapLayers(Stage[Planned, Mapped]):
     """The stage ``Planned -> Mapped``: every blob of the plan into the destination,
-    ``spec.jobs`` at once; results of converted layers kept in ``cache`` for the next
-    conversion (a Converter's)."""
+    ``spec.jobs`` at once, each source Layer mapped to the destination's Layer; results
+    of converted layers kept in ``cache`` for the next conversion (a Converter's)."""
 
     name = "map-layers"
 
@@ -208,7 +223,7 @@ class MapLayers:
         self.cache = cache
         self.cache_lock = cache_lock
 
-    def run(self, planned: Planned, ctx: Emits) -> Mapped:
-        work = BlobWork(self, planned.ends, ctx.emit)
-        work.run_blobs(planned.tasks)
-        return Mapped(planned, work.results)
+    def run(self, item: Planned, ctx: Context) -> Mapped:
+        work = BlobWork(self, item.ends, ctx.emit)
+        work.run_blobs(item.tasks)
+        return Mapped(item, work.results)

@@ -1,14 +1,14 @@
 """The :class:`Converter`: one conversion's pieces put together, connections kept across calls.
 
-One call: locate both ends and open them, then the stages Resolve (:mod:`.plan`) ->
-MapLayers (:mod:`.blobs`) -> Write (:mod:`.documents`: the documents, the root, last
-the tag). A failure into the store removes what only this conversion wrote (the
-scheduler's rollback, once the lease is released).
+One call locates both ends, then runs ``Pipeline([Resolve, MapLayers, Write])``
+(:meth:`Converter.pipeline`: :mod:`.plan` opens the ends and plans, :mod:`.blobs` maps
+the layers, :mod:`.documents` writes the documents, the root, last the tag). The
+pipeline has a store only when the destination is the store: its lease protects what
+the conversion writes, and a failure removes what only this conversion wrote.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Sequence
@@ -20,14 +20,14 @@ from imgpipe.formats.errors import NotFound
 from imgpipe.formats.mediatype import MediaType
 from imgpipe.formats.platform import Platform
 from imgpipe.formats.reference import TransportRef
-from imgpipe.pipeline import Event, EventKind, Observer, Root, rollback
+from imgpipe.pipeline import Context, Event, EventKind, Observer, Pipeline, Root
 from imgpipe.processors import ZSTD_THREADS
 from imgpipe.transports import TransportOptions, open_sink, open_source
 
 from .blobs import CacheEntry, MapLayers
 from .destinations import Destination, RegistryDestination, SinkDestination, StoreDestination
 from .documents import Write
-from .flow import Emits, Ends
+from .flow import Request
 from .locate import Location, locate
 from .options import DEFAULT_JOBS, ConvertOptions
 from .plan import Resolve
@@ -40,24 +40,6 @@ if TYPE_CHECKING:
     from imgpipe.store import Store
 
 __all__ = ["Converter", "Root", "convert"]
-
-
-def _ignore(_event: Event) -> None:
-    pass
-
-
-class _Events:
-    """A stage context of an observer only (see flow.Emits): a conversion between
-    registries has no store, so no pipeline Context."""
-
-    def __init__(self, observer: Observer) -> None:
-        self.emit = observer
-
-
-def _run(stages: tuple[Resolve, MapLayers, Write], ends: Ends, ctx: Emits) -> ConvertReport:
-    """Convert = Resolve -> MapLayers -> Write, each stage's output the next one's input."""
-    resolve, map_layers, write = stages
-    return write.run(map_layers.run(resolve.run(ends, ctx), ctx), ctx)
 
 
 class Converter:
@@ -147,30 +129,60 @@ class Converter:
             return False
         return True
 
-    def _open_source(self, loc: Location, shown: str, stack: contextlib.ExitStack) -> Source:
+    def open_source(self, loc: Location, shown: str) -> Source:
+        """The source end ``loc`` names (Resolve's opener; the caller closes it)."""
         if loc[0] == "store":
             return StoreSource(self.store(), loc[1])
         ref = loc[1]
         if ref.transport == "docker":
             assert ref.reference is not None
             return RegistrySourceEnd(self._registry_client().repository(ref.reference), shown)
-        # closed by the caller's stack, through TransportSourceEnd.close
         return TransportSourceEnd(open_source(ref, options=self.options), shown)
 
-    def _open_dest(
-        self, loc: Location, shown: str, image_name: str, stack: contextlib.ExitStack
-    ) -> Destination:
+    def open_dest(self, loc: Location, shown: str, ctx: Context) -> Destination:
+        """The destination ``loc`` names; the store is ``ctx``'s (its lease, its rollback)."""
         if loc[0] == "store":
-            store = self.store()
-            lease = stack.enter_context(store.db.lease())
-            return StoreDestination(store, loc[1], lease)
+            return StoreDestination(ctx, loc[1])
         ref = loc[1]
         if ref.transport == "docker":
             assert ref.reference is not None
             repo = self._registry_client().repository(ref.reference, push=True)
             return RegistryDestination(repo, ref.reference, shown)
-        sink = open_sink(ref, image_name=image_name, options=self.options)
-        return SinkDestination(sink, shown)
+        # a layout records no local name for a converted image
+        return SinkDestination(open_sink(ref, image_name="", options=self.options), shown)
+
+    def pipeline(self, spec: ConvertOptions | None = None) -> Pipeline:
+        """Convert = Resolve -> MapLayers -> Write, as ``spec`` says, on this Converter's
+        connections, processors and cache; run it on a :meth:`request`. A stage of your
+        own fits between "map-layers" and "write" (every blob in, nothing named yet)."""
+        spec = spec or ConvertOptions()
+        registry = self._processors()
+        return Pipeline(
+            [
+                Resolve(spec, registry, self),
+                MapLayers(spec, registry, self._cache, self._cache_lock),
+                Write(),
+            ]
+        )
+
+    def request(self, source: str | TransportRef, destination: str | TransportRef) -> Request:
+        """Both ends located (the rules in the package docstring)."""
+        return Request(
+            locate(source, source=True, local_exists=self._local_exists),
+            locate(destination, source=False, local_exists=self._local_exists),
+            (str(source), str(destination)),
+            time.monotonic(),
+        )
+
+    def run_pipeline(
+        self, pipeline: Pipeline, request: Request, *, observer: Observer | None = None
+    ) -> ConvertReport:
+        """Run a conversion ``pipeline`` (see :meth:`pipeline`) on ``request``; with the
+        store only when the destination is the store."""
+        store = self.store() if request.dest[0] == "store" else None
+        report: ConvertReport = pipeline.run(request, store=store, observer=observer)
+        _exported(observer or _ignore, report)
+        return report
 
     def convert(
         self,
@@ -186,63 +198,42 @@ class Converter:
         destination's tag (or local name) is written last, only on success; a failed
         conversion into the store removes what it wrote unless something else holds it.
         """
-        spec = spec or ConvertOptions()
-        emit = observer or _ignore
-        started = time.monotonic()
-        src_loc = locate(source, source=True, local_exists=self._local_exists)
-        dst_loc = locate(destination, source=False, local_exists=self._local_exists)
-        shown_src, shown_dst = str(source), str(destination)
-        created: list[Digest] = []
-        store_dest: StoreDestination | None = None
-        try:
-            with contextlib.ExitStack() as stack:
-                src = self._open_source(src_loc, shown_src, stack)
-                stack.callback(src.close)
-                root_in = src.root()
-                emit(
-                    Event(
-                        EventKind.RESOLVED,
-                        root_in.digest,
-                        root_in.media_type,
-                        root_in.size,
-                        shown_src,
-                    )
-                )
-                image_name = ""  # a layout records no local name for a converted image
-                dest = self._open_dest(dst_loc, shown_dst, str(image_name), stack)
-                if isinstance(dest, StoreDestination):
-                    store_dest = dest
-                ends = Ends(src, dest, root_in, (shown_src, shown_dst), started)
-                registry = self._processors()
-                stages = (
-                    Resolve(spec, registry),
-                    MapLayers(spec, registry, self._cache, self._cache_lock),
-                    Write(),
-                )
-                ok = False
-                try:
-                    report = _run(stages, ends, _Events(emit))
-                    ok = True
-                finally:
-                    dest.finish(ok)
-                    if store_dest is not None:
-                        created = list(store_dest.created)
-                root_out = report.after
-                emit(
-                    Event(
-                        EventKind.EXPORTED,
-                        Digest.parse(root_out.digest),
-                        MediaType(root_out.media_type),
-                        root_out.size,
-                        shown_dst,
-                    )
-                )
-        except BaseException:
-            if created and store_dest is not None:
-                # the lease is gone: what only this conversion wrote goes again
-                rollback(store_dest.store, created)
-            raise
+        request = self.request(source, destination)
+        return self.run_pipeline(self.pipeline(spec), request, observer=observer)
+
+    def convert_in(
+        self,
+        source: str | TransportRef,
+        destination: str | TransportRef,
+        spec: ConvertOptions | None,
+        ctx: Context,
+    ) -> ConvertReport:
+        """:meth:`convert` as one stage of a running pipeline: under its lease and into
+        its rollback when the destination is its store; a destination in another store
+        (this Converter's) gets a run of its own."""
+        request = self.request(source, destination)
+        if request.dest[0] == "store" and not (ctx.has_store and ctx.store is self.store()):
+            return self.run_pipeline(self.pipeline(spec), request, observer=ctx.observer)
+        report: ConvertReport = self.pipeline(spec).run_in(request, ctx)
+        _exported(ctx.emit, report)
         return report
+
+
+def _ignore(_event: Event) -> None:
+    pass
+
+
+def _exported(emit: Observer, report: ConvertReport) -> None:
+    after = report.after
+    emit(
+        Event(
+            EventKind.EXPORTED,
+            Digest.parse(after.digest),
+            MediaType(after.media_type),
+            after.size,
+            report.destination,
+        )
+    )
 
 
 def convert(

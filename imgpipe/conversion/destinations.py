@@ -12,7 +12,8 @@ Every destination knows two ways to take a blob:
   up front).
 
 Documents (``write_document``) and the root (``write_root``) come last, children first,
-so a destination never names an image before every blob it reaches is there.
+so a destination never names an image before every blob it reaches is there. A stage
+between may read a written blob back (``open_blob``: the store and a registry can).
 """
 
 from __future__ import annotations
@@ -45,9 +46,8 @@ from imgpipe.transports import ImageSink
 from .layers import Recording
 
 if TYPE_CHECKING:
-    from imgpipe.metadata import Lease
+    from imgpipe.pipeline import Context
     from imgpipe.remote.client import Repository
-    from imgpipe.store import Store
 
 __all__ = [
     "COPY_CHUNK_SIZE",
@@ -80,6 +80,8 @@ class Destination(Protocol):
 
     def write_converted(self, stream: BinaryIO, media_type: str) -> tuple[Digest, int]: ...
 
+    def open_blob(self, desc: Descriptor) -> BinaryIO: ...
+
     def label_layer(self, digest: Digest, diff_id: Digest) -> None: ...
 
     def write_document(self, desc: Descriptor, raw: bytes, labels: Mapping[str, str]) -> None: ...
@@ -90,23 +92,26 @@ class Destination(Protocol):
 
 
 class StoreDestination:
-    """The local store: blobs into the content store under ``lease``, documents labelled
-    for garbage collection, and the name recorded last.
-
-    ``created`` lists the blobs this conversion committed, for a rollback on failure.
+    """The local store of the pipeline's context: blobs into the content store under
+    the run's lease, documents labelled for garbage collection, and the name recorded
+    last. What this conversion commits goes into the run's ``created``, which the
+    pipeline takes back if the run fails.
     """
 
-    def __init__(self, store: Store, name: str, lease: Lease) -> None:
-        self.store = store
+    def __init__(self, ctx: Context, name: str) -> None:
+        self.store = ctx.store
         self.name = name
-        self._lease = lease
+        self._ctx = ctx
         self._lock = threading.Lock()
-        self.created: list[Digest] = []
         self._diff_ids: dict[Digest, Digest] = {}
+
+    def _created(self, digest: Digest) -> None:
+        with self._lock:
+            self._ctx.created.append(digest)
 
     def has_blob(self, desc: Descriptor) -> bool:
         if self.store.content.exists(desc.digest):
-            self._lease.add_content(desc.digest)
+            self._ctx.protect(desc.digest)
             return True
         return False
 
@@ -114,13 +119,12 @@ class StoreDestination:
         return ""
 
     def copy_blob(self, desc: Descriptor, stream: BinaryIO) -> None:
-        self._lease.add_content(desc.digest)
+        self._ctx.protect(desc.digest)
         with stream:
             if self.store.content.ingest(
                 f"convert-{desc.digest}", stream, digest=desc.digest, size=desc.size
             ):
-                with self._lock:
-                    self.created.append(desc.digest)
+                self._created(desc.digest)
 
     def write_converted(self, stream: BinaryIO, media_type: str) -> tuple[Digest, int]:
         # A fresh ingest ref per conversion: the digest is not known to share one.
@@ -131,12 +135,14 @@ class StoreDestination:
                 w.write(chunk)
                 size += len(chunk)
             digest = w.digest()
-            self._lease.add_content(digest)  # before the blob appears: gc never sees it bare
+            self._ctx.protect(digest)  # before the blob appears: gc never sees it bare
             w.commit(size, digest)
             if w.committed_new:
-                with self._lock:
-                    self.created.append(digest)
+                self._created(digest)
         return digest, size
+
+    def open_blob(self, desc: Descriptor) -> BinaryIO:
+        return self.store.content.open_blob(desc)
 
     def label_layer(self, digest: Digest, diff_id: Digest) -> None:
         with self._lock:
@@ -153,7 +159,7 @@ class StoreDestination:
         self.store.db.put_image(self.name, desc)
 
     def finish(self, ok: bool) -> None:
-        pass  # the caller rolls back ``created`` once the lease is released
+        pass  # the pipeline rolls back ``created`` once the lease is released
 
 
 class _Spool:
@@ -203,6 +209,9 @@ class SinkDestination:
             with self._lock:
                 self._sink.write_blob(desc, spool.file)
         return digest, spool.size
+
+    def open_blob(self, desc: Descriptor) -> BinaryIO:
+        raise Unsupported(f"{self.name}: a layout or archive being written is not read back")
 
     def label_layer(self, digest: Digest, diff_id: Digest) -> None:
         pass
@@ -284,6 +293,11 @@ class RegistryDestination:
     def write_converted(self, stream: BinaryIO, media_type: str) -> tuple[Digest, int]:
         with _pushing(self.name, stream):
             return self._repo.upload_stream(stream)
+
+    def open_blob(self, desc: Descriptor) -> BinaryIO:
+        from imgpipe.remote.client import as_binary  # noqa: PLC0415 (urllib3: on use)
+
+        return as_binary(self._repo.open_blob(desc))
 
     def label_layer(self, digest: Digest, diff_id: Digest) -> None:
         pass

@@ -17,9 +17,10 @@ from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.digest import Digest
 from imgpipe.formats.mediatype import OCI_INDEX, OCI_MANIFEST
 from imgpipe.metadata.labels import index_child_labels, manifest_child_labels
+from imgpipe.pipeline.context import Context, Stage
 
 from .destinations import Destination
-from .flow import Emits, Mapped, Result
+from .flow import Mapped, Result
 from .plan import BlobKey, ManifestNode, Node, blob_key
 from .report import BlobInfo, ConvertReport, LayerReport, ManifestReport
 
@@ -127,16 +128,16 @@ class DocumentWriter:
         return out
 
 
-class Write:
+class Write(Stage[Mapped, ConvertReport]):
     """The stage ``Mapped -> ConvertReport``: the documents, children first, then the
     root (the tag, the local name) last, so nothing names a half-written image."""
 
     name = "write"
 
-    def run(self, mapped: Mapped, ctx: Emits) -> ConvertReport:
-        ends = mapped.planned.ends
-        writer = DocumentWriter(ends.dest, mapped.results)
-        root_out = writer.write(mapped.planned.tree)
+    def run(self, item: Mapped, ctx: Context) -> ConvertReport:
+        ends = item.planned.ends
+        writer = DocumentWriter(ends.dest, item.results)
+        root_out = writer.write(item.planned.tree)
         ends.dest.write_root(root_out)
         return ConvertReport(
             source=ends.shown[0],
@@ -145,5 +146,5 @@ class Write:
             after=BlobInfo.of(root_out),
             manifests=tuple(writer.manifest_reports),
             layers=tuple(writer.layer_reports),
-            seconds=time.monotonic() - ends.started,
+            seconds=time.monotonic() - ends.request.started,
         )

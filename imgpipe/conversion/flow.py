@@ -2,13 +2,15 @@
 
 ::
 
-    Resolve    Ends    -> Planned   read the source's documents, plan every blob
-    MapLayers  Planned -> Mapped    each layer found, mounted, copied or converted
+    Resolve    Request -> Planned   open both ends, read the source's documents, plan every blob
+    MapLayers  Planned -> Mapped    each layer found, mounted, copied or converted: Layer -> Layer
     Write      Mapped  -> ConvertReport   manifests and indexes, children first, then the tag
 
-A stage needs of its context only the observer: :class:`Emits` (a pipeline's
-:class:`~imgpipe.pipeline.Context` is one), so a conversion between registries runs
-its stages without a store.
+They run in a pipeline :class:`~imgpipe.pipeline.Context`; it has a store only when the
+destination is the store (its lease protects what the conversion writes and its
+rollback takes it back on failure), so a conversion between registries opens no store.
+A user stage fits between MapLayers and Write: every blob is in the destination then,
+nothing names the image yet.
 """
 
 from __future__ import annotations
@@ -17,36 +19,57 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from imgpipe.events import Event
 from imgpipe.formats.descriptor import Descriptor
+from imgpipe.formats.digest import Digest
+from imgpipe.image import BlobLayer, Layer
 
+from .locate import Location
 from .report import Action
 
 if TYPE_CHECKING:  # the stages' modules import this one
+    from imgpipe.pipeline import Context
+    from imgpipe.processors import ProcessorRegistry
+
     from .destinations import Destination
     from .layers import LayerPlan
     from .plan import BlobKey, Node
     from .sources import Source
 
-__all__ = ["Emits", "Ends", "Mapped", "Planned", "Result"]
+__all__ = ["Ends", "Mapped", "MappedLayer", "Opener", "Planned", "Request", "Result"]
 
 
-class Emits(Protocol):
-    """What a conversion stage needs of its context: somewhere to send events."""
+@dataclass(frozen=True)
+class Request:
+    """One conversion asked for: where from, where to, both as the caller named them
+    (for the report); ``started`` (monotonic) times the report."""
 
-    def emit(self, event: Event) -> None: ...
+    source: Location
+    dest: Location
+    shown: tuple[str, str]
+    started: float
+
+
+class Opener(Protocol):
+    """What opens the ends (a :class:`~imgpipe.conversion.Converter`: its registry
+    connections and store serve every call)."""
+
+    def open_source(self, loc: Location, shown: str) -> Source: ...
+
+    def open_dest(self, loc: Location, shown: str, ctx: Context) -> Destination: ...
 
 
 @dataclass(frozen=True)
 class Ends:
-    """The opened source and destination, the source's root, both as the caller named
-    them (for the report); ``started`` (monotonic) times the report."""
+    """The opened source and destination, the source's root, and the request."""
 
     source: Source
     dest: Destination
     root: Descriptor
-    shown: tuple[str, str]
-    started: float
+    request: Request
+
+    @property
+    def shown(self) -> tuple[str, str]:
+        return self.request.shown
 
 
 @dataclass(frozen=True)
@@ -58,15 +81,44 @@ class Planned:
     tasks: tuple[tuple[BlobKey, LayerPlan], ...]
 
 
+class MappedLayer(BlobLayer):
+    """A blob as MapLayers left it in the destination: a model Layer with the new
+    descriptor. Its bytes are read back from ``reader`` (the source when they passed
+    through unchanged, else the destination), verified, only if a later stage asks.
+
+    ``diff_id()`` is the one the conversion checked, else the source layer's: only
+    compression and encryption change, never the tar.
+    """
+
+    def __init__(
+        self,
+        reader: Source | Destination,
+        desc: Descriptor,
+        source: Layer,
+        diff_id: Digest | None = None,
+        registry: ProcessorRegistry | None = None,
+    ) -> None:
+        super().__init__(reader, desc, registry=registry)
+        self.source = source
+        self._diff_id = diff_id
+
+    def diff_id(self) -> Digest:
+        return self._diff_id if self._diff_id is not None else self.source.diff_id()
+
+
 @dataclass
 class Result:
-    """What became of one blob: its new descriptor, how, how long; the DiffID when the
+    """What became of one blob: the Layer it is now, how, how long; the DiffID when the
     layer was decoded (and checked)."""
 
-    desc: Descriptor
+    layer: MappedLayer
     action: Action
     seconds: float
     diff_id: str = ""
+
+    @property
+    def desc(self) -> Descriptor:
+        return self.layer.descriptor
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,9 @@
-"""The plan of one conversion: the source image walked, and what becomes of each blob.
+"""The plan of one conversion: the ends opened, the source image walked, and what
+becomes of each blob.
 
-:class:`Planner` reads the source's documents (verified) and returns a tree of
+:class:`Resolve` opens both ends (closed when the conversion ends: the destination then
+finishes, committing only on success). :class:`Planner` reads the source's documents
+(verified) and returns a tree of
 :class:`ManifestNode` / :class:`IndexNode`: the index entries kept (platforms asked,
 present in the source), each manifest's target media types and one :class:`LayerPlan`
 per layer. Encrypted layers are checked against the keys here, before any byte moves.
@@ -25,11 +28,15 @@ from imgpipe.formats.manifest import Index, Manifest
 from imgpipe.formats.mediatype import DOCKER_CONFIG, OCI_CONFIG, Compression, MediaType
 from imgpipe.image import BlobImage, BlobIndex, BlobLayer, check_layer_keys, load, select
 from imgpipe.image.keys import in_layer
+from imgpipe.pipeline import Event, EventKind
+from imgpipe.pipeline.context import Context, Stage
 
 if TYPE_CHECKING:
+    from types import TracebackType
+
     from imgpipe.processors import ProcessorRegistry
 
-from .flow import Emits, Ends, Planned
+from .flow import Ends, Opener, Planned, Request
 from .layers import LayerKind, LayerPlan
 from .options import ConvertOptions
 from .sources import Source
@@ -227,16 +234,36 @@ class Planner:
             yield blob_key(plan), plan
 
 
-class Resolve:
-    """The stage ``Ends -> Planned``: the source image walked and every blob planned."""
+class Resolve(Stage[Request, Planned]):
+    """The stage ``Request -> Planned``: both ends opened (by ``opener``), the source
+    image walked and every blob planned."""
 
     name = "resolve"
 
-    def __init__(self, spec: ConvertOptions, registry: ProcessorRegistry | None = None) -> None:
+    def __init__(
+        self, spec: ConvertOptions, registry: ProcessorRegistry | None, opener: Opener
+    ) -> None:
         self.spec = spec
         self.registry = registry
+        self.opener = opener
 
-    def run(self, ends: Ends, ctx: Emits) -> Planned:
-        planner = Planner(ends.source, self.spec, self.registry)
-        tree = planner.plan(ends.root)
+    def run(self, item: Request, ctx: Context) -> Planned:
+        shown_src, shown_dst = item.shown
+        src = self.opener.open_source(item.source, shown_src)
+        ctx.resources.callback(src.close)
+        root = src.root()
+        ctx.emit(Event(EventKind.RESOLVED, root.digest, root.media_type, root.size, shown_src))
+        dest = self.opener.open_dest(item.dest, shown_dst, ctx)
+
+        def finish(
+            exc_type: type[BaseException] | None,
+            exc: BaseException | None,
+            tb: TracebackType | None,
+        ) -> None:
+            dest.finish(exc_type is None)  # a layout or archive commits only on success
+
+        ctx.resources.push(finish)
+        ends = Ends(src, dest, root, item)
+        planner = Planner(src, self.spec, self.registry)
+        tree = planner.plan(root)
         return Planned(ends, tree, tuple(planner.tasks(tree)))

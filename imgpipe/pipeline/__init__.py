@@ -27,30 +27,81 @@ FetchDocuments and FetchBlobs refuses an image before a single layer is download
             return plan
 
     Pipeline.pull(name="x").insert_after("fetch-documents", MaxSize()).run(ref, store=s)
+
+The names are imported on first use (PEP 562): a verb that needs ``Pipeline`` and a
+stage or two does not pay for every stage's transports at start-up.
 """
 
-from imgpipe.events import Event, EventKind, Observer
-from imgpipe.image import ImagePlan, walk_image
+from __future__ import annotations
 
-from .context import Context, Root, Stage, opened_store
-from .export import Export
-from .fetch import BlobFetch, FetchBlobs, FetchDocuments, store_blob
-from .load import LoadImage
-from .names import normalize_name, suggested_name
-from .pipeline import Pipeline
-from .record import Record
-from .resolve import Resolve, Resolved
-from .scheduler import (
-    DEFAULT_MAX_CONCURRENT,
-    PROGRESS_INTERVAL,
-    WAIT_SLICE,
-    Background,
-    Cancelled,
-    ProgressReader,
-    rollback,
-    run_concurrently,
-    with_progress,
-)
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from imgpipe.events import Event, EventKind, Observer
+    from imgpipe.image import ImagePlan, walk_image
+
+    from .context import (
+        Context,
+        Root,
+        Stage,
+        opened_store,
+    )
+    from .export import Export
+    from .fetch import (
+        BlobFetch,
+        FetchBlobs,
+        FetchDocuments,
+        store_blob,
+    )
+    from .load import LoadImage
+    from .names import normalize_name, suggested_name
+    from .pipeline import Pipeline
+    from .record import Record
+    from .resolve import Resolve, Resolved
+    from .scheduler import (
+        DEFAULT_MAX_CONCURRENT,
+        PROGRESS_INTERVAL,
+        WAIT_SLICE,
+        Background,
+        Cancelled,
+        ProgressReader,
+        rollback,
+        run_concurrently,
+    )
+
+#: name -> the module that defines it
+_WHERE: dict[str, str] = {
+    "Event": "imgpipe.events",
+    "EventKind": "imgpipe.events",
+    "Observer": "imgpipe.events",
+    "ImagePlan": "imgpipe.image",
+    "walk_image": "imgpipe.image",
+    "Context": ".context",
+    "Root": ".context",
+    "Stage": ".context",
+    "opened_store": ".context",
+    "Export": ".export",
+    "BlobFetch": ".fetch",
+    "FetchBlobs": ".fetch",
+    "FetchDocuments": ".fetch",
+    "store_blob": ".fetch",
+    "LoadImage": ".load",
+    "normalize_name": ".names",
+    "suggested_name": ".names",
+    "Pipeline": ".pipeline",
+    "Record": ".record",
+    "Resolve": ".resolve",
+    "Resolved": ".resolve",
+    "DEFAULT_MAX_CONCURRENT": ".scheduler",
+    "PROGRESS_INTERVAL": ".scheduler",
+    "WAIT_SLICE": ".scheduler",
+    "Background": ".scheduler",
+    "Cancelled": ".scheduler",
+    "ProgressReader": ".scheduler",
+    "rollback": ".scheduler",
+    "run_concurrently": ".scheduler",
+}
 
 __all__ = [
     "DEFAULT_MAX_CONCURRENT",
@@ -82,5 +133,17 @@ __all__ = [
     "store_blob",
     "suggested_name",
     "walk_image",
-    "with_progress",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(where, __name__), name)
+    globals()[name] = value  # once: later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

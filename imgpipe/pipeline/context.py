@@ -9,6 +9,7 @@ from typing import Protocol, TypeVar
 
 from imgpipe.events import Event, Observer
 from imgpipe.formats.digest import Digest
+from imgpipe.formats.errors import FailedPrecondition
 from imgpipe.metadata import Lease
 from imgpipe.store import Store
 
@@ -34,20 +35,34 @@ def _ignore(_event: Event) -> None:
 
 
 class Context:
-    """What one pipeline run shares between its stages: the store, the observer, and
-    the run's bookkeeping. Data flows between stages only as their typed outputs.
+    """What one pipeline run shares between its stages: the store (if the run has one),
+    the observer, and the run's bookkeeping. Data flows between stages only as their
+    typed outputs.
 
     ``resources`` closes transports and other handles when the run ends, whatever
     happened. ``lease`` protects every blob the run writes from a concurrent ``gc``.
     ``created`` lists the blobs this run committed, so a failed run can take them back.
+    A run without a store (a conversion between registries) has no lease and nothing to
+    take back; a stage that needs the store there gets FailedPrecondition.
     """
 
-    def __init__(self, store: Store, *, observer: Observer | None = None) -> None:
-        self.store = store
+    def __init__(self, store: Store | None = None, *, observer: Observer | None = None) -> None:
+        self._store = store
         self.observer: Observer = observer or _ignore
         self.resources = contextlib.ExitStack()
         self.lease: Lease | None = None
         self.created: list[Digest] = []
+
+    @property
+    def store(self) -> Store:
+        """The run's store; FailedPrecondition when the run has none."""
+        if self._store is None:
+            raise FailedPrecondition("this stage needs a store, and the pipeline runs without one")
+        return self._store
+
+    @property
+    def has_store(self) -> bool:
+        return self._store is not None
 
     def emit(self, event: Event) -> None:
         self.observer(event)

@@ -41,7 +41,6 @@ __all__ = [
     "announce_waiting",
     "rollback",
     "run_concurrently",
-    "with_progress",
 ]
 
 #: Blobs transferred at once, as ``docker pull`` and containerd default to. Hashing,
@@ -129,11 +128,6 @@ class ProgressReader(PassThrough, BinaryIO):
 
     def tell(self) -> int:
         return self._offset
-
-
-#: ``with_progress(raw, emit, desc, verb, *, final=..., cancel=...)``: the name callers
-#: used before ProgressReader was itself a BinaryIO; the same constructor.
-with_progress = ProgressReader
 
 
 def announce_waiting(emit: Observer, descs: Iterable[Descriptor]) -> None:
