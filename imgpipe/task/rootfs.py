@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from imgpipe.errors import NotFound
 
@@ -153,15 +153,14 @@ class ImageRootfs:
             decrypt_keys=self.decrypt_keys,
             read_only=read_only,
         )
-        if self.context is None:
-            from imgpipe.pipeline.pipeline import Pipeline  # noqa: PLC0415
+        from imgpipe.pipeline.pipeline import Pipeline  # noqa: PLC0415
 
-            mounts: list[Mount] = Pipeline(stages).run(self.name, store=self.store)
-            return mounts
-        item: Any = self.name
-        for stage in stages:
-            item = stage.run(item, self.context)
-        return list(item)
+        mounts: list[Mount]
+        if self.context is None:
+            mounts = Pipeline(stages).run(self.name, store=self.store)
+        else:
+            mounts = Pipeline(stages).run_in(self.name, self.context)
+        return mounts
 
     def release(self, key: str) -> None:
         with contextlib.suppress(NotFound):

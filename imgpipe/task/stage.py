@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from imgpipe.errors import NotFound
 from imgpipe.pipeline.context import Context, Stage
@@ -80,8 +80,8 @@ class Rootfs:
 class FindOrPull(Stage[str, "ImageRecord"]):
     """The stored image ``item``, else pulled first (a name not in the store, or a
     transport string such as ``oci:DIR:TAG``), as ``ctr run`` runs the stored copy of a
-    registry reference. The pull is :meth:`Pipeline.pull`'s stages run in this run's
-    context: one lease, one rollback."""
+    registry reference. The pull is :meth:`Pipeline.pull` run in this run's context
+    (:meth:`~imgpipe.pipeline.Pipeline.run_in`): one lease, one rollback."""
 
     name = "find-or-pull"
 
@@ -107,10 +107,7 @@ class FindOrPull(Stage[str, "ImageRecord"]):
         from imgpipe.unpacking.target import as_platform  # noqa: PLC0415
 
         pull = Pipeline.pull(platform=as_platform(self.platform), options=self.options)
-        out: Any = ref
-        for stage in pull.stages:
-            out = stage.run(out, ctx)
-        rec: ImageRecord = out
+        rec: ImageRecord = pull.run_in(ref, ctx)
         return rec
 
 
