@@ -1,20 +1,13 @@
-"""Running a container: :func:`run`, a :class:`~imgpipe.pipeline.Pipeline` of the
-stages in :mod:`.stage` (``ctr run`` without a daemon)::
+"""Running a container: :func:`run`, ``ctr run`` without a daemon, as a
+:class:`~imgpipe.pipeline.Pipeline` of the stages in :mod:`.stage` (FindOrPull ->
+ChooseImage -> PrepareContainer -> MountRootfs -> RunContainer; a given ``rootfs``
+starts at PrepareContainer).
 
-    FindOrPull        image in the store? else pull (the pull's stages, same context)
-    ChooseImage       the manifest for the platform, its config
-    PrepareContainer  container dir <root>/tasks/<id>/ (claims the name); the rootfs: an
-                      active snapshot on the image's top layer (Unpack first if needed)
-    MountRootfs       mounted on <id>/rootfs
-    RunContainer      user from the rootfs's /etc/passwd, /etc/group -> config.json
-                      -> runc create / start -> wait (signals forwarded)
-    closed with the run: runc delete --force, unmount, and with --rm: remove snapshot and dir
-
-A given ``rootfs`` (a :class:`~.rootfs.RootfsProvider`) starts at PrepareContainer.
-
-The cleanup runs whatever happened before it: a runtime that failed, a command missing
-from the image, an exception, SIGINT/SIGTERM/SIGHUP to imgpipe. Only a SIGKILL of imgpipe
-skips it; ``imgpipe ps`` then shows the container and ``imgpipe rm -f`` removes it.
+The container's cleanup (:class:`~.stage.Container`: runc delete --force, unmount, and
+with ``--rm`` the snapshot and the directory) runs whatever happened after the claim: a
+runtime that failed, a command missing from the image, an exception, SIGINT/SIGTERM/SIGHUP
+to imgpipe. Only a SIGKILL of imgpipe skips it; ``imgpipe ps`` then shows the container
+and ``imgpipe rm -f`` removes it.
 
 Signals: the first SIGINT, SIGTERM or SIGHUP imgpipe receives while the container runs
 is sent on to the container's init; if it is still alive ``stop_timeout`` seconds later
