@@ -77,6 +77,7 @@ class Rootfs:
     config: ContainerConfig
 
 
+@dataclass(frozen=True, kw_only=True)
 class FindOrPull(Stage[str, "ImageRecord"]):
     """The stored image ``item``, else pulled first (a name not in the store, or a
     transport string such as ``oci:DIR:TAG``), as ``ctr run`` runs the stored copy of a
@@ -84,14 +85,8 @@ class FindOrPull(Stage[str, "ImageRecord"]):
     (:meth:`~imgpipe.pipeline.Pipeline.run_in`): one lease, one rollback."""
 
     name = "find-or-pull"
-
-    def __init__(
-        self,
-        *,
-        platform: str | Platform | None = None,
-        options: TransportOptions | None = None,
-    ) -> None:
-        self.platform, self.options = platform, options
+    platform: str | Platform | None = None
+    options: TransportOptions | None = None
 
     def run(self, item: str, ctx: Context) -> ImageRecord:
         from imgpipe.formats.reference import parse_transport  # noqa: PLC0415
@@ -111,22 +106,16 @@ class FindOrPull(Stage[str, "ImageRecord"]):
         return rec
 
 
+@dataclass(frozen=True, kw_only=True)
 class ChooseImage(Stage["ImageRecord", RunImage]):
     """The manifest of the stored image a container of it runs, by unpack's rule
     (:func:`imgpipe.unpacking.target.choose`), so the config and the rootfs come from
     one manifest; its rootfs an :class:`ImageRootfs` in ``snapshotter``."""
 
     name = "choose-image"
-
-    def __init__(
-        self,
-        *,
-        snapshotter: str | None = None,
-        platform: str | Platform | None = None,
-        decrypt_keys: Sequence[str] = (),
-    ) -> None:
-        self.snapshotter, self.platform = snapshotter, platform
-        self.decrypt_keys = tuple(decrypt_keys)
+    snapshotter: str | None = None
+    platform: str | Platform | None = None
+    decrypt_keys: Sequence[str] = ()
 
     def run(self, item: ImageRecord, ctx: Context) -> RunImage:
         from imgpipe.unpacking.target import as_platform, stored_target  # noqa: PLC0415
@@ -143,15 +132,17 @@ class ChooseImage(Stage["ImageRecord", RunImage]):
         return RunImage(rootfs, target.model.config().config)
 
 
+@dataclass(frozen=True)
 class PrepareContainer(Stage[RunImage, Rootfs]):
     """Claim the container ``id`` (its directory; AlreadyExists if taken), then the
     rootfs's mounts. The :class:`Container` is closed with the run's context from the
     claim on, so its cleanup runs whatever happens next."""
 
     name = "prepare-container"
-
-    def __init__(self, container_id: str, runtime: Runc, relay: Relay, *, remove: bool) -> None:
-        self.id, self.runtime, self.relay, self.remove = container_id, runtime, relay, remove
+    id: str
+    runtime: Runc
+    relay: Relay
+    remove: bool = False
 
     def run(self, item: RunImage, ctx: Context) -> Rootfs:
         imgroot = Path(ctx.store.root)
