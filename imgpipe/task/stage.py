@@ -23,7 +23,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -59,25 +58,31 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
+# Plain classes, not dataclasses: each dataclass costs ~0.4 ms to define, and this
+# module is imported by every `imgpipe run`.
+
+
 class RunImage:
     """What a container runs: where its root filesystem comes from, and the config
     (Entrypoint, Cmd, Env, User, WorkingDir) it starts with."""
 
-    rootfs: RootfsProvider
-    config: ContainerConfig
+    __slots__ = ("config", "rootfs")
+
+    def __init__(self, rootfs: RootfsProvider, config: ContainerConfig) -> None:
+        self.rootfs, self.config = rootfs, config
 
 
-@dataclass(frozen=True)
 class Rootfs:
     """A claimed container with its root filesystem prepared: ``mounts`` show it."""
 
-    container: Container
-    mounts: Sequence[Mount]
-    config: ContainerConfig
+    __slots__ = ("config", "container", "mounts")
+
+    def __init__(
+        self, container: Container, mounts: Sequence[Mount], config: ContainerConfig
+    ) -> None:
+        self.container, self.mounts, self.config = container, mounts, config
 
 
-@dataclass(frozen=True, kw_only=True)
 class FindOrPull(Stage[str, "ImageRecord"]):
     """The stored image ``item``, else pulled first (a name not in the store, or a
     transport string such as ``oci:DIR:TAG``), as ``ctr run`` runs the stored copy of a
@@ -85,8 +90,11 @@ class FindOrPull(Stage[str, "ImageRecord"]):
     (:meth:`~imgpipe.pipeline.Pipeline.run_in`): one lease, one rollback."""
 
     name = "find-or-pull"
-    platform: str | Platform | None = None
-    options: TransportOptions | None = None
+
+    def __init__(
+        self, *, platform: str | Platform | None = None, options: TransportOptions | None = None
+    ) -> None:
+        self.platform, self.options = platform, options
 
     def run(self, item: str, ctx: Context) -> ImageRecord:
         from imgpipe.formats.reference import parse_transport  # noqa: PLC0415
@@ -106,16 +114,21 @@ class FindOrPull(Stage[str, "ImageRecord"]):
         return rec
 
 
-@dataclass(frozen=True, kw_only=True)
 class ChooseImage(Stage["ImageRecord", RunImage]):
     """The manifest of the stored image a container of it runs, by unpack's rule
     (:func:`imgpipe.unpacking.target.choose`), so the config and the rootfs come from
     one manifest; its rootfs an :class:`ImageRootfs` in ``snapshotter``."""
 
     name = "choose-image"
-    snapshotter: str | None = None
-    platform: str | Platform | None = None
-    decrypt_keys: Sequence[str] = ()
+
+    def __init__(
+        self,
+        *,
+        snapshotter: str | None = None,
+        platform: str | Platform | None = None,
+        decrypt_keys: Sequence[str] = (),
+    ) -> None:
+        self.snapshotter, self.platform, self.decrypt_keys = snapshotter, platform, decrypt_keys
 
     def run(self, item: ImageRecord, ctx: Context) -> RunImage:
         from imgpipe.unpacking.target import as_platform, stored_target  # noqa: PLC0415
@@ -132,25 +145,23 @@ class ChooseImage(Stage["ImageRecord", RunImage]):
         return RunImage(rootfs, target.model.config().config)
 
 
-@dataclass(frozen=True)
 class PrepareContainer(Stage[RunImage, Rootfs]):
     """Claim the container ``id`` (its directory; AlreadyExists if taken), then the
     rootfs's mounts. The :class:`Container` is closed with the run's context from the
     claim on, so its cleanup runs whatever happens next."""
 
     name = "prepare-container"
-    id: str
-    runtime: Runc
-    relay: Relay
-    remove: bool = False
+
+    def __init__(self, container_id: str, runtime: Runc, relay: Relay, *, remove: bool) -> None:
+        self.id, self.runtime, self.relay, self.remove = container_id, runtime, relay, remove
 
     def run(self, item: RunImage, ctx: Context) -> Rootfs:
         imgroot = Path(ctx.store.root)
         bundle = state.claim_task_dir(imgroot, self.id)
         container = Container(
-            id=self.id,
-            bundle=bundle,
-            imgroot=imgroot,
+            self.id,
+            imgroot,
+            bundle,
             runtime=self.runtime,
             provider=item.rootfs,
             relay=self.relay,
@@ -178,7 +189,6 @@ class MountRootfs(Stage[Rootfs, Rootfs]):
         return item
 
 
-@dataclass(frozen=True, kw_only=True)
 class RunContainer(Stage[Rootfs, int]):
     """The task: USER from the mounted rootfs, the runtime spec, ``runc create`` and
     ``start``, then the wait (signals forwarded by ``relay``) -> the exit status
@@ -189,11 +199,18 @@ class RunContainer(Stage[Rootfs, int]):
     """
 
     name = "run-container"
-    settings: ContainerSettings
-    relay: Relay
-    interactive: bool = False
-    stdio: tuple[int | None, int | None, int | None] = (None, None, None)
-    on_started: Callable[[Task], None] | None = None
+
+    def __init__(
+        self,
+        *,
+        settings: ContainerSettings,
+        relay: Relay,
+        interactive: bool = False,
+        stdio: tuple[int | None, int | None, int | None] = (None, None, None),
+        on_started: Callable[[Task], None] | None = None,
+    ) -> None:
+        self.settings, self.relay, self.interactive = settings, relay, interactive
+        self.stdio, self.on_started = stdio, on_started
 
     def run(self, item: Rootfs, ctx: Context) -> int:
         c = item.container
@@ -237,25 +254,27 @@ class RunContainer(Stage[Rootfs, int]):
         return c.code
 
 
-@dataclass
 class Container:
-    """What a run has made of one container so far, and :meth:`close` to undo it."""
+    """What a run has made of the container ``id`` (in ``bundle``, under the store's
+    ``imgroot``) so far, and :meth:`close` to undo it."""
 
-    id: str
-    bundle: Path
-    imgroot: Path
-    runtime: Runc
-    provider: RootfsProvider
-    relay: Relay
-    remove: bool
-    task: Task | None = None
-    prepared: bool = False
-    mounted: bool = False
-    code: int | None = None
-    record: state.TaskRecord = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.record = state.TaskRecord(id=self.id, image="", args=[], remove=self.remove)
+    def __init__(
+        self,
+        container_id: str,
+        imgroot: Path,
+        bundle: Path,
+        *,
+        runtime: Runc,
+        provider: RootfsProvider,
+        relay: Relay,
+        remove: bool,
+    ) -> None:
+        self.id, self.imgroot, self.bundle, self.runtime = container_id, imgroot, bundle, runtime
+        self.provider, self.relay, self.remove = provider, relay, remove
+        self.task: Task | None = None
+        self.prepared = self.mounted = False
+        self.code: int | None = None
+        self.record = state.TaskRecord(id=container_id, image="", args=[], remove=remove)
 
     def close(
         self,
