@@ -14,59 +14,28 @@
 * :mod:`.remove` — :func:`remove_container` (``imgpipe rm``);
 * :mod:`.state` — containers on disk under ``<root>/tasks/<id>/`` for ``ps``/``rm``.
 
-The names are re-exported lazily (PEP 562), and the modules import the snapshotters,
-the store and the pipeline in the calls that need them: start-up time is part of every
-``imgpipe run``, ``ps`` and ``rm``.
+Importing this package imports only the standard library and :mod:`imgpipe.errors`:
+the snapshotters, the store and the pipeline are imported by the calls that need them,
+because start-up time is part of every ``imgpipe run``.
 """
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .relay import DEFAULT_STOP_TIMEOUT
-    from .remove import remove_container
-    from .rootfs import DirectoryRootfs, ImageRootfs, RootfsProvider
-    from .runc import (
-        DEFAULT_RUNTIME,
-        CommandNotExecutable,
-        CommandNotFound,
-        Runc,
-        RuntimeFailed,
-    )
-    from .runner import run
-    from .spec import ContainerSettings, Volume, build_spec, default_spec, parse_volume
-    from .state import TaskRecord, list_records
-    from .task import Task
-    from .user import ResolvedUser, UserNotFound, resolve_user
-
-#: Public name -> the module of this package that defines it.
-_WHERE = {
-    "DEFAULT_STOP_TIMEOUT": "relay",
-    "remove_container": "remove",
-    **dict.fromkeys(("DirectoryRootfs", "ImageRootfs", "RootfsProvider"), "rootfs"),
-    **dict.fromkeys(
-        ("DEFAULT_RUNTIME", "CommandNotExecutable", "CommandNotFound", "Runc", "RuntimeFailed"),
-        "runc",
-    ),
-    "run": "runner",
-    **dict.fromkeys(
-        ("ContainerSettings", "Volume", "build_spec", "default_spec", "parse_volume"), "spec"
-    ),
-    **dict.fromkeys(("TaskRecord", "list_records"), "state"),
-    "Task": "task",
-    **dict.fromkeys(("ResolvedUser", "UserNotFound", "resolve_user"), "user"),
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
+from .relay import DEFAULT_STOP_TIMEOUT
+from .remove import remove_container
+from .rootfs import DirectoryRootfs, ImageRootfs, RootfsProvider
+from .runc import (
+    DEFAULT_RUNTIME,
+    CommandNotExecutable,
+    CommandNotFound,
+    Runc,
+    RuntimeFailed,
+)
+from .runner import run
+from .spec import ContainerSettings, Volume, build_spec, default_spec, parse_volume
+from .state import TaskRecord, list_records
+from .task import Task
+from .user import ResolvedUser, UserNotFound, resolve_user
 
 __all__ = [
     "DEFAULT_RUNTIME",

@@ -23,22 +23,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imgpipe.pipeline.context import opened_store
-from imgpipe.pipeline.pipeline import Pipeline
-
 from . import state
 from .relay import DEFAULT_STOP_TIMEOUT, Relay
 from .rootfs import RootfsProvider
 from .runc import Runc
 from .spec import ContainerSettings
-from .stage import (
-    ChooseImage,
-    FindOrPull,
-    MountRootfs,
-    PrepareContainer,
-    RunContainer,
-    RunImage,
-)
 from .task import Task
 
 if TYPE_CHECKING:
@@ -93,6 +82,19 @@ def run(
     interrupted before the container started. Cleanup (runtime state, mounts, and with
     ``remove`` the snapshot) is done in every case.
     """
+    # the pipeline and the stages only when running (``imgpipe ps``/``rm`` import the package)
+    from imgpipe.pipeline.context import opened_store  # noqa: PLC0415
+    from imgpipe.pipeline.pipeline import Pipeline  # noqa: PLC0415
+
+    from .stage import (  # noqa: PLC0415
+        ChooseImage,
+        FindOrPull,
+        MountRootfs,
+        PrepareContainer,
+        RunContainer,
+        RunImage,
+    )
+
     base = settings or ContainerSettings()
     if args:
         base = replace(base, args=tuple(args))
