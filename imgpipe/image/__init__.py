@@ -14,15 +14,47 @@ read when asked for, and always through :func:`open_verified`::
 Beside it: :func:`walk_image` (the one graph walk, to an eager :class:`ImagePlan`),
 :mod:`imgpipe.image.select` (the one platform/manifest choice) and
 :func:`check_layer_keys` (the one encrypted-layer authorisation).
+
+The names are re-exported lazily (PEP 562): ``imgpipe run`` needs the model and the
+choice, not the eager plan, the walk or the key check (start-up is part of every run).
 """
 
-from . import select
-from .blobs import BlobReader, open_verified, read_document
-from .keys import check_layer_keys, layer_name
-from .lazy import MAX_INDEX_DEPTH, BlobImage, BlobIndex, BlobLayer, load, wrap
-from .model import Image, Index, Layer
-from .plan import ImagePlan
-from .walk import walk_image
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from . import select
+    from .blobs import BlobReader, open_verified, read_document
+    from .keys import check_layer_keys, layer_name
+    from .lazy import MAX_INDEX_DEPTH, BlobImage, BlobIndex, BlobLayer, load, wrap
+    from .model import Image, Index, Layer
+    from .plan import ImagePlan
+    from .walk import walk_image
+
+#: Public name -> the module of this package that defines it.
+_WHERE = {
+    **dict.fromkeys(("BlobReader", "open_verified", "read_document"), "blobs"),
+    **dict.fromkeys(("check_layer_keys", "layer_name"), "keys"),
+    **dict.fromkeys(
+        ("MAX_INDEX_DEPTH", "BlobImage", "BlobIndex", "BlobLayer", "load", "wrap"), "lazy"
+    ),
+    **dict.fromkeys(("Image", "Index", "Layer"), "model"),
+    "ImagePlan": "plan",
+    "walk_image": "walk",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "select":
+        return import_module(".select", __name__)
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "MAX_INDEX_DEPTH",

@@ -7,9 +7,10 @@
 * :mod:`.runc` — the runtime binary: create/start/kill/delete/state, ``run``;
 * :mod:`.task` — :class:`Task` (one container: create, start, wait, kill, delete);
 * :mod:`.rootfs` — where the rootfs comes from (:class:`ImageRootfs`, :class:`DirectoryRootfs`);
-* :mod:`.images` — the image to run: found or pulled, its manifest and config;
 * :mod:`.relay` — signals forwarded to the container, the terminal relay;
-* :mod:`.runner` — :func:`run` (pull, unpack, mount, run, clean up);
+* :mod:`.stage` — the stages of ``run`` (FindOrPull, ChooseImage, PrepareContainer,
+  MountRootfs, RunContainer) and the :class:`~.stage.Container` they clean up;
+* :mod:`.runner` — :func:`run`, the pipeline of those stages;
 * :mod:`.remove` — :func:`remove_container` (``imgpipe rm``);
 * :mod:`.state` — containers on disk under ``<root>/tasks/<id>/`` for ``ps``/``rm``.
 

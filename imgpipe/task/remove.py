@@ -10,9 +10,9 @@ from imgpipe.errors import FailedPrecondition, NotFound
 
 from . import state
 from .runc import Runc
-from .runner import Root, open_store
 
 if TYPE_CHECKING:
+    from imgpipe.pipeline import Root
     from imgpipe.store import Store
 
 
@@ -30,9 +30,10 @@ def remove_container(
     NotFound if there is no such container; FailedPrecondition if it runs and not
     ``force``.
     """
+    from imgpipe.pipeline.context import opened_store  # noqa: PLC0415
     from imgpipe.snapshots import open_snapshotter, unmount  # noqa: PLC0415
 
-    with open_store(store, root) as st:
+    with opened_store(store, root) as st:
         imgroot = Path(st.root)
         rec = state.read_record(imgroot, container_id)
         rt = Runc(imgroot / state.RUNC_DIR, binary=runtime)

@@ -1,5 +1,7 @@
 """Where a container's root filesystem comes from: :class:`RootfsProvider`, an existing
-directory (:class:`DirectoryRootfs`) or an image's snapshot (:class:`ImageRootfs`)."""
+directory (:class:`DirectoryRootfs`) or an image's snapshot (:class:`ImageRootfs`, of the
+manifest :class:`~.stage.ChooseImage` took, its encrypted layers checked against the
+keys the run was given)."""
 
 from __future__ import annotations
 
@@ -12,10 +14,9 @@ from typing import TYPE_CHECKING, Protocol
 
 from imgpipe.errors import NotFound
 
-from .images import check_run_keys
-
 if TYPE_CHECKING:
     from imgpipe.formats.platform import Platform
+    from imgpipe.pipeline.context import Context
     from imgpipe.snapshots import Mount, Snapshotter
     from imgpipe.store import Store
     from imgpipe.unpacking.target import Target
@@ -64,10 +65,12 @@ class ImageRootfs:
     """An active snapshot on an image's top layer: containerd's ``withNewSnapshot``.
 
     When the image is already unpacked in the snapshotter the snapshot is prepared
-    directly on its committed top chain ID (the fast path of ``imgpipe run``: no pipeline
-    to import); otherwise :func:`imgpipe.unpacking.stages.rootfs_stages` (FindImage ->
-    Unpack -> PrepareRootfs) unpack it first. Either
-    way the snapshot is labelled ``containerd.io/gc.root`` while the container exists.
+    directly on its committed top chain ID (the fast path of ``imgpipe run``: no unpack
+    machinery to import); otherwise :func:`imgpipe.unpacking.stages.rootfs_stages`
+    (FindImage -> Unpack -> PrepareRootfs) unpack it first, in ``context`` (the run's
+    pipeline: its lease, its observer) or, without one, in a pipeline of their own.
+    Either way the snapshot is labelled ``containerd.io/gc.root`` while the container
+    exists.
     """
 
     def __init__(
@@ -78,9 +81,11 @@ class ImageRootfs:
         snapshotter: str | None = None,
         platform: str | Platform | None = None,
         decrypt_keys: Sequence[str] = (),
+        context: Context | None = None,
     ) -> None:
         self.store = store
-        #: the manifest to run (:func:`~imgpipe.task.images.run_target`)
+        self.context = context
+        #: the manifest to run (:class:`~.stage.ChooseImage`)
         self.target = target
         self.name = target.image
         self.snapshotter_name = snapshotter
@@ -138,8 +143,7 @@ class ImageRootfs:
                     return make(key, top, labels=labels)
                 except NotFound:
                     pass  # collected since we looked: unpack again below
-        # heavy: the pipeline is imported only to unpack
-        from imgpipe.pipeline import Pipeline  # noqa: PLC0415
+        # heavy: the unpack machinery is imported only to unpack
         from imgpipe.unpacking.stages import rootfs_stages  # noqa: PLC0415
 
         stages = rootfs_stages(
@@ -149,7 +153,13 @@ class ImageRootfs:
             decrypt_keys=self.decrypt_keys,
             read_only=read_only,
         )
-        mounts: list[Mount] = Pipeline(stages).run(self.name, store=self.store)
+        from imgpipe.pipeline.pipeline import Pipeline  # noqa: PLC0415
+
+        mounts: list[Mount]
+        if self.context is None:
+            mounts = Pipeline(stages).run(self.name, store=self.store)
+        else:
+            mounts = Pipeline(stages).run_in(self.name, self.context)
         return mounts
 
     def release(self, key: str) -> None:
@@ -158,3 +168,19 @@ class ImageRootfs:
 
     def record(self) -> tuple[str, str]:
         return self._open().name, self.name
+
+
+def check_run_keys(target: Target, decrypt_keys: Sequence[str]) -> None:
+    """Unpacked once with a key is not a licence to run without one (imgcrypt's
+    authorization check): every encrypted layer must open with ``decrypt_keys``."""
+    if not any(layer.media_type.is_encrypted() for layer in target.layers):
+        return  # no cryptography to import
+    from imgpipe.image import check_layer_keys  # noqa: PLC0415
+    from imgpipe.image.keys import in_layer  # noqa: PLC0415
+    from imgpipe.processors.ocicrypt import NoDecryptionKey  # noqa: PLC0415
+    from imgpipe.unpacking.target import load_keys  # noqa: PLC0415
+
+    try:
+        check_layer_keys(target.layers, load_keys(decrypt_keys))
+    except NoDecryptionKey as e:
+        raise in_layer(e, f"image {target.image}: an encrypted layer refuses to run") from None
