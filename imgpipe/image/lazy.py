@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any, BinaryIO, Final
+from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 from imgpipe.content.verify import CHUNK_SIZE
 from imgpipe.formats.config import ImageConfig, parse_config
@@ -28,10 +28,12 @@ from imgpipe.formats.manifest import MAX_DOCUMENT_SIZE, Manifest
 from imgpipe.formats.manifest import Index as IndexDocument
 from imgpipe.formats.mediatype import MediaType
 from imgpipe.formats.platform import Platform
-from imgpipe.processors import ProcessorParams, ProcessorRegistry, open_chain
 
 from .blobs import BlobReader, open_verified, read_document
 from .model import Image, Index, Layer
+
+if TYPE_CHECKING:
+    from imgpipe.processors import ProcessorParams, ProcessorRegistry
 
 __all__ = ["MAX_INDEX_DEPTH", "BlobImage", "BlobIndex", "BlobLayer", "load", "wrap"]
 
@@ -43,6 +45,8 @@ MAX_INDEX_DEPTH: Final = 8
 def _registry(registry: ProcessorRegistry | None) -> ProcessorRegistry:
     # The built-ins and entry points; a verb passes the configured registry
     # (imgpipe.decode.default_registry, which reads config.toml) when it has one.
+    from imgpipe.processors import ProcessorRegistry  # noqa: PLC0415 (start-up)
+
     return registry if registry is not None else ProcessorRegistry()
 
 
@@ -104,6 +108,8 @@ class BlobLayer(_Blob):
         return open_verified(self.reader, self._desc)
 
     def open_uncompressed(self, *, keys: Sequence[Any] = (), params: Any = None) -> BinaryIO:
+        from imgpipe.processors import ProcessorParams, open_chain  # noqa: PLC0415 (start-up)
+
         p: ProcessorParams = params if params is not None else ProcessorParams()
         if keys:
             p = replace(p, decrypt_keys=(*p.decrypt_keys, *keys))

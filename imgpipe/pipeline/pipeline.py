@@ -10,7 +10,6 @@ from imgpipe.events import Observer
 from imgpipe.formats.errors import InvalidArgument, NotFound
 
 from .context import Context, Stage
-from .scheduler import DEFAULT_MAX_CONCURRENT, rollback
 
 if TYPE_CHECKING:
     from imgpipe.formats.platform import Platform
@@ -52,6 +51,7 @@ class Pipeline:
         from .fetch import FetchBlobs, FetchDocuments  # noqa: PLC0415 (start-up: on use)
         from .record import Record  # noqa: PLC0415
         from .resolve import Resolve  # noqa: PLC0415
+        from .scheduler import DEFAULT_MAX_CONCURRENT  # noqa: PLC0415 (start-up: threads, logging)
 
         concurrent = options.max_concurrent if options is not None else DEFAULT_MAX_CONCURRENT
         return cls(
@@ -115,6 +115,8 @@ class Pipeline:
             # The lease is gone by now; what this run committed and nothing else holds
             # is removed, so a failed pull leaves the store as it was.
             if ctx.created and store is not None:
+                from .scheduler import rollback  # noqa: PLC0415
+
                 rollback(store, ctx.created)
             raise
 

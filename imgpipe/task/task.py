@@ -13,11 +13,9 @@ from pathlib import Path
 
 from imgpipe.errors import FailedPrecondition
 
-# shim for the spine merge: remove (cli/cmd_run.py imports DEFAULT_STOP_TIMEOUT from here)
-from .relay import DEFAULT_STOP_TIMEOUT
 from .runc import CONTROL_TIMEOUT, Runc, become_subreaper, wait_pid
 
-__all__ = ["DEFAULT_STOP_TIMEOUT", "Task"]
+__all__ = ["Task"]
 
 
 class Task:

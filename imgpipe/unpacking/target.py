@@ -12,12 +12,12 @@ from imgpipe.formats.chainid import chain_ids
 from imgpipe.formats.digest import Digest
 from imgpipe.formats.platform import Platform, host_platform
 from imgpipe.image import Image, Index, Layer, load, select
-from imgpipe.processors import ProcessorRegistry
 from imgpipe.snapshots import Kind
 from imgpipe.store import Store
 
 if TYPE_CHECKING:
     from imgpipe.metadata import ImageRecord
+    from imgpipe.processors import ProcessorRegistry
     from imgpipe.processors.ocicrypt import DecryptKey
 
 
