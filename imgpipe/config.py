@@ -24,7 +24,6 @@ Configured processors are consulted before the built-in ones.
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -119,6 +118,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
         return {}
     if len(data) > MAX_CONFIG_SIZE:
         raise MalformedDocument(f"{p}: larger than {MAX_CONFIG_SIZE} bytes")
+    import tomllib  # noqa: PLC0415 (start-up: ~4 ms, only when a file is there)
+
     try:
         return tomllib.loads(data.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
