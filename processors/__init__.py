@@ -8,32 +8,73 @@ Decoders are bounded (:class:`Limits`) and follow the bytes' magic rather than a
 media type, as containerd does.
 
 This package imports only :mod:`imgpipe.formats` and third-party libraries; the codec
-libraries (isal / zlib-ng, zstandard, cryptography) load when a stream is opened.
+libraries (isal / zlib-ng, zstandard, cryptography) load when a stream is opened, and
+the names here on first use (PEP 562): a pass-through stream does not load the codecs.
 """
 
-from .base import (
-    CHUNK_SIZE,
-    GZIP_LEVEL,
-    ZSTD_LEVEL,
-    ZSTD_THREADS,
-    CorruptData,
-    Direction,
-    NoProcessor,
-    ProcessedStream,
-    Processor,
-    ProcessorFailed,
-    ProcessorParams,
-)
-from .external import ExternalProcessor, ExternalProcessorConfig
-from .limits import MAX_DECOMPRESSED_SIZE, MAX_RATIO, RATIO_FLOOR, Limits
-from .registry import (
-    ENTRY_POINT_GROUP,
-    MAX_CHAIN_LENGTH,
-    ChainStream,
-    ProcessorRegistry,
-    builtin_processors,
-    open_chain,
-)
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .base import (
+        CHUNK_SIZE,
+        GZIP_LEVEL,
+        ZSTD_LEVEL,
+        ZSTD_THREADS,
+        CorruptData,
+        Direction,
+        NoProcessor,
+        ProcessedStream,
+        Processor,
+        ProcessorFailed,
+        ProcessorParams,
+    )
+    from .external import ExternalProcessor, ExternalProcessorConfig
+    from .limits import MAX_DECOMPRESSED_SIZE, MAX_RATIO, RATIO_FLOOR, Limits
+    from .registry import (
+        ENTRY_POINT_GROUP,
+        MAX_CHAIN_LENGTH,
+        ChainStream,
+        ProcessorRegistry,
+        builtin_processors,
+        open_chain,
+    )
+
+#: Public name -> the module of this package that defines it.
+_WHERE = {
+    "CHUNK_SIZE": "base",
+    "ChainStream": "registry",
+    "CorruptData": "base",
+    "Direction": "base",
+    "ENTRY_POINT_GROUP": "registry",
+    "ExternalProcessor": "external",
+    "ExternalProcessorConfig": "external",
+    "GZIP_LEVEL": "base",
+    "Limits": "limits",
+    "MAX_CHAIN_LENGTH": "registry",
+    "MAX_DECOMPRESSED_SIZE": "limits",
+    "MAX_RATIO": "limits",
+    "NoProcessor": "base",
+    "ProcessedStream": "base",
+    "Processor": "base",
+    "ProcessorFailed": "base",
+    "ProcessorParams": "base",
+    "ProcessorRegistry": "registry",
+    "RATIO_FLOOR": "limits",
+    "ZSTD_LEVEL": "base",
+    "ZSTD_THREADS": "base",
+    "builtin_processors": "registry",
+    "open_chain": "registry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CHUNK_SIZE",

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.digest import Digest
 from imgpipe.formats.errors import InvalidArgument
 from imgpipe.formats.manifest import Index, Manifest
 from imgpipe.formats.reference import TransportRef
-from imgpipe.processors import ProcessorRegistry
 
 from .blobs import BlobReader
 from .lazy import BlobImage
+
+if TYPE_CHECKING:
+    from imgpipe.processors import ProcessorRegistry
 
 __all__ = ["ImagePlan"]
 
