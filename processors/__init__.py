@@ -12,8 +12,9 @@ libraries (isal / zlib-ng, zstandard, cryptography) load when a stream is opened
 the names here on first use (PEP 562): a pass-through stream does not load the codecs.
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from imgpipe.formats._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .base import (
@@ -68,13 +69,7 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
+__getattr__ = lazy_exports(__name__, _WHERE)
 
 __all__ = [
     "CHUNK_SIZE",

@@ -364,3 +364,15 @@ def test_compressed_variants_are_the_known_layer_types() -> None:
     assert MediaType(m.OCI_LAYER + "; x=y").compressed("gzip") == m.OCI_LAYER_GZIP
     for other in (m.OCI_LAYER + "+foo", m.OCI_LAYER + "+encrypted", m.OCI_CONFIG):
         assert MediaType(other).compressed("zstd") is None
+
+
+def test_lazy_exports_import_on_first_use_and_keep_the_value() -> None:
+    """The PEP 562 hook the packages share: a name loads its submodule once, then lives
+    in the package's namespace; a name the table lacks is an AttributeError."""
+    from imgpipe import processors
+
+    registry_type = processors.ProcessorRegistry
+    assert vars(processors)["ProcessorRegistry"] is registry_type
+    assert registry_type.__module__ == "imgpipe.processors.registry"
+    with pytest.raises(AttributeError, match="no attribute 'nosuch'"):
+        _ = processors.nosuch  # type: ignore[attr-defined]

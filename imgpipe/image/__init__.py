@@ -24,6 +24,8 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from imgpipe.formats._lazy import lazy_exports
+
 if TYPE_CHECKING:
     from . import select
     from .blobs import BlobReader, open_verified, read_document
@@ -46,14 +48,13 @@ _WHERE = {
 }
 
 
+_exports = lazy_exports(__name__, _WHERE)
+
+
 def __getattr__(name: str) -> Any:
-    if name == "select":
+    if name == "select":  # the submodule itself, a namespace of choice functions
         return import_module(".select", __name__)
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
-    globals()[name] = value
-    return value
+    return _exports(name)
 
 
 __all__ = [

@@ -70,8 +70,9 @@ The names are re-exported lazily (PEP 562): ``imgpipe run`` imports
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from imgpipe.formats._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .export import export_rootfs
@@ -85,7 +86,7 @@ if TYPE_CHECKING:
         UnpackResult,
     )
     from .snapshotters import open_store_snapshotter
-    from .stages import FetchUnpack, Unpack
+    from .stages import FetchUnpack, FindImage, PrepareRootfs, Unpack
     from .verbs import prepare_rootfs, pull_unpack, unpack
 
 #: Public name -> the module of this package that defines it.
@@ -94,6 +95,8 @@ _WHERE = {
     "EVENT_LAYER_FAILED": "result",
     "EVENT_LAYER_UNPACKED": "result",
     "FetchUnpack": "stages",
+    "FindImage": "stages",
+    "PrepareRootfs": "stages",
     "LABEL_SNAPSHOT_REF": "result",
     "LayerUnpack": "result",
     "Unpack": "stages",
@@ -109,13 +112,7 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
+__getattr__ = lazy_exports(__name__, _WHERE)
 
 __all__ = [
     "DEFAULT_SNAPSHOTTER",
@@ -123,7 +120,9 @@ __all__ = [
     "EVENT_LAYER_UNPACKED",
     "LABEL_SNAPSHOT_REF",
     "FetchUnpack",
+    "FindImage",
     "LayerUnpack",
+    "PrepareRootfs",
     "Unpack",
     "UnpackResult",
     "export_rootfs",
