@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from imgpipe.errors import FailedPrecondition, InvalidArgument, NotFound, Unsupported
+from imgpipe.pipeline.context import Root, opened_store
 from imgpipe.snapshots import SNAPSHOTTER_NAMES, Kind, SnapshotInfo, open_snapshotter
 from imgpipe.store import Store
 from imgpipe.unpacking.mounts import mounted
-from imgpipe.unpacking.result import Root
-from imgpipe.unpacking.snapshotters import open_store_snapshotter, opened, snapshots_base
+from imgpipe.unpacking.snapshotters import open_store_snapshotter, snapshots_base
 
 
 def snapshots_list(
@@ -26,7 +26,7 @@ def snapshots_list(
         raise NotFound(
             f"unknown snapshotter {snapshotter!r} (known: {', '.join(SNAPSHOTTER_NAMES)})"
         )
-    with opened(store, root) as s:
+    with opened_store(store, root) as s:
         return [
             (
                 r.snapshotter,
@@ -55,7 +55,7 @@ def snapshot_remove(
     from imgpipe.task.state import list_records  # noqa: PLC0415
 
     removed: list[tuple[str, str]] = []
-    with opened(store, root) as s:
+    with opened_store(store, root) as s:
         in_use = {
             (sn_name, key): f"the mount on {tgt} (imgpipe umount)"
             for tgt, sn_name, key in mounted(store=s)

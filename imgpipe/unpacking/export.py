@@ -16,11 +16,11 @@ from imgpipe.formats.platform import Platform
 from imgpipe.image import check_layer_keys
 from imgpipe.metadata import ImageRecord
 from imgpipe.pipeline import Context, Observer, Pipeline
+from imgpipe.pipeline.context import Root, opened_store
 from imgpipe.store import Store
 
 from .apply import Applier
-from .result import LayerUnpack, Root, UnpackResult
-from .snapshotters import opened
+from .result import LayerUnpack, UnpackResult
 from .stages import FindImage
 from .target import as_platform, load_keys, stored_target
 
@@ -76,6 +76,6 @@ def export_rootfs(
     if any(tgt.iterdir()):
         raise FailedPrecondition(f"export target {tgt} is not empty")
     stage = ExportRootfs(target=tgt, platform=platform, decrypt_keys=decrypt_keys)
-    with opened(store, root) as s:
+    with opened_store(store, root) as s:
         result: UnpackResult = Pipeline([FindImage(), stage]).run(name, store=s, observer=observer)
         return result

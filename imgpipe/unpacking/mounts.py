@@ -17,12 +17,13 @@ from typing import Final
 from imgpipe.errors import AlreadyExists, NotFound, Unsupported
 from imgpipe.formats.platform import Platform
 from imgpipe.pipeline import Context, Pipeline
+from imgpipe.pipeline.context import Root, opened_store
 from imgpipe.snapshots import Mount, Snapshotter, mount_all, unmount
 from imgpipe.store import Store
 
 from .apply import remove_quietly
-from .result import DEFAULT_SNAPSHOTTER, Root
-from .snapshotters import open_store_snapshotter, opened
+from .result import DEFAULT_SNAPSHOTTER
+from .snapshotters import open_store_snapshotter
 from .stages import rootfs_stages
 
 #: ``<root>/mounts/<hash of target>.json``: what :func:`mount` mounted where.
@@ -95,7 +96,7 @@ def mount(
             "writes a plain copy without it"
         )
     key = f"mount-{time.time_ns()}-{secrets.token_hex(3)}"
-    with opened(store, root) as s:
+    with opened_store(store, root) as s:
         rec_path = _mount_record(s, tgt)
         rec_path.parent.mkdir(exist_ok=True, mode=0o700)
         try:
@@ -126,7 +127,7 @@ def mount(
 def mounted(*, store: Store | None = None, root: Root = None) -> list[tuple[Path, str, str]]:
     """What :func:`mount` mounted and :func:`umount` has not undone yet:
     ``(target, snapshotter, key)``, sorted by target."""
-    with opened(store, root) as s:
+    with opened_store(store, root) as s:
         d = Path(s.root) / MOUNTS_DIR
         out: list[tuple[Path, str, str]] = []
         if d.is_dir():
@@ -147,7 +148,7 @@ def umount(
     (nothing is removed then); Unsupported without the privilege to unmount.
     """
     tgt = Path(os.path.realpath(target))
-    with opened(store, root) as s:
+    with opened_store(store, root) as s:
         rec_path = _mount_record(s, tgt)
         try:
             rec = json.loads(rec_path.read_bytes())

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Final
 
 from imgpipe.formats.digest import Digest
-
-#: Where a function without ``store`` opens one: a root directory (None: the default root).
-Root = str | os.PathLike[str] | None
 
 #: None: the snapshotter is :func:`imgpipe.snapshots.default_snapshotter_name` of the
 #: root (overlay where overlayfs works, else native), resolved on each call.

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
 from imgpipe.snapshots import (
@@ -13,16 +11,7 @@ from imgpipe.snapshots import (
 )
 from imgpipe.store import Store
 
-from .result import DEFAULT_SNAPSHOTTER, Root
-
-
-@contextlib.contextmanager
-def opened(store: Store | None, root: Root) -> Iterator[Store]:
-    if store is not None:
-        yield store
-        return
-    with Store(root) as s:
-        yield s
+from .result import DEFAULT_SNAPSHOTTER
 
 
 def snapshots_base(store: Store) -> Path:

@@ -10,12 +10,13 @@ from imgpipe.formats.platform import Platform
 from imgpipe.formats.reference import TransportRef, parse_transport
 from imgpipe.metadata import ImageRecord
 from imgpipe.pipeline import DEFAULT_MAX_CONCURRENT, Observer, Pipeline
+from imgpipe.pipeline.context import Root, opened_store
 from imgpipe.snapshots import Mount, Snapshotter
 from imgpipe.store import Store
 from imgpipe.transports import TransportOptions
 
-from .result import DEFAULT_SNAPSHOTTER, Root, UnpackResult
-from .snapshotters import open_store_snapshotter, opened
+from .result import DEFAULT_SNAPSHOTTER, UnpackResult
+from .snapshotters import open_store_snapshotter
 from .stages import FetchUnpack, FindImage, RecordUnpacked, Unpack, rootfs_stages
 from .target import as_platform
 
@@ -39,7 +40,7 @@ def unpack(
     see the module docstring; on any error no half-applied snapshot is committed.
     """
     stage = Unpack(snapshotter=snapshotter, platform=platform, decrypt_keys=decrypt_keys)
-    with opened(store, root) as s:
+    with opened_store(store, root) as s:
         result: UnpackResult = Pipeline([FindImage(), stage]).run(name, store=s, observer=observer)
         return result
 
@@ -79,7 +80,7 @@ def pull_unpack(
         .replace("fetch-blobs", stage)
         .replace("record", RecordUnpacked(name or ""))
     )
-    with opened(store, root) as s:
+    with opened_store(store, root) as s:
         out: tuple[ImageRecord, UnpackResult] = pipeline.run(ref, store=s, observer=observer)
         return out
 
@@ -105,7 +106,7 @@ def prepare_rootfs(
     (and the layers under it) alone while it exists. AlreadyExists if ``key`` is taken;
     otherwise the errors of :func:`unpack`.
     """
-    with opened(store, root) as s:
+    with opened_store(store, root) as s:
         sn = open_store_snapshotter(s, snapshotter)
         stages = rootfs_stages(
             sn,
