@@ -43,7 +43,7 @@ from .credentials import Credentials
 from .credentials import lookup as lookup_credentials
 from .download import MAX_RESUMES, BlobReader
 from .hosts import Endpoint, RegistryConfig, load_registry_config
-from .http import HttpClient, NotTLS, read_limited, speaks_tls
+from .http import HttpClient, NotTLS, connect_failed, read_limited, speaks_tls
 from .options import TransportOptions
 from .push import CHUNK_THRESHOLD, UPLOAD_CHUNK_SIZE, UPLOAD_READ_SIZE
 from .resolve import MANIFEST_ACCEPT
@@ -216,6 +216,7 @@ class Repository:
         """
         scopes = tuple(scopes or self.scopes)
         schemes = self.client.schemes(ep) if url is None else (urlsplit(url).scheme,)
+        refused: list[str] = []  # the attempts that could not connect, for the message
         for i, scheme in enumerate(schemes):
             target = url or self._url(scheme, ep, suffix, query)
             try:
@@ -229,6 +230,16 @@ class Repository:
                     f"{self.what()}: {ep.host} does not speak TLS; use --plain-http if it is "
                     "a plain-HTTP registry you trust"
                 ) from None
+            except Unavailable as e:
+                # Nothing answered the HTTPS attempt of a host allowed plain HTTP (docker
+                # tries HTTP then too: without a port the two are 443 and 80). A TLS
+                # failure is never retried in clear text: only a failed connect is.
+                if not connect_failed(e):
+                    raise
+                refused.append(str(e))
+                if i + 1 < len(schemes):
+                    continue
+                raise Unavailable("; ".join(refused)) from e
             if url is None and len(schemes) > 1:
                 self.client.remember_scheme(ep.host, scheme)
             return resp

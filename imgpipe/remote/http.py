@@ -53,6 +53,7 @@ __all__ = [
     "TLS_PROBE_TIMEOUT",
     "HttpClient",
     "NotTLS",
+    "connect_failed",
     "is_retryable",
     "read_limited",
     "redact_url",
@@ -125,6 +126,12 @@ class NotTLS(Unavailable):
 
     The registry client falls back to plain HTTP on this, where that is allowed.
     """
+
+
+def connect_failed(exc: Unavailable) -> bool:
+    """Whether ``exc`` (from :meth:`HttpClient.send`) means no connection was made at all
+    (refused, timed out, unknown host), as opposed to a TLS or protocol failure."""
+    return isinstance(exc.__cause__, NewConnectionError | ConnectTimeoutError)
 
 
 def _describe(exc: BaseException) -> str:
