@@ -132,7 +132,9 @@ def test_inspect_an_index_picks_the_config_by_platform(seeded: Registry, tmp_pat
     assert _store_is_empty(root)
 
 
-def test_inspect_an_oci_layout_and_archive(fixture_dir: Path, tmp_path: Path) -> None:
+def test_inspect_an_oci_layout_and_archives(
+    registry: Registry, fixture_dir: Path, tmp_path: Path
+) -> None:
     root = tmp_path / "root"
     layout = fixture_dir / "layered"
     digest = json.loads((layout / "index.json").read_text())["manifests"][0]["digest"]
@@ -145,6 +147,13 @@ def test_inspect_an_oci_layout_and_archive(fixture_dir: Path, tmp_path: Path) ->
     ok(run_cli("push", "layered", f"oci-archive:{archive}:v1", root=other))
     info = json.loads(ok(run_cli("inspect", "--json", f"oci-archive:{archive}:v1", root=root)))
     assert info["digest"] == digest
+    # a docker-archive skopeo wrote (as docker save does): same layers, same diffIDs
+    busybox = f"oci:{fixture_dir / 'busybox'}:busybox"
+    saved = tmp_path / "saved.tar"
+    registry.skopeo("copy", "--quiet", busybox, f"docker-archive:{saved}:lookup/bb:1")
+    want = json.loads(ok(run_cli("inspect", "--json", busybox, root=root)))["manifests"][0]
+    info = json.loads(ok(run_cli("inspect", "--json", f"docker-archive:{saved}", root=root)))
+    assert info["manifests"][0]["diffIDs"] == want["diffIDs"]
     assert _store_is_empty(root)
 
 
