@@ -200,6 +200,14 @@ def test_an_ambiguous_prefix_names_the_candidates(tmp_path: Path) -> None:
     # more digits: unique
     out = run_cli("rmi", "--no-prune", "abcd1", root=root)
     assert out.returncode == 0 and "removed docker.io/library/one:1" in out.stdout
+    # a name is tried before an ID prefix: an image called abcd is found as abcd
+    with Store(root) as store:
+        desc = Descriptor(OCI_MANIFEST, Digest("sha256", "f" * 64), 100)
+        store.db.put_image("docker.io/library/abcd:latest", desc)
+    out = run_cli("rmi", "--no-prune", "abcd", root=root)
+    assert out.returncode == 0 and out.stdout == "removed docker.io/library/abcd:latest\n"
+    names = [i["name"] for i in json.loads(ok(run_cli("images", "--json", root=root)))]
+    assert names == ["docker.io/library/two:1"]
 
 
 # -- rmi of several names --------------------------------------------------------------------
