@@ -181,9 +181,13 @@ def inspect(args: argparse.Namespace) -> int:
         name, target = details.record.name, details.record.target
         raw = details.index.raw if details.index is not None else details.manifests[0].manifest.raw
     if args.config:
-        config = details.manifest_for(args.platform).config
+        chosen = details.manifest_for(args.platform)
+        config = chosen.config
         if config is None:
-            raise imgpipe.NotFound(f"{name}: the config of this image is not in the store")
+            # an artifact's config is no image config; a stored one may also be missing
+            mt = chosen.manifest.config.media_type
+            where = "" if remote else " (or it is not in the store)"
+            raise imgpipe.NotFound(f"{name}: no image config to show: its config is {mt}{where}")
         raw = (
             config.raw
             if args.raw
