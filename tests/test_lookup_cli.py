@@ -302,3 +302,14 @@ def test_run_of_an_encrypted_image_without_a_key_says_which_flag(
     line = error_line(run_cli("run", "--rm", ref, "true", root=tmp_path / "fresh"), 12)
     assert line.endswith("encrypted: pass --decrypt-key FILE[:PASSWORD]")
     assert "none of the given keys" not in line
+
+
+@pytest.mark.parametrize(
+    ("host", "port"),
+    [("127.0.0.1:5001", True), ("localhost", False), ("[::1]:5000", True), ("[::1]", False)],
+)
+def test_has_port_decides_whether_http_retries(host: str, port: bool) -> None:
+    """With a port, HTTP goes to the one HTTPS just found closed: one try, no backoff."""
+    from imgpipe.remote.hosts import has_port
+
+    assert has_port(host) is port

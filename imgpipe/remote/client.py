@@ -42,7 +42,7 @@ from .auth import Authorizer
 from .credentials import Credentials
 from .credentials import lookup as lookup_credentials
 from .download import MAX_RESUMES, BlobReader
-from .hosts import Endpoint, RegistryConfig, load_registry_config
+from .hosts import Endpoint, RegistryConfig, has_port, load_registry_config
 from .http import HttpClient, NotTLS, connect_failed, read_limited, speaks_tls
 from .options import TransportOptions
 from .push import CHUNK_THRESHOLD, UPLOAD_CHUNK_SIZE, UPLOAD_READ_SIZE
@@ -221,7 +221,15 @@ class Repository:
             target = url or self._url(scheme, ep, suffix, query)
             try:
                 resp = self._authorized(
-                    method, target, ep=ep, headers=headers or {}, body=body, scopes=scopes
+                    method,
+                    target,
+                    ep=ep,
+                    headers=headers or {},
+                    body=body,
+                    scopes=scopes,
+                    # the same host:port just refused every retry: one more try says
+                    # whether HTTP fares better, without repeating the backoff
+                    once=bool(refused) and has_port(ep.host),
                 )
             except NotTLS:
                 if i + 1 < len(schemes):
@@ -254,13 +262,14 @@ class Repository:
         headers: dict[str, str],
         body: object,
         scopes: Sequence[str],
+        once: bool = False,
     ) -> urllib3.BaseHTTPResponse:
         auth = self.client.auth
         hdrs = dict(headers)
         value = auth.header(ep.host, scopes, ca=ep.ca)
         if value is not None:
             hdrs["Authorization"] = value
-        resp = self.client.http.send(method, url, headers=hdrs, body=body, ca=ep.ca)
+        resp = self.client.http.send(method, url, headers=hdrs, body=body, ca=ep.ca, once=once)
         if resp.status != 401:
             return resp
         challenge = resp.headers.get("WWW-Authenticate", "")

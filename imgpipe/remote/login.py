@@ -16,7 +16,7 @@ from imgpipe.formats.errors import InvalidArgument, Unauthorized, Unavailable
 
 from .client import RegistryClient
 from .credentials import Credentials, erase, normalize_host, store
-from .hosts import api_host
+from .hosts import api_host, has_port
 from .http import NotTLS, connect_failed, read_limited
 from .options import TransportOptions
 from .responses import MAX_ERROR_BODY
@@ -50,7 +50,8 @@ def check_login(
         for scheme in c.schemes(ep):
             url = f"{scheme}://{ep.host}/v2/"
             try:
-                resp = c.http.send("GET", url, ca=ep.ca)
+                # after a refused HTTPS on host:port, one HTTP try (see Repository.request)
+                resp = c.http.send("GET", url, ca=ep.ca, once=bool(refused) and has_port(ep.host))
             except NotTLS as e:
                 last_error = e  # a plain-HTTP server: try the next scheme if allowed
                 continue
