@@ -17,15 +17,19 @@ if TYPE_CHECKING:
     from imgpipe.api import (
         ImageDetails,
         ManifestDetails,
+        RemovedImages,
+        SourceDetails,
         content_list,
         content_remove,
         content_verify,
         gc,
         images,
         inspect,
+        inspect_source,
         pull,
         push,
         remove_image,
+        remove_images,
         tag,
     )
     from imgpipe.blobs import content_get
@@ -118,6 +122,9 @@ _WHERE = {
         ),
         "imgpipe.pipeline",
     ),
+    **dict.fromkeys(
+        ("RemovedImages", "SourceDetails", "inspect_source", "remove_images"), "imgpipe.api"
+    ),
     "Store": "imgpipe.store",
     "default_root": "imgpipe.store",
     **dict.fromkeys(
@@ -206,8 +213,10 @@ __all__ = [
     "NotFound",
     "Observer",
     "Pipeline",
+    "RemovedImages",
     "ResourceLimit",
     "SizeMismatch",
+    "SourceDetails",
     "Stage",
     "Store",
     "Task",
@@ -228,6 +237,7 @@ __all__ = [
     "gc",
     "images",
     "inspect",
+    "inspect_source",
     "list_containers",
     "login",
     "logout",
@@ -242,6 +252,7 @@ __all__ = [
     "registry_host",
     "remove_container",
     "remove_image",
+    "remove_images",
     "run",
     "snapshot_remove",
     "snapshots_list",
