@@ -195,6 +195,10 @@ PUBLIC_API = {
     "parse_volume",
     "pull_unpack",
     "registry_host",
+    # issue 11: the system refusing the store's disk
+    "NoSpace",
+    "ReadOnlyStore",
+    "StorageError",
 }
 
 
