@@ -20,9 +20,11 @@ import pytest
 from conftest import IMGPIPE
 from registry_fixtures import Registry, make_random_image
 
+import imgpipe
 from imgpipe.cli.exitcodes import exit_code_for
 from imgpipe.content import ContentStore
 from imgpipe.content.space import KEEP_FREE
+from imgpipe.events import Event, EventKind
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.errors import NoSpace, ReadOnlyStore, StorageError
 from imgpipe.metadata import MetadataDB
@@ -184,6 +186,23 @@ def test_blob_that_cannot_fit_is_refused_before_writing(tmpfs: Callable[[int], P
     assert list(content.ingests()) == []
 
 
+def test_pull_that_cannot_fit_is_refused_before_any_blob(
+    registry: Registry, tmpfs: Callable[[int], Path], tmp_path: Path
+) -> None:
+    """Each layer would fit alone, the two together would not: only the manifest moves
+    (it says how much the image needs)."""
+    layout = tmp_path / "layout-two"
+    make_random_image(layout, "v1", [5 * MiB, 5 * MiB], seed=31)
+    registry.push_layout(layout, "v1", "storage/two", "v1")
+    point = tmpfs(10 * MiB)
+    events: list[Event] = []
+    with pytest.raises(NoSpace, match=r"storage/two:v1 \(3 blobs to fetch\).*needs \d+ bytes"):
+        imgpipe.pull(f"{registry.host}/storage/two:v1", root=point / "root", observer=events.append)
+    started = [e for e in events if e.kind == EventKind.BLOB_START]
+    assert [str(e.media_type) for e in started] == ["application/vnd.oci.image.manifest.v1+json"]
+    assert list(ContentStore(point / "root" / "content").ingests()) == []
+
+
 # -- a read-only mount --------------------------------------------------------------------
 
 
@@ -211,6 +230,32 @@ def test_read_only_store_lists_and_inspects(
             assert r.stderr.count("\n") == 1, r.stderr  # one line
     finally:
         remount(point, "rw")
+
+
+def test_store_without_write_permission_opens_read_only(tmp_path: Path) -> None:
+    """EACCES: root without CAP_DAC_OVERRIDE is held to the mode bits, as any user is."""
+    root = tmp_path / "root"
+    assert cli(root, "pull", "--name", "bb", f"oci:{_fixture_layout(tmp_path)}:v1").returncode == 0
+    subprocess.run(["chmod", "-R", "a-w", root], check=True)
+    drop = "-dac_override,-dac_read_search"
+    as_user = ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}", IMGPIPE, "--root", root]
+    try:
+        r = subprocess.run([*as_user, "images"], capture_output=True, text=True, timeout=BOUND)
+        assert r.returncode == 0, r.stderr
+        assert "docker.io/library/bb:latest" in r.stdout
+        r = subprocess.run(
+            [*as_user, "tag", "bb", "other"], capture_output=True, text=True, timeout=BOUND
+        )
+        assert r.returncode == 1, r.stderr
+        assert "is read-only (no write permission)" in r.stderr
+    finally:
+        subprocess.run(["chmod", "-R", "u+w", root], check=True)
+
+
+def _fixture_layout(tmp_path: Path) -> Path:
+    layout = tmp_path / "small-layout"
+    make_random_image(layout, "v1", [64 << 10], seed=41)
+    return layout
 
 
 def test_read_only_store_with_a_wal_left_behind(tmpfs: Callable[[int], Path]) -> None:

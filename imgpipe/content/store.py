@@ -19,7 +19,7 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
@@ -375,14 +375,9 @@ class ContentStore:
         StorageError if the disk refuses a write (the ingest kept).
         """
         ref = ref if ref is not None else f"import-{desc.digest}"
-        if not self.exists(desc.digest):
-            # Refused before anything is created or read when the rest cannot fit.
-            try:
-                have = self.ingest_status(ref).offset
-            except NotFound:
-                have = 0
-            what = f"blob {desc.digest} ({desc.size} bytes)"
-            ensure_space(self._layout.ingest, desc.size - have, what)
+        # Refused before anything is created or read when the rest cannot fit.
+        what = f"blob {desc.digest} ({desc.size} bytes)"
+        ensure_space(self._layout.ingest, self._missing_bytes(desc, ref), what)
         try:
             w = self.writer(ref, expected=desc.digest, total=desc.size, timeout=timeout)
         except AlreadyExists:
@@ -396,6 +391,28 @@ class ContentStore:
                 raise
             w.commit(desc.size, desc.digest)  # fsync, then rename into blobs/
             return w.committed_new
+
+    def check_space(self, descs: Iterable[Descriptor], what: str) -> None:
+        """NoSpace, before anything moves, unless the blobs of ``descs`` that are not
+        stored yet (less what their ingests already hold) fit on the disk, leaving
+        :data:`~imgpipe.content.space.KEEP_FREE` bytes. ``what`` names them in the
+        message. A check, not a reservation: concurrent writers may still fill the disk."""
+        missing = [(d, self._missing_bytes(d, f"import-{d.digest}")) for d in descs]
+        missing = [(d, n) for d, n in missing if n > 0]
+        if missing:
+            needed = sum(n for _, n in missing)
+            ensure_space(self._layout.ingest, needed, f"{what} ({len(missing)} blobs to fetch)")
+
+    def _missing_bytes(self, desc: Descriptor, ref: str) -> int:
+        """Bytes of ``desc`` still to write: 0 if it is stored, less what the ingest
+        ``ref`` already holds."""
+        if self.exists(desc.digest):
+            return 0
+        try:
+            have = self.ingest_status(ref).offset
+        except NotFound:
+            have = 0
+        return max(desc.size - have, 0)
 
     def ingest(
         self,

@@ -102,7 +102,7 @@ class Database:
         self._refusal: StorageError | None = None
         if read_only:
             why = read_only_reason(self._path.parent) or "opened read-only"
-            self._refusal = ReadOnlyStore(f"metadata database {self._path}: {why}")
+            self._refusal = ReadOnlyStore(f"metadata database {self._path} is read-only ({why})")
         else:
             try:
                 self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,8 +128,8 @@ class Database:
         r = self._refusal
         assert r is not None
         if isinstance(r, NoSpace):
-            return NoSpace(f"{r}; cannot {doing}", needed=r.needed, free=r.free)
-        return type(r)(f"{r}; cannot {doing}")
+            return NoSpace(f"{r}: cannot {doing}", needed=r.needed, free=r.free)
+        return type(r)(f"{r}: cannot {doing}")
 
     def _conn(self) -> sqlite3.Connection:
         if self._closed:

@@ -78,7 +78,7 @@ def classify(e: sqlite3.Error, path: Path, doing: str) -> ImgpipeError:
         message = f"{where}: no space left on device ({free} bytes free) while {doing}"
         return NoSpace(message, free=free)
     if code in (_READONLY, _CANTOPEN, _PERM, _IOERR) and (why := read_only_reason(path.parent)):
-        return ReadOnlyStore(f"{where}: {why}, cannot write (while {doing})")
+        return ReadOnlyStore(f"{where} is read-only ({why}) while {doing}")
     if code in (_READONLY, _CANTOPEN, _PERM, _IOERR):
         return StorageError(f"{where}: {e} while {doing}")
     # anything else (a corrupt file, a misuse) as before: the resource is not usable now

@@ -200,7 +200,8 @@ class FetchBlobs(Stage[ImagePlan, ImagePlan]):
     called from those threads. The first failure stops the rest (running transfers
     finish or fail on their own; queued ones never start) and is raised.
 
-    The image configs come first and are checked (``check_plan_configs``: JSON, one
+    Refused at once (NoSpace) when the blobs not yet stored cannot fit on the disk. The
+    image configs come first and are checked (``check_plan_configs``: JSON, one
     DiffID per layer, the index entry's platform) before a layer moves: a bad config is
     MalformedDocument, and no layer of that image is downloaded.
     """
@@ -214,6 +215,7 @@ class FetchBlobs(Stage[ImagePlan, ImagePlan]):
 
     def run(self, item: ImagePlan, ctx: Context) -> ImagePlan:
         source = _source_of(item, "fetch-blobs")
+        ctx.store.content.check_space(item.blobs, str(item.origin or item.name or "the image"))
         configs = _config_digests(item)
         self._fetch(ctx, source, [d for d in item.blobs if d.digest in configs], item.origin)
         check_plan_configs(item, ctx.store.content)
@@ -255,6 +257,7 @@ class FetchBlobs(Stage[ImagePlan, ImagePlan]):
         it cancels what is still queued or running (on an error) and joins the workers.
         """
         source = _source_of(item, "fetch-blobs")
+        ctx.store.content.check_space(item.blobs, str(item.origin or item.name or "the image"))
         front = set(first)
         order = [d for d in item.blobs if d.digest in front]
         order += [d for d in item.blobs if d.digest not in front]
