@@ -117,6 +117,12 @@ def test_full_disk_lists_verifies_and_frees(
     assert str(root / "content") in r.stderr and "needs" in r.stderr and "free" in r.stderr
     assert cli(root, "images").stdout.count("storage/") == 2  # nothing recorded
 
+    # what needs no new blob still works: a name, a pull of what is stored
+    r = cli(root, "tag", small, "again")
+    assert r.returncode == 0, r.stderr
+    r = cli(root, "pull", small, "--name", "again2")
+    assert r.returncode == 0, r.stderr
+
     # freeing space is always possible: the database writes into the reserve
     r = cli(root, "rmi", big)
     assert r.returncode == 0, r.stderr
