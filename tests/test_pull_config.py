@@ -219,3 +219,18 @@ def test_manifest_errors_name_the_reference_and_say_manifest(tmp_path: Path) -> 
     assert r.returncode == 8, r.stderr
     assert f"error: manifest {desc['digest']} from oci:" in r.stderr
     assert "blob" not in r.stderr
+
+
+@pytest.mark.parametrize("case", ["not-json", "diff-ids"])
+def test_pull_unpack_refuses_a_bad_config_before_applying(case: str, tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "layout")
+    layout.tag(_bad_images(layout, case), "bad")
+    root = tmp_path / "root"
+    ref = f"oci:{layout.path}:bad"
+    r = run_cli("pull", "--unpack", "--snapshotter", "native", ref, "--name", "b", root=root)
+    assert r.returncode == 4, r.stderr
+    assert f"{ref}: config sha256:" in r.stderr and CASES[case] in r.stderr
+    assert run_cli("images", "--json", root=root).stdout.strip() == "[]"
+    snapshots = run_cli("snapshots", "ls", "--snapshotter", "native", "--json", root=root)
+    assert snapshots.returncode == 0, snapshots.stderr
+    assert snapshots.stdout.strip() == "[]"

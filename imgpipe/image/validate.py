@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from imgpipe.formats.config import ImageConfig, parse_config
 from imgpipe.formats.descriptor import Descriptor
+from imgpipe.formats.digest import Digest
 from imgpipe.formats.errors import MalformedDocument, ResourceLimit
 from imgpipe.formats.manifest import MAX_DOCUMENT_SIZE, Manifest
 
@@ -74,13 +75,18 @@ def read_config(reader: BlobReader, manifest_desc: Descriptor, manifest: Manifes
         return check_config(f.read(), manifest_desc, manifest)
 
 
-def check_plan_configs(plan: ImagePlan, reader: BlobReader) -> None:
+def check_plan_configs(
+    plan: ImagePlan, reader: BlobReader, *, config: Digest | None = None
+) -> None:
     """Check the image config of every manifest of ``plan`` (read from ``reader``, where
-    they are stored by now). MalformedDocument naming the plan's source, for the first
-    one that is wrong; artifacts' configs are skipped."""
+    they are stored by now), or only of those whose config is ``config``.
+    MalformedDocument naming the plan's source, for the first one that is wrong;
+    artifacts' configs are skipped."""
     for desc in plan.manifests:
         manifest = plan.documents[desc.digest]
         if not isinstance(manifest, Manifest) or not manifest.config.media_type.is_config():
+            continue
+        if config is not None and manifest.config.digest != config:
             continue
         try:
             read_config(reader, desc, manifest)

@@ -290,7 +290,9 @@ class BlobFetch(Background[Digest]):
     at their next read) and is raised by every later :meth:`wait`, :meth:`check` and
     :meth:`finish`. A transfer stalled inside a read stops when the transport's read
     timeout ends it. Workers touch no database; :meth:`finish` labels on the caller's
-    thread.
+    thread. Waiting for an image config checks it (``check_plan_configs``), so
+    ``pull --unpack``, which waits for the configs first, refuses a bad one before a
+    layer is applied.
     """
 
     def __init__(
@@ -307,6 +309,7 @@ class BlobFetch(Background[Digest]):
         self._descs = tuple(descs)
         self._origin = origin
         self._plan = plan
+        self._unchecked = _config_digests(plan) if plan is not None else set()
         announce_waiting(ctx.emit, self._descs[workers:])
 
         def job(d: Descriptor) -> tuple[Digest, _Job]:
@@ -316,13 +319,18 @@ class BlobFetch(Background[Digest]):
 
         super().__init__([job(d) for d in self._descs], workers, "fetch")
 
+    def wait(self, key: Digest) -> None:
+        """Block until the blob ``key`` is stored (see :class:`Background`); an image
+        config is then checked, once (MalformedDocument)."""
+        super().wait(key)
+        if key in self._unchecked and self._plan is not None:
+            check_plan_configs(self._plan, self._ctx.store.content, config=key)
+            self._unchecked.discard(key)
+
     def finish(self) -> None:
-        """Wait for every blob, raise the first failure, check the plan's image configs
-        (``check_plan_configs``: MalformedDocument), then label the blobs with where they
-        came from (on this thread)."""
+        """Wait for every blob (checking the configs), raise the first failure, then
+        label the blobs with where they came from (on this thread)."""
         self.wait_all()
-        if self._plan is not None:
-            check_plan_configs(self._plan, self._ctx.store.content)
         _label_sources(self._ctx, self._origin, self._descs)
 
     def __enter__(self) -> BlobFetch:
