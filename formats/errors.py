@@ -23,7 +23,13 @@ means the same thing, the class also subclasses it, so ``except LookupError`` or
     ├── Unsupported                          a known format we refuse (schema1) or lack
     ├── Unauthorized (PermissionError)       credentials missing or refused
     ├── Unavailable (ConnectionError)        a server or resource cannot be reached now
-    └── ResourceLimit                        a configured bound was exceeded (sizes, ratios)
+    ├── ResourceLimit                        a configured bound was exceeded (sizes, ratios)
+    └── StorageError                         the system refused the store's disk (I/O error)
+        ├── NoSpace                          the disk is full (bytes needed and free)
+        └── ReadOnlyStore                    the store is on a read-only mount, or not ours to write
+
+A StorageError is deliberately not an OSError: code that retries a dropped connection
+(``except OSError``) must never retry a full disk.
 
 The command line maps each class to its own exit code (``imgpipe.cli.exitcodes``).
 """
@@ -41,9 +47,12 @@ __all__ = [
     "InvalidDigest",
     "InvalidReference",
     "MalformedDocument",
+    "NoSpace",
     "NotFound",
+    "ReadOnlyStore",
     "ResourceLimit",
     "SizeMismatch",
+    "StorageError",
     "Unauthorized",
     "Unavailable",
     "Unsupported",
@@ -122,3 +131,22 @@ class Unavailable(ImgpipeError, ConnectionError):
 
 class ResourceLimit(ImgpipeError):
     """A configured bound (document size, decompressed size, ratio) was exceeded."""
+
+
+class StorageError(ImgpipeError):
+    """The system refused the store's disk: an I/O error, no permission, no space, a
+    read-only mount. Reported at once, never retried: waiting does not free a disk."""
+
+
+class NoSpace(StorageError):
+    """The disk is full. ``needed`` and ``free`` are byte counts (-1 when not known)."""
+
+    def __init__(self, message: str, *, needed: int = -1, free: int = -1) -> None:
+        super().__init__(message)
+        self.needed = needed
+        self.free = free
+
+
+class ReadOnlyStore(StorageError):
+    """The store can be read but not written (a read-only mount, or no write permission):
+    listing and inspecting work, anything that writes raises this."""

@@ -11,13 +11,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from imgpipe.content import Info, VerifyProblem
-from imgpipe.formats.config import ImageConfig, parse_config
+from imgpipe.formats.config import ImageConfig
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.digest import Digest
 from imgpipe.formats.errors import Conflict, ImgpipeError, InvalidArgument, NotFound
-from imgpipe.formats.manifest import MAX_DOCUMENT_SIZE, Index, Manifest
+from imgpipe.formats.manifest import Index, Manifest
 from imgpipe.formats.platform import Platform
 from imgpipe.formats.reference import TransportRef, parse_transport
+from imgpipe.image import read_config
 from imgpipe.image.lazy import BlobIndex, load
 from imgpipe.metadata import ImageRecord
 from imgpipe.metadata.gc import GCResult, collect
@@ -179,9 +180,7 @@ def inspect(name: str, *, store: Store | None = None, root: Root = None) -> Imag
             assert isinstance(doc, Manifest)
             config = None
             if s.content.exists(doc.config.digest) and doc.config.media_type.is_config():
-                config = parse_config(
-                    s.content.read_bytes(doc.config.digest, limit=MAX_DOCUMENT_SIZE)
-                )
+                config = read_config(s.content, desc, doc)  # checked as pull checks it
             plat = desc.platform or (config.platform() if config else None)
             details.append(ManifestDetails(desc, doc, config, plat))
         return ImageDetails(rec, index if isinstance(index, Index) else None, tuple(details))

@@ -199,6 +199,10 @@ PUBLIC_API = {
     "parse_volume",
     "pull_unpack",
     "registry_host",
+    # issue 11: the system refusing the store's disk
+    "NoSpace",
+    "ReadOnlyStore",
+    "StorageError",
 }
 
 

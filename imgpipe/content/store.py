@@ -9,7 +9,8 @@ in ``writer``.
 
 Errors: NotFound, AlreadyExists, Conflict (ref locked), SizeMismatch, DigestMismatch,
 ResourceLimit, InvalidArgument, FailedPrecondition (a blob path that is not a regular
-file, a closed writer), all from ``imgpipe.formats.errors``; OSError for the disk itself.
+file, a closed writer), all from ``imgpipe.formats.errors``; StorageError (NoSpace,
+ReadOnlyStore) when the disk refuses a write (``space``); OSError for other disk errors.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
@@ -39,6 +40,7 @@ from imgpipe.formats.mediatype import MediaType
 from .layout import Layout, check_digest, check_ref, check_size, ref_key
 from .locks import DEFAULT_LOCK_TIMEOUT, lock_ingest, probe_locked
 from .meta import IngestMeta, read_meta
+from .space import ensure_space, refused
 from .verify import BlobReader, VerifyingReader, digest_stream, open_verified
 from .writer import Writer
 
@@ -265,6 +267,18 @@ class ContentStore:
             raise InvalidArgument(f"timeout must be >= 0, not {timeout!r}")
         if expected is not None and self.exists(expected):
             raise AlreadyExists(f"content {expected}: already exists")
+        try:
+            return self._open_writer(ref, expected=expected, total=total, timeout=timeout)
+        except OSError as e:
+            what = f"blob {expected}" if expected is not None else f"ingest {ref!r}"
+            needed = -1 if total is None else total
+            if err := refused(e, self._layout.ingest_dir(ref), what, needed=needed):
+                raise err from e
+            raise
+
+    def _open_writer(
+        self, ref: str, *, expected: Digest | None, total: int | None, timeout: float
+    ) -> Writer:
         lock = lock_ingest(self._layout, ref, timeout=timeout, create=True)
         try:
             if expected is not None and self.exists(expected):
@@ -356,15 +370,16 @@ class ContentStore:
         another digest, raises SizeMismatch or DigestMismatch (from the verifying reader,
         before its last chunk is written) and the ingest is discarded. Any other error
         (the stream failing mid-way) keeps the ingest for a later resume. Raises Conflict
-        as ``writer`` does after waiting ``timeout`` seconds.
+        as ``writer`` does after waiting ``timeout`` seconds; NoSpace before reading the
+        source if the rest of the blob cannot fit (``space.ensure_space``), and a
+        StorageError if the disk refuses a write (the ingest kept).
         """
+        ref = ref if ref is not None else f"import-{desc.digest}"
+        # Refused before anything is created or read when the rest cannot fit.
+        what = f"blob {desc.digest} ({desc.size} bytes)"
+        ensure_space(self._layout.ingest, self._missing_bytes(desc, ref), what)
         try:
-            w = self.writer(
-                ref if ref is not None else f"import-{desc.digest}",
-                expected=desc.digest,
-                total=desc.size,
-                timeout=timeout,
-            )
+            w = self.writer(ref, expected=desc.digest, total=desc.size, timeout=timeout)
         except AlreadyExists:
             return False
         with w:
@@ -376,6 +391,28 @@ class ContentStore:
                 raise
             w.commit(desc.size, desc.digest)  # fsync, then rename into blobs/
             return w.committed_new
+
+    def check_space(self, descs: Iterable[Descriptor], what: str) -> None:
+        """NoSpace, before anything moves, unless the blobs of ``descs`` that are not
+        stored yet (less what their ingests already hold) fit on the disk, leaving
+        :data:`~imgpipe.content.space.KEEP_FREE` bytes. ``what`` names them in the
+        message. A check, not a reservation: concurrent writers may still fill the disk."""
+        missing = [(d, self._missing_bytes(d, f"import-{d.digest}")) for d in descs]
+        missing = [(d, n) for d, n in missing if n > 0]
+        if missing:
+            needed = sum(n for _, n in missing)
+            ensure_space(self._layout.ingest, needed, f"{what} ({len(missing)} blobs to fetch)")
+
+    def _missing_bytes(self, desc: Descriptor, ref: str) -> int:
+        """Bytes of ``desc`` still to write: 0 if it is stored, less what the ingest
+        ``ref`` already holds."""
+        if self.exists(desc.digest):
+            return 0
+        try:
+            have = self.ingest_status(ref).offset
+        except NotFound:
+            have = 0
+        return max(desc.size - have, 0)
 
     def ingest(
         self,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from pathlib import Path
 from typing import Final
 
 from imgpipe.formats.digest import Digest, Digester
@@ -21,6 +22,7 @@ from .closing import Closing
 from .layout import BLOB_MODE, DATA_MODE, Layout, check_digest, check_size, fsync_dir
 from .locks import IngestLock
 from .meta import fmt_time, read_meta, set_meta, write_meta
+from .space import refused
 from .verify import CHUNK_SIZE, VerifyingReader, check_hashed
 
 __all__ = ["Writer", "rehash"]
@@ -207,18 +209,32 @@ class Writer(Closing):
     def _append(self, view: memoryview) -> None:
         """Write ``view`` at the end of the data, unhashed. If the disk write fails the
         data file is cut back to the previous offset, so the ingest stays consistent for
-        a resume."""
+        a resume; a full or read-only disk is raised as a StorageError naming the file."""
         fd = self._require_open()
         done = 0
         try:
             while done < len(view):
                 done += os.write(fd, view[done:])
-        except BaseException:
+        except BaseException as e:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, self._offset)
                 os.lseek(fd, self._offset, os.SEEK_SET)
+            if isinstance(e, OSError):
+                self._raise_refused(e)
             raise
         self._offset += len(view)
+
+    def describe(self) -> str:
+        """What this ingest holds, for messages: the blob's digest and size if known."""
+        what = f"blob {self._expected}" if self._expected else f"ingest {self.ref!r}"
+        return f"{what} ({self._total} bytes)" if self._total is not None else what
+
+    def _raise_refused(self, e: OSError) -> None:
+        """Raise ``e`` as the StorageError it is, if the system refused the write."""
+        needed = self._total - self._offset if self._total is not None else -1
+        err = refused(e, self._lock.directory / "data", self.describe(), needed=needed)
+        if err is not None:
+            raise err from e
 
     def truncate(self) -> None:
         """Drop everything written: back to offset 0 with a fresh hash."""
@@ -246,33 +262,40 @@ class Writer(Closing):
         try:
             expected = check_digest(expected)
             check_size(size, "size")  # a caller bug, not bad content: keep the ingest
-            os.fsync(fd)
-            digester = self._digester
-            if expected.algorithm != digester.algorithm:
-                digester = rehash(fd, expected.algorithm)[0]
-            try:
-                check_hashed(digester, os.fstat(fd).st_size, digest=expected, size=size)
-            except IntegrityError:
-                self._layout.remove_ingest_dir(directory)
-                raise
-            target = self._layout.ensure_blob_dir(expected.algorithm) / expected.encoded
-            if os.path.lexists(target):
-                self._layout.remove_ingest_dir(directory)
-                return expected
-            # Read-only and stamped before the rename: the blob appears in its final state.
-            os.fchmod(fd, BLOB_MODE)
-            now = time.time()
-            os.utime(fd, (now, now))
-            # Two writers of different refs may both get here for one digest; the second
-            # rename replaces a file with identical (verified) bytes, which readers of the
-            # first cannot tell apart.
-            os.rename(directory / "data", target)
-            fsync_dir(target.parent)
-            self._committed_new = True
-            self._layout.remove_ingest_dir(directory)
+            self._commit(fd, directory, size, expected)
             return expected
+        except OSError as e:
+            self._raise_refused(e)
+            raise
         finally:
             self._release()
+
+    def _commit(self, fd: int, directory: Path, size: int, expected: Digest) -> None:
+        """``commit`` with the writer open and the arguments checked."""
+        os.fsync(fd)
+        digester = self._digester
+        if expected.algorithm != digester.algorithm:
+            digester = rehash(fd, expected.algorithm)[0]
+        try:
+            check_hashed(digester, os.fstat(fd).st_size, digest=expected, size=size)
+        except IntegrityError:
+            self._layout.remove_ingest_dir(directory)
+            raise
+        target = self._layout.ensure_blob_dir(expected.algorithm) / expected.encoded
+        if os.path.lexists(target):
+            self._layout.remove_ingest_dir(directory)
+            return
+        # Read-only and stamped before the rename: the blob appears in its final state.
+        os.fchmod(fd, BLOB_MODE)
+        now = time.time()
+        os.utime(fd, (now, now))
+        # Two writers of different refs may both get here for one digest; the second
+        # rename replaces a file with identical (verified) bytes, which readers of the
+        # first cannot tell apart.
+        os.rename(directory / "data", target)
+        fsync_dir(target.parent)
+        self._committed_new = True
+        self._layout.remove_ingest_dir(directory)
 
     def discard(self) -> None:
         """Remove the ingest and release the lock (``abort`` for the lock holder).

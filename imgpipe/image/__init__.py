@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .lazy import MAX_INDEX_DEPTH, BlobImage, BlobIndex, BlobLayer, load, wrap
     from .model import Image, Index, Layer
     from .plan import ImagePlan
+    from .validate import check_config, check_plan_configs, read_config
     from .walk import walk_image
 
 #: Public name -> the module of this package that defines it.
@@ -44,6 +45,7 @@ _WHERE = {
     ),
     **dict.fromkeys(("Image", "Index", "Layer"), "model"),
     "ImagePlan": "plan",
+    **dict.fromkeys(("check_config", "check_plan_configs", "read_config"), "validate"),
     "walk_image": "walk",
 }
 
@@ -67,10 +69,13 @@ __all__ = [
     "ImagePlan",
     "Index",
     "Layer",
+    "check_config",
     "check_layer_keys",
+    "check_plan_configs",
     "layer_name",
     "load",
     "open_verified",
+    "read_config",
     "read_document",
     "select",
     "walk_image",

@@ -20,17 +20,18 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 from imgpipe.content.verify import CHUNK_SIZE
-from imgpipe.formats.config import ImageConfig, parse_config
+from imgpipe.formats.config import ImageConfig
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.digest import Digest, Digester
-from imgpipe.formats.errors import InvalidArgument, MalformedDocument, NotFound, ResourceLimit
-from imgpipe.formats.manifest import MAX_DOCUMENT_SIZE, Manifest
+from imgpipe.formats.errors import InvalidArgument, NotFound
 from imgpipe.formats.manifest import Index as IndexDocument
+from imgpipe.formats.manifest import Manifest
 from imgpipe.formats.mediatype import MediaType
 from imgpipe.formats.platform import Platform
 
 from .blobs import BlobReader, open_verified, read_document
 from .model import Image, Index, Layer
+from .validate import read_config
 
 if TYPE_CHECKING:
     from imgpipe.processors import ProcessorParams, ProcessorRegistry
@@ -142,20 +143,7 @@ class BlobImage(_Blob):
     def config(self) -> ImageConfig:
         with self._lock:
             if self._config is None:
-                desc = self._manifest.config
-                if desc.size > MAX_DOCUMENT_SIZE:
-                    raise ResourceLimit(
-                        f"config {desc.digest} is {desc.size} bytes; "
-                        f"documents over {MAX_DOCUMENT_SIZE} bytes are refused"
-                    )
-                with open_verified(self.reader, desc) as f:
-                    config = parse_config(f.read())
-                n, m = len(self._manifest.layers), len(config.diff_ids)
-                if n != m:
-                    raise MalformedDocument(
-                        f"manifest {self._desc.digest}: {n} layers but {m} diff_ids in the config"
-                    )
-                self._config = config
+                self._config = read_config(self.reader, self._desc, self._manifest)
             return self._config
 
     def layers(self) -> tuple[Layer, ...]:

@@ -17,11 +17,18 @@ from imgpipe.content.verify import BlobReader
 from imgpipe.events import Event, EventKind
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.digest import Digest
-from imgpipe.formats.errors import DigestMismatch, InvalidArgument, SizeMismatch
+from imgpipe.formats.errors import (
+    DigestMismatch,
+    InvalidArgument,
+    MalformedDocument,
+    ResourceLimit,
+    SizeMismatch,
+    Unsupported,
+)
 from imgpipe.formats.manifest import MAX_DOCUMENT_SIZE, Index, Manifest
 from imgpipe.formats.platform import Platform
 from imgpipe.formats.reference import TransportRef
-from imgpipe.image import ImagePlan, read_document, walk_image
+from imgpipe.image import ImagePlan, check_plan_configs, read_document, walk_image
 from imgpipe.metadata.labels import (
     LABEL_DISTRIBUTION_SOURCE,
     MAX_LABEL_SIZE,
@@ -87,17 +94,16 @@ def store_blob(
     # The ingest is the verifying reader: bytes past ``size`` are refused and size and
     # digest are checked before the rename, hashed once. The ref is the digest, so two
     # processes importing one blob share one ingest.
+    what = f"{_kind(desc)} {desc.digest}" + (f" from {origin}" if origin else "")
     try:
         written = content.ingest_blob(_Progress(source, ctx, cancel), desc)
     except DigestMismatch as e:
         raise DigestMismatch(
-            f"blob {desc.digest} from {origin or ''}: content hashes to {e.actual}",
-            expected=e.expected,
-            actual=e.actual,
+            f"{what}: content hashes to {e.actual}", expected=e.expected, actual=e.actual
         ) from None
     except SizeMismatch as e:
         raise SizeMismatch(
-            f"blob {desc.digest} from {origin or ''}: expected {desc.size} bytes, "
+            f"{what}: expected {desc.size} bytes, "
             + (f"got {e.actual}" if e.actual >= 0 else "got another size"),
             expected=e.expected,
             actual=e.actual,
@@ -106,6 +112,14 @@ def store_blob(
         ctx.created.append(desc.digest)
     ctx.emit(Event(EventKind.BLOB_DONE, desc.digest, desc.media_type, desc.size, "done"))
     return written
+
+
+def _kind(desc: Descriptor) -> str:
+    """What a descriptor names, for messages: a manifest's mismatch is not a "blob"'s."""
+    mt = desc.media_type
+    if mt.is_index():
+        return "index"
+    return "manifest" if mt.is_manifest() else "blob"
 
 
 def _source_labels(ctx: Context, origin: TransportRef | None, digest: Digest) -> dict[str, str]:
@@ -161,7 +175,11 @@ class FetchDocuments(Stage[Resolved, ImagePlan]):
         def read(desc: Descriptor) -> Manifest | Index:
             if desc.size <= MAX_DOCUMENT_SIZE:  # read_document refuses the others
                 store_blob(ctx, source, desc, origin=item.ref)
-            doc = read_document(content, desc)
+            try:
+                doc = read_document(content, desc)
+            except (MalformedDocument, ResourceLimit, Unsupported) as e:
+                # the document's own message says what is wrong; say whose it is
+                raise type(e)(f"{item.ref}: {_kind(desc)} {desc.digest}: {e}") from None
             if isinstance(doc, Index):
                 labels = index_child_labels(doc.manifests)
             else:
@@ -181,6 +199,11 @@ class FetchBlobs(Stage[ImagePlan, ImagePlan]):
     Up to ``max_concurrent`` blobs move at once, each on a worker thread; the observer is
     called from those threads. The first failure stops the rest (running transfers
     finish or fail on their own; queued ones never start) and is raised.
+
+    Refused at once (NoSpace) when the blobs not yet stored cannot fit on the disk. The
+    image configs come first and are checked (``check_plan_configs``: JSON, one
+    DiffID per layer, the index entry's platform) before a layer moves: a bad config is
+    MalformedDocument, and no layer of that image is downloaded.
     """
 
     name = "fetch-blobs"
@@ -192,24 +215,36 @@ class FetchBlobs(Stage[ImagePlan, ImagePlan]):
 
     def run(self, item: ImagePlan, ctx: Context) -> ImagePlan:
         source = _source_of(item, "fetch-blobs")
-        origin = item.origin
-        if self.max_concurrent == 1 or len(item.blobs) < 2:
-            for desc in item.blobs:
-                store_blob(ctx, source, desc, origin=origin)
-        else:
-            # Lease every blob here, on the calling thread: the workers never open
-            # database connections of their own.
-            for desc in item.blobs:
-                ctx.protect(desc.digest)
-            run_concurrently(
-                ctx.emit,
-                item.blobs,
-                self.max_concurrent,
-                "fetch",
-                lambda d: store_blob(ctx, source, d, origin=origin, protect=False),
-            )
-        _label_sources(ctx, origin, item.blobs)
+        ctx.store.content.check_space(item.blobs, str(item.origin or item.name or "the image"))
+        configs = _config_digests(item)
+        self._fetch(ctx, source, [d for d in item.blobs if d.digest in configs], item.origin)
+        check_plan_configs(item, ctx.store.content)
+        self._fetch(ctx, source, [d for d in item.blobs if d.digest not in configs], item.origin)
+        _label_sources(ctx, item.origin, item.blobs)
         return item
+
+    def _fetch(
+        self,
+        ctx: Context,
+        source: BlobReader,
+        blobs: Sequence[Descriptor],
+        origin: TransportRef | None,
+    ) -> None:
+        if self.max_concurrent == 1 or len(blobs) < 2:
+            for desc in blobs:
+                store_blob(ctx, source, desc, origin=origin)
+            return
+        # Lease every blob here, on the calling thread: the workers never open
+        # database connections of their own.
+        for desc in blobs:
+            ctx.protect(desc.digest)
+        run_concurrently(
+            ctx.emit,
+            blobs,
+            self.max_concurrent,
+            "fetch",
+            lambda d: store_blob(ctx, source, d, origin=origin, protect=False),
+        )
 
     def start(self, item: ImagePlan, ctx: Context, *, first: Iterable[Digest] = ()) -> BlobFetch:
         """Start fetching the plan's blobs in the background and return at once.
@@ -222,12 +257,23 @@ class FetchBlobs(Stage[ImagePlan, ImagePlan]):
         it cancels what is still queued or running (on an error) and joins the workers.
         """
         source = _source_of(item, "fetch-blobs")
+        ctx.store.content.check_space(item.blobs, str(item.origin or item.name or "the image"))
         front = set(first)
         order = [d for d in item.blobs if d.digest in front]
         order += [d for d in item.blobs if d.digest not in front]
         for desc in order:
             ctx.protect(desc.digest)
-        return BlobFetch(ctx, source, order, self.max_concurrent, origin=item.origin)
+        return BlobFetch(ctx, source, order, self.max_concurrent, origin=item.origin, plan=item)
+
+
+def _config_digests(plan: ImagePlan) -> set[Digest]:
+    """The digests of the image configs of the plan's manifests."""
+    out = set()
+    for desc in plan.manifests:
+        doc = plan.documents[desc.digest]
+        if isinstance(doc, Manifest) and doc.config.media_type.is_config():
+            out.add(doc.config.digest)
+    return out
 
 
 def _source_of(plan: ImagePlan, stage: str) -> BlobReader:
@@ -244,7 +290,9 @@ class BlobFetch(Background[Digest]):
     at their next read) and is raised by every later :meth:`wait`, :meth:`check` and
     :meth:`finish`. A transfer stalled inside a read stops when the transport's read
     timeout ends it. Workers touch no database; :meth:`finish` labels on the caller's
-    thread.
+    thread. Waiting for an image config checks it (``check_plan_configs``), so
+    ``pull --unpack``, which waits for the configs first, refuses a bad one before a
+    layer is applied.
     """
 
     def __init__(
@@ -255,10 +303,13 @@ class BlobFetch(Background[Digest]):
         workers: int,
         *,
         origin: TransportRef | None = None,
+        plan: ImagePlan | None = None,
     ) -> None:
         self._ctx = ctx
         self._descs = tuple(descs)
         self._origin = origin
+        self._plan = plan
+        self._unchecked = _config_digests(plan) if plan is not None else set()
         announce_waiting(ctx.emit, self._descs[workers:])
 
         def job(d: Descriptor) -> tuple[Digest, _Job]:
@@ -268,9 +319,17 @@ class BlobFetch(Background[Digest]):
 
         super().__init__([job(d) for d in self._descs], workers, "fetch")
 
+    def wait(self, key: Digest) -> None:
+        """Block until the blob ``key`` is stored (see :class:`Background`); an image
+        config is then checked, once (MalformedDocument)."""
+        super().wait(key)
+        if key in self._unchecked and self._plan is not None:
+            check_plan_configs(self._plan, self._ctx.store.content, config=key)
+            self._unchecked.discard(key)
+
     def finish(self) -> None:
-        """Wait for every blob, raise the first failure, then label the blobs with
-        where they came from (on this thread)."""
+        """Wait for every blob (checking the configs), raise the first failure, then
+        label the blobs with where they came from (on this thread)."""
         self.wait_all()
         _label_sources(self._ctx, self._origin, self._descs)
 
