@@ -8,3 +8,47 @@ from imgpipe.formats.errors import *  # noqa: F403 (the whole tree: formats.erro
 
 __all__: list[str] = []
 __all__ += _errors.__all__
+
+# -- interrupts ----------------------------------------------------------------------------
+# Not an ImgpipeError: an interrupt must not be caught by ``except Exception`` on its way
+# out. It *is* a KeyboardInterrupt, so ``except KeyboardInterrupt`` keeps working.
+
+from dataclasses import dataclass  # noqa: E402 (the error tree above comes first)
+
+from imgpipe.formats.digest import Digest  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Kept:
+    """What an interrupted (or failed) run leaves in the store for the next attempt.
+
+    ``blobs``: (digest, size) the run committed; ``partial``: (ingest ref, bytes so far)
+    of its downloads cut short, resumed from there with ``Range``; ``snapshots``: how many
+    snapshots its lease holds (committed layers of an unpack); ``lease`` and
+    ``expires_at`` (POSIX seconds): the lease that holds them, and when ``gc`` may take
+    them. No lease means nothing was kept.
+    """
+
+    blobs: tuple[tuple[Digest, int], ...] = ()
+    partial: tuple[tuple[str, int], ...] = ()
+    snapshots: int = 0
+    lease: str | None = None
+    expires_at: float | None = None
+
+    @property
+    def nothing(self) -> bool:
+        return not (self.blobs or self.partial or self.snapshots)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C (SIGINT) or SIGTERM. ``kept`` says what it left behind.
+
+    ``str()`` is the reason ("interrupted by SIGTERM"); the CLI exits 130.
+    """
+
+    def __init__(self, message: str = "interrupted", *, kept: Kept | None = None) -> None:
+        super().__init__(message)
+        self.kept = kept if kept is not None else Kept()
+
+
+__all__ += ["Interrupted", "Kept"]

@@ -195,6 +195,14 @@ PUBLIC_API = {
     "parse_volume",
     "pull_unpack",
     "registry_host",
+    # issue 11 (interrupts): what Ctrl-C keeps, the leases that keep it, partial downloads
+    "IngestDetails",
+    "Interrupted",
+    "Kept",
+    "LeaseDetails",
+    "content_ingests",
+    "lease_remove",
+    "leases",
 }
 
 

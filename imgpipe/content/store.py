@@ -355,7 +355,8 @@ class ContentStore:
         A stream that is shorter or longer than ``desc.size``, or whose bytes hash to
         another digest, raises SizeMismatch or DigestMismatch (from the verifying reader,
         before its last chunk is written) and the ingest is discarded. Any other error
-        (the stream failing mid-way) keeps the ingest for a later resume. Raises Conflict
+        (the stream failing mid-way, a cancel, Ctrl-C) keeps the ingest for a later
+        resume, unless not a byte was written. Raises Conflict
         as ``writer`` does after waiting ``timeout`` seconds.
         """
         try:
@@ -373,6 +374,10 @@ class ContentStore:
                     w._copy_verified(reader)
             except IntegrityError:
                 w.discard()
+                raise
+            except BaseException:
+                if w.offset == 0 and not w.closed:
+                    w.discard()  # stopped before a byte arrived: nothing to resume
                 raise
             w.commit(desc.size, desc.digest)  # fsync, then rename into blobs/
             return w.committed_new

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from typing import Protocol, TypeVar
 
@@ -41,9 +42,11 @@ class Context:
 
     ``resources`` closes transports and other handles when the run ends, whatever
     happened. ``lease`` protects every blob the run writes from a concurrent ``gc``.
-    ``created`` lists the blobs this run committed, so a failed run can take them back.
-    A run without a store (a conversion between registries) has no lease and nothing to
-    take back; a stage that needs the store there gets FailedPrecondition.
+    ``created`` lists the blobs this run committed (a failed run's lease keeps them for
+    the next attempt, and says so). ``cancel`` is set on the first failure or Ctrl-C:
+    transfers given it (ProgressReader, run_concurrently, Background) stop at their next
+    read. A run without a store (a conversion between registries) has no lease; a stage
+    that needs the store there gets FailedPrecondition.
     """
 
     def __init__(self, store: Store | None = None, *, observer: Observer | None = None) -> None:
@@ -52,6 +55,7 @@ class Context:
         self.resources = contextlib.ExitStack()
         self.lease: Lease | None = None
         self.created: list[Digest] = []
+        self.cancel = threading.Event()
 
     @property
     def store(self) -> Store:

@@ -1,0 +1,196 @@
+"""Ctrl-C and SIGTERM in the middle of a transfer, as a user meets them.
+
+The registry is the real one, behind tests/faultproxy.py throttled to a slow link (all
+connections together), so a signal lands while layers are still moving. What is checked:
+the command exits 130 soon after the signal (the issue's bound is 1 s; asserted with a
+margin for a loaded machine, the measured figure printed), the layers committed before
+it are still in the store, the partial downloads are kept as ingests under an expiring
+lease, and the re-run fetches at most the missing bytes, counted at the proxy.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import IMGPIPE, run_cli
+from faultproxy import FaultProxy
+from registry_fixtures import Registry, make_random_image
+
+from imgpipe.store import Store
+
+#: The slow link: bytes per second over every connection of the proxy.
+LINK_RATE = 4_000_000
+#: The issue asks for an exit within 1 s of the signal; this is that bound with room for
+#: two cores shared by a whole test session (the figure measured is printed).
+EXIT_BOUND = 3.0
+#: Layer sizes: a small one that is done early, then three that are still moving.
+LAYERS = [1 << 20, 6 << 20, 6 << 20, 6 << 20]
+
+
+@pytest.fixture(scope="module")
+def slow_image(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A 4-layer image of incompressible bytes in the registry; its manifest."""
+    layout = tmp_path_factory.mktemp("interrupt-image") / "layout"
+    image = make_random_image(layout, "v1", LAYERS, seed=11)
+    registry.push_layout(layout, "v1", "interrupts/slow", "v1")
+    return image.manifest
+
+
+def _events(proc: subprocess.Popen[str]) -> Iterator[dict[str, Any]]:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("{"):
+            yield json.loads(line)
+
+
+def _interrupt_when_partial(
+    proc: subprocess.Popen[str], sig: int, layers: set[str]
+) -> tuple[set[str], float]:
+    """Read ``proc``'s JSON events until one layer is done and another one has bytes in,
+    then send ``sig``. (The layers done, the seconds from the signal to the exit.)"""
+    done: set[str] = set()
+    moving: set[str] = set()
+    for event in _events(proc):
+        digest = event.get("digest", "")
+        if digest not in layers:
+            continue
+        if event["event"] == "blob.done":
+            done.add(digest)
+        elif event["event"] == "blob.progress" and event.get("offset", 0) > 0:
+            moving.add(digest)
+        if done and moving - done:
+            break
+    else:
+        raise AssertionError("the pull ended before it could be interrupted")
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    return done, time.monotonic() - sent
+
+
+def _run_and_interrupt(
+    argv: list[str | Path], sig: int, layers: set[str]
+) -> tuple[set[str], float, int, str]:
+    """Start ``argv``, interrupt it as :func:`_interrupt_when_partial` does: (layers done,
+    seconds from the signal to the exit, exit code, stderr)."""
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            done, latency = _interrupt_when_partial(proc, sig, layers)
+        finally:
+            proc.kill()  # a no-op once it exited; a hung one must not outlive the test
+            proc.wait()
+        assert proc.stderr is not None
+        return done, latency, proc.returncode, proc.stderr.read()
+
+
+def _have(root: Path, blobs: dict[str, int]) -> tuple[set[str], dict[str, int]]:
+    """The image's blobs committed in the store, and the bytes of its partial ingests."""
+    with Store(root) as s:
+        committed = {str(i.digest) for i in s.content.walk()} & set(blobs)
+        partial = {
+            str(i.expected): i.offset
+            for i in s.content.ingests()
+            if i.expected is not None and str(i.expected) in blobs
+        }
+    return committed, partial
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_mid_pull_keeps_what_arrived_and_rerun_fetches_only_the_rest(
+    registry: Registry,
+    fault_proxy: Callable[[Registry], FaultProxy],
+    slow_image: dict[str, Any],
+    tmp_path: Path,
+    sig: int,
+) -> None:
+    proxy = fault_proxy(registry)
+    proxy.throttle(LINK_RATE)
+    root = tmp_path / "root"
+    ref = proxy.ref("interrupts/slow", "v1")
+    layers = {d["digest"]: d["size"] for d in slow_image["layers"]}
+    blobs = {**layers, slow_image["config"]["digest"]: slow_image["config"]["size"]}
+
+    done, latency, code, err = _run_and_interrupt(
+        [IMGPIPE, "--root", root, "pull", "--json", ref], sig, set(layers)
+    )
+    print(f"\n{signal.Signals(sig).name}: exit {latency:.3f} s after the signal")
+    assert code == 130, err
+    assert latency < EXIT_BOUND
+    assert "interrupted" in err and "kept" in err and "lease" in err, err
+    assert len(err.strip().splitlines()) == 1, err  # one line
+
+    committed, partial = _have(root, blobs)
+    assert done <= committed  # every layer shown done is still there
+    assert partial and all(n > 0 for n in partial.values())
+    ingests = json.loads(run_cli("content", "ls", "--ingests", "--json", root=root).stdout)
+    assert {i["expected"] for i in ingests} >= set(partial)
+    (lease,) = json.loads(run_cli("leases", "ls", "--json", root=root).stdout)
+    assert all(lease["id"] in i["leases"] for i in ingests if i["expected"] in partial)
+    assert lease["labels"]["imgpipe.subject"].endswith(ref)
+    assert not lease["expired"]
+    assert run_cli("images", root=root).stdout.count("interrupts/slow") == 0  # nothing named
+
+    missing = sum(n for d, n in blobs.items() if d not in committed) - sum(partial.values())
+    proxy.reset_counters()
+    proxy.throttle(None)
+    again = run_cli("pull", ref, root=root)
+    assert again.returncode == 0, again.stderr
+    refetched = proxy.served("/blobs/")
+    print(
+        f"{signal.Signals(sig).name}: kept {len(committed)} blobs and "
+        f"{sum(partial.values())} partial bytes; re-run fetched {refetched} blob bytes, "
+        f"missing were {missing} (of {sum(blobs.values())})"
+    )
+    assert refetched <= missing
+    assert run_cli("content", "verify", root=root).returncode == 0
+
+    # the interrupted run's lease is still there (until it expires); dropping it frees
+    # nothing now that the image holds every blob
+    gone = run_cli("leases", "rm", lease["id"], root=root)
+    assert gone.returncode == 0, gone.stderr
+    assert f"removed lease {lease['id']}" in gone.stdout
+    assert "freed 0 B" in gone.stdout
+    assert run_cli("content", "verify", root=root).returncode == 0
+
+
+def test_convert_between_registries_interrupted_writes_no_tag_and_rerun_skips(
+    registry: Registry,
+    fault_proxy: Callable[[Registry], FaultProxy],
+    slow_image: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    """convert registry to registry, the source behind the slow link: SIGINT once a layer
+    is in the destination. No tag is written; the re-run finds that layer there."""
+    proxy = fault_proxy(registry)
+    proxy.throttle(LINK_RATE)
+    src = proxy.ref("interrupts/slow", "v1")
+    dst = registry.ref("interrupts/converted", "v1")
+    layers = {d["digest"] for d in slow_image["layers"]}
+    done, latency, code, err = _run_and_interrupt(
+        [IMGPIPE, "--root", tmp_path / "root", "convert", "--json", src, dst],
+        signal.SIGINT,
+        layers,
+    )
+    print(f"\nconvert: exit {latency:.3f} s after SIGINT")
+    assert code == 130, err
+    assert latency < EXIT_BOUND
+    assert "interrupted" in err, err
+    status, _, _ = registry.request("HEAD", "/v2/interrupts/converted/manifests/v1")
+    assert status == 404  # no tag written
+
+    proxy.throttle(None)
+    report_file = tmp_path / "report.json"
+    again = run_cli("convert", "--report", report_file, src, dst, root=tmp_path / "root")
+    assert again.returncode == 0, again.stderr
+    report = json.loads(report_file.read_text())
+    exists = {
+        layer["before"]["digest"] for layer in report["layers"] if layer["action"] == "exists"
+    }
+    assert done <= exists
