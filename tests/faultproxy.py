@@ -15,7 +15,8 @@ always) and then the proxy behaves:
   serving the wrong manifest for a digest).
 
 :meth:`FaultProxy.throttle` caps the bytes per second of every response body together
-(a slow registry link, shared by the parallel downloads as a real one is).
+(a slow registry link, shared by the parallel transfers as a real one is), and of the
+request bodies (uploads) the same way.
 
 ``Range`` and every other end-to-end header is forwarded, so resumption can be tested.
 Authorization headers are forwarded but never logged.
@@ -154,6 +155,12 @@ class FaultProxy:
             self.rate = bytes_per_second
             self._next_send = time.monotonic()
 
+    def _paced(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """Request bodies (uploads) go through the slow link too."""
+        for chunk in chunks:
+            self._pace(len(chunk))
+            yield chunk
+
     def _pace(self, n: int) -> None:
         # One clock for the whole link: each chunk is given the next free slot of the
         # shared rate, and its sender waits for it (the proxy *is* the slow link here).
@@ -251,7 +258,7 @@ class FaultProxy:
         fault = self._pick(method, path)
         logged = {k: v for k, v in h.headers.items() if k.lower() not in SECRET_HEADERS}
 
-        body_iter = _request_body(h)
+        body_iter = self._paced(_request_body(h))
         if fault is not None and fault.kind == "status":
             for _ in body_iter:  # drain what the client sent, to keep the connection usable
                 pass

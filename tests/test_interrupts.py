@@ -10,6 +10,7 @@ lease, and the re-run fetches at most the missing bytes, counted at the proxy.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -194,3 +195,138 @@ def test_convert_between_registries_interrupted_writes_no_tag_and_rerun_skips(
         layer["before"]["digest"] for layer in report["layers"] if layer["action"] == "exists"
     }
     assert done <= exists
+
+
+def test_push_interrupted_writes_no_tag_and_rerun_skips_what_arrived(
+    registry: Registry,
+    fault_proxy: Callable[[Registry], FaultProxy],
+    slow_image: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    """push to a registry behind the slow link (uploads throttled): SIGINT once a layer is
+    up. No tag; the re-run finds the layers that made it (blob.exists), uploads the rest."""
+    root = tmp_path / "root"
+    pulled = run_cli("pull", "--name", "slow:1", registry.ref("interrupts/slow", "v1"), root=root)
+    assert pulled.returncode == 0, pulled.stderr
+    proxy = fault_proxy(registry)
+    proxy.throttle(LINK_RATE)
+    dst = proxy.ref("interrupts/pushed", "v1")
+    layers = {d["digest"] for d in slow_image["layers"]}
+    done, latency, code, err = _run_and_interrupt(
+        [IMGPIPE, "--root", root, "push", "--json", "slow:1", dst], signal.SIGINT, layers
+    )
+    print(f"\npush: exit {latency:.3f} s after SIGINT")
+    assert code == 130, err
+    assert latency < EXIT_BOUND
+    assert "interrupted" in err and len(err.strip().splitlines()) == 1, err
+    status, _, _ = registry.request("HEAD", "/v2/interrupts/pushed/manifests/v1")
+    assert status == 404  # no tag written
+    assert json.loads(run_cli("leases", "ls", "--json", root=root).stdout) == []  # none left
+
+    proxy.throttle(None)
+    again = subprocess.run(
+        [IMGPIPE, "--root", root, "push", "--json", "slow:1", dst],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 0, again.stderr
+    events = [json.loads(line) for line in again.stdout.splitlines() if line.startswith("{")]
+    exists = {e["digest"] for e in events if e["event"] == "blob.exists"}
+    assert done <= exists
+    assert registry.manifest_digest("interrupts/pushed", "v1")
+
+
+def test_pull_unpack_interrupted_keeps_blobs_and_layers_and_resumes(
+    registry: Registry,
+    fault_proxy: Callable[[Registry], FaultProxy],
+    slow_image: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    """``pull --unpack`` (native snapshots: no root needed) interrupted while layers still
+    download: exit 130, nothing named, no active snapshot left; the re-run fetches only
+    what is missing and completes the unpack."""
+    proxy = fault_proxy(registry)
+    proxy.throttle(LINK_RATE)
+    root = tmp_path / "root"
+    ref = proxy.ref("interrupts/slow", "v1")
+    layers = {d["digest"]: d["size"] for d in slow_image["layers"]}
+    blobs = {**layers, slow_image["config"]["digest"]: slow_image["config"]["size"]}
+    argv: list[str | Path] = ["pull", "--unpack", "--snapshotter", "native"]
+    done, latency, code, err = _run_and_interrupt(
+        [IMGPIPE, "--root", root, *argv, "--json", ref], signal.SIGINT, set(layers)
+    )
+    print(f"\npull --unpack: exit {latency:.3f} s after SIGINT")
+    assert code == 130, err
+    assert latency < EXIT_BOUND
+    assert "interrupted" in err and "kept" in err, err
+    committed, partial = _have(root, blobs)
+    assert done <= committed
+    snaps = json.loads(run_cli("snapshots", "ls", "--json", root=root).stdout)
+    assert all(s.get("kind") != "active" for s in snaps), snaps  # the half-applied one went
+
+    missing = sum(n for d, n in blobs.items() if d not in committed) - sum(partial.values())
+    proxy.reset_counters()
+    proxy.throttle(None)
+    again = run_cli(*argv, ref, root=root)
+    assert again.returncode == 0, again.stderr
+    assert proxy.served("/blobs/") <= missing
+    assert run_cli("content", "verify", root=root).returncode == 0
+
+
+def test_run_interrupted_in_its_pull_keeps_what_arrived(
+    registry: Registry,
+    fault_proxy: Callable[[Registry], FaultProxy],
+    slow_image: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    """``run REF`` of an image not stored yet pulls it first: Ctrl-C there is the pull's
+    interrupt (exit 130, what arrived kept, no container made); a later pull resumes."""
+    proxy = fault_proxy(registry)
+    proxy.throttle(LINK_RATE)
+    root = tmp_path / "root"
+    ref = proxy.ref("interrupts/slow", "v1")
+    layers = {d["digest"]: d["size"] for d in slow_image["layers"]}
+    blobs = {**layers, slow_image["config"]["digest"]: slow_image["config"]["size"]}
+    # run prints no JSON events: watch the store for the first committed layer instead
+    with subprocess.Popen(
+        [IMGPIPE, "--root", root, "run", "--rm", "--snapshotter", "native", ref, "true"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            blob_dir = root / "content" / "blobs" / "sha256"
+            layer_files = {d.split(":")[1] for d in layers}
+            while proc.poll() is None:
+                # polling the store is the only sign run gives; each look is a wait on
+                # the process, not a clock
+                if blob_dir.is_dir() and layer_files & {p.name for p in blob_dir.iterdir()}:
+                    break
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=0.05)
+            assert proc.poll() is None, "run ended before it could be interrupted"
+            sent = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)
+            latency = time.monotonic() - sent
+        finally:
+            proc.kill()
+            proc.wait()
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+    print(f"\nrun (pulling): exit {latency:.3f} s after SIGINT")
+    assert proc.returncode == 130, err
+    assert latency < EXIT_BOUND
+    assert "interrupted" in err and "kept" in err, err
+    committed, partial = _have(root, blobs)
+    assert committed & set(layers)
+    listed = run_cli("ps", root=root)
+    assert listed.returncode == 0 and listed.stdout.splitlines()[1:] == []  # no container
+
+    missing = sum(n for d, n in blobs.items() if d not in committed) - sum(partial.values())
+    proxy.reset_counters()
+    proxy.throttle(None)
+    again = run_cli("pull", ref, root=root)
+    assert again.returncode == 0, again.stderr
+    assert proxy.served("/blobs/") <= missing
