@@ -16,18 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import threading
 import time
 from collections.abc import Iterator
 from types import FrameType
-from typing import Final
 
 from .exitcodes import EXIT_INTERRUPTED
 
 __all__ = ["installed", "message"]
-
-_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 
 
 class _Handler:
@@ -35,6 +30,8 @@ class _Handler:
         self.first: str | None = None
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
+        import signal  # loaded by installed() already
+
         name = signal.Signals(signum).name
         if self.first is not None:
             os.write(2, f"imgpipe: {name} again: stopping now\n".encode())
@@ -48,11 +45,15 @@ def installed() -> Iterator[None]:
     """SIGINT and SIGTERM handled as the module docstring says for the ``with`` block,
     the previous handlers back after it (``main`` may be called from a program).
     Outside the main thread (where Python allows no handlers) nothing changes."""
+    # imported here: `imgpipe --version` and `--help` exit before this, and pay nothing
+    import signal
+    import threading
+
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     handler = _Handler()
-    old = {sig: signal.signal(sig, handler) for sig in _SIGNALS}
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:

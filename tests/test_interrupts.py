@@ -121,7 +121,7 @@ def test_signal_mid_pull_keeps_what_arrived_and_rerun_fetches_only_the_rest(
     done, latency, code, err = _run_and_interrupt(
         [IMGPIPE, "--root", root, "pull", "--json", ref], sig, set(layers)
     )
-    print(f"\n{signal.Signals(sig).name}: exit {latency:.3f} s after the signal")
+    print(f"\n{signal.Signals(sig).name}: exit {latency:.3f} s after the signal\n{err.strip()}")
     assert code == 130, err
     assert latency < EXIT_BOUND
     assert "interrupted" in err and "kept" in err and "lease" in err, err
