@@ -76,8 +76,9 @@ def pull(
     all. ``options`` says how to reach registries and how many blobs move at once.
     Raises NotFound, DigestMismatch, SizeMismatch, MalformedDocument, Unsupported
     (schema 1), ResourceLimit, and for registries Unauthorized and Unavailable; on any
-    error the store is left as it was (a partly downloaded blob stays as a resumable
-    ingest).
+    error nothing is named, and what was fetched (blobs, and a partly downloaded blob as
+    a resumable ingest) stays under the run's expiring lease for the next attempt.
+    Ctrl-C raises :class:`~imgpipe.errors.Interrupted`, saying what was kept.
     """
     ref = _as_transport(source)
     plat = Platform.parse(platform) if isinstance(platform, str) else platform
