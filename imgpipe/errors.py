@@ -3,6 +3,8 @@
 See that module's docstring for the tree. Import from here in code above ``formats``.
 """
 
+from __future__ import annotations
+
 from imgpipe.formats import errors as _errors
 from imgpipe.formats.errors import *  # noqa: F403 (the whole tree: formats.errors.__all__)
 
@@ -11,14 +13,15 @@ __all__ += _errors.__all__
 
 # -- interrupts ----------------------------------------------------------------------------
 # Not an ImgpipeError: an interrupt must not be caught by ``except Exception`` on its way
-# out. It *is* a KeyboardInterrupt, so ``except KeyboardInterrupt`` keeps working.
+# out. It *is* a KeyboardInterrupt, so ``except KeyboardInterrupt`` keeps working. Plain
+# classes, no dataclasses or digests imported: this module is on every command's start-up.
 
-from dataclasses import dataclass  # noqa: E402 (the error tree above comes first)
+from typing import TYPE_CHECKING  # noqa: E402 (the error tree above comes first)
 
-from imgpipe.formats.digest import Digest  # noqa: E402
+if TYPE_CHECKING:
+    from imgpipe.formats.digest import Digest
 
 
-@dataclass(frozen=True)
 class Kept:
     """What an interrupted (or failed) run leaves in the store for the next attempt.
 
@@ -26,18 +29,35 @@ class Kept:
     of its downloads cut short, resumed from there with ``Range``; ``snapshots``: how many
     snapshots its lease holds (committed layers of an unpack); ``lease`` and
     ``expires_at`` (POSIX seconds): the lease that holds them, and when ``gc`` may take
-    them. No lease means nothing was kept.
+    them. No lease means nothing was kept. Immutable by convention.
     """
 
-    blobs: tuple[tuple[Digest, int], ...] = ()
-    partial: tuple[tuple[str, int], ...] = ()
-    snapshots: int = 0
-    lease: str | None = None
-    expires_at: float | None = None
+    __slots__ = ("blobs", "expires_at", "lease", "partial", "snapshots")
+
+    def __init__(
+        self,
+        *,
+        blobs: tuple[tuple[Digest, int], ...] = (),
+        partial: tuple[tuple[str, int], ...] = (),
+        snapshots: int = 0,
+        lease: str | None = None,
+        expires_at: float | None = None,
+    ) -> None:
+        self.blobs = blobs
+        self.partial = partial
+        self.snapshots = snapshots
+        self.lease = lease
+        self.expires_at = expires_at
 
     @property
     def nothing(self) -> bool:
         return not (self.blobs or self.partial or self.snapshots)
+
+    def __repr__(self) -> str:
+        return (
+            f"Kept(blobs={len(self.blobs)}, partial={len(self.partial)}, "
+            f"snapshots={self.snapshots}, lease={self.lease!r})"
+        )
 
 
 class Interrupted(KeyboardInterrupt):

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any
 from imgpipe.errors import Interrupted
 from imgpipe.events import Observer
 from imgpipe.formats.errors import InvalidArgument, NotFound
-from imgpipe.formats.reference import TransportRef
 
 from .context import Context, Stage
 
 if TYPE_CHECKING:
     from imgpipe.formats.platform import Platform
+    from imgpipe.formats.reference import TransportRef
     from imgpipe.store import Store
     from imgpipe.transports import TransportOptions
 
@@ -169,6 +169,8 @@ class Pipeline:
 
 def _subject(item: Any) -> str:
     """What a run was given, for its lease's label: a reference or a name as typed."""
+    from imgpipe.formats.reference import TransportRef  # noqa: PLC0415 (start-up)
+
     if isinstance(item, TransportRef | str):
         return str(item)
     return type(item).__name__
