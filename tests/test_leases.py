@@ -31,12 +31,19 @@ PAST = "2000-01-01T00:00:00Z"
 
 
 class CtrlC:
-    """A user stage that stands for Ctrl-C arriving right after the blobs are in."""
+    """A user stage that stands for Ctrl-C arriving right after the blobs are in, the
+    first time it runs (the user runs the command again, and it goes through)."""
 
     name = "ctrl-c"
 
+    def __init__(self) -> None:
+        self.fired = False
+
     def run(self, plan: ImagePlan, ctx: Context) -> ImagePlan:
-        raise KeyboardInterrupt("interrupted by SIGINT")
+        if not self.fired:
+            self.fired = True
+            raise KeyboardInterrupt("interrupted by SIGINT")
+        return plan
 
 
 def partial(store: Store, data: bytes, keep: int) -> Digest:
@@ -68,17 +75,29 @@ def test_interrupted_pull_keeps_its_blobs_under_an_expiring_lease(
     assert lease.labels["imgpipe.subject"] == str(src)
     assert imgpipe.images(store=store) == []
 
-    # a gc now keeps everything (the lease lives); the next pull fetches nothing
+    assert "imgpipe.ended" in lease.labels  # no running process needs it any more
+
+    # a gc now keeps everything (the lease lives); the next pull fetches nothing, and
+    # once it succeeded the lease the interrupted attempt left goes (the image holds all)
     assert imgpipe.gc(store=store).removed_blobs == ()
     events: list[imgpipe.Event] = []
-    imgpipe.pull(str(src), store=store, observer=events.append)
+    pipeline.run(src, store=store, observer=events.append)
     assert imgpipe.EventKind.BLOB_DONE not in {e.kind for e in events}
-
-    # once it expired, gc deletes the lease; the image now holds the blobs
-    result = imgpipe.gc(store=store, now=kept.expires_at + 1)
-    assert result.removed_leases == (kept.lease,)
-    assert result.removed_blobs == ()
     assert store.db.leases() == []
+    assert imgpipe.gc(store=store, now=kept.expires_at + 1).removed_blobs == ()
+
+
+def test_a_running_attempt_keeps_its_lease_when_another_succeeds(
+    fixture_dir: Path, store: Store
+) -> None:
+    """Only leases of *ended* attempts go with a success: one still running (here: not
+    labelled ended, as a live run's is not) stays, whatever it is for."""
+    src = f"oci:{fixture_dir / 'busybox'}:busybox"
+    running = store.db.create_lease(
+        labels={"imgpipe.pipeline": ",".join(Pipeline.pull().names()), "imgpipe.subject": src}
+    )
+    imgpipe.pull(src, store=store)
+    assert [rec.id for rec in store.db.leases()] == [running]
 
 
 def test_gc_after_the_expiry_frees_what_only_the_lease_held(

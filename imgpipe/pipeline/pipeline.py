@@ -121,12 +121,13 @@ class Pipeline:
         if store is not None:
             from imgpipe.config import lease_expiry as configured  # noqa: PLC0415 (start-up)
 
-            from .leasing import LABEL_PIPELINE, LABEL_SUBJECT, RunLease  # noqa: PLC0415
+            from .leasing import RunLease  # noqa: PLC0415
 
             run_lease = RunLease.open(
                 store,
                 expires_in=lease_expiry if lease_expiry is not None else configured(),
-                labels={LABEL_PIPELINE: ",".join(self.names()), LABEL_SUBJECT: _subject(item)},
+                pipeline=",".join(self.names()),
+                subject=_subject(item),
             )
             ctx.lease = run_lease.lease
         try:
@@ -167,10 +168,14 @@ class Pipeline:
         return item
 
 
-def _subject(item: Any) -> str:
-    """What a run was given, for its lease's label: a reference or a name as typed."""
+def _subject(item: Any) -> str | None:
+    """What a run was given, for its lease's label: a reference or a name as typed, a
+    conversion's "source -> destination"; None when the item says nothing of the kind."""
     from imgpipe.formats.reference import TransportRef  # noqa: PLC0415 (start-up)
 
     if isinstance(item, TransportRef | str):
         return str(item)
-    return type(item).__name__
+    shown = getattr(item, "shown", None)  # a conversion's Request
+    if isinstance(shown, tuple) and shown and all(isinstance(s, str) for s in shown):
+        return " -> ".join(shown)
+    return None
