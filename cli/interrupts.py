@@ -71,8 +71,16 @@ def message(exc: KeyboardInterrupt) -> str:
     if not reason.startswith("interrupted"):
         reason = "interrupted"
     kept = exc.kept if isinstance(exc, Interrupted) else None
-    if kept is None or kept.nothing or kept.lease is None:
+    if kept is None:
         return reason
+    if kept.lease is None or kept.nothing:
+        if not kept.sent:
+            return reason
+        size = human_size(sum(n for _, n in kept.sent))
+        return (
+            f"{reason}: the destination has the {len(kept.sent)} blob(s) ({size}) that were"
+            " done; run the same command again to skip them"
+        )
     parts = []
     if kept.blobs:
         size = human_size(sum(n for _, n in kept.blobs))

@@ -29,10 +29,12 @@ class Kept:
     of its downloads cut short, resumed from there with ``Range``; ``snapshots``: how many
     snapshots its lease holds (committed layers of an unpack); ``lease`` and
     ``expires_at`` (POSIX seconds): the lease that holds them, and when ``gc`` may take
-    them. No lease means nothing was kept. Immutable by convention.
+    them. No lease means nothing was kept here. ``sent``: (digest, size) of the blobs a
+    run without a local copy to keep (a push, a conversion between registries) had
+    finished writing to its destination, which keeps them. Immutable by convention.
     """
 
-    __slots__ = ("blobs", "expires_at", "lease", "partial", "snapshots")
+    __slots__ = ("blobs", "expires_at", "lease", "partial", "sent", "snapshots")
 
     def __init__(
         self,
@@ -42,8 +44,10 @@ class Kept:
         snapshots: int = 0,
         lease: str | None = None,
         expires_at: float | None = None,
+        sent: tuple[tuple[Digest, int], ...] = (),
     ) -> None:
         self.blobs = blobs
+        self.sent = sent
         self.partial = partial
         self.snapshots = snapshots
         self.lease = lease
@@ -56,7 +60,7 @@ class Kept:
     def __repr__(self) -> str:
         return (
             f"Kept(blobs={len(self.blobs)}, partial={len(self.partial)}, "
-            f"snapshots={self.snapshots}, lease={self.lease!r})"
+            f"snapshots={self.snapshots}, lease={self.lease!r}, sent={len(self.sent)})"
         )
 
 

@@ -178,7 +178,7 @@ def test_convert_between_registries_interrupted_writes_no_tag_and_rerun_skips(
     print(f"\nconvert: exit {latency:.3f} s after SIGINT")
     assert code == 130, err
     assert latency < EXIT_BOUND
-    assert "interrupted" in err, err
+    assert "interrupted" in err and "the destination has the" in err, err
     status, _, _ = registry.request("HEAD", "/v2/interrupts/converted/manifests/v1")
     assert status == 404  # no tag written
 
@@ -215,6 +215,7 @@ def test_push_interrupted_writes_no_tag_and_rerun_skips_what_arrived(
     assert code == 130, err
     assert latency < EXIT_BOUND
     assert "interrupted" in err and len(err.strip().splitlines()) == 1, err
+    assert "the destination has the" in err and "skip them" in err, err
     status, _, _ = registry.request("HEAD", "/v2/interrupts/pushed/manifests/v1")
     assert status == 404  # no tag written
     assert json.loads(run_cli("leases", "ls", "--json", root=root).stdout) == []  # none left

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterator
 from typing import Protocol, TypeVar
 
-from imgpipe.events import Event, Observer
+from imgpipe.events import Event, EventKind, Observer
 from imgpipe.formats.digest import Digest
 from imgpipe.formats.errors import FailedPrecondition
 from imgpipe.metadata import Lease
@@ -56,6 +56,9 @@ class Context:
         self.lease: Lease | None = None
         self.created: list[Digest] = []
         self.cancel = threading.Event()
+        #: (digest, size) of every BLOB_DONE emitted: what an interrupted push or
+        #: conversion had finished writing to its destination
+        self.done: list[tuple[Digest, int]] = []
 
     @property
     def store(self) -> Store:
@@ -69,6 +72,8 @@ class Context:
         return self._store is not None
 
     def emit(self, event: Event) -> None:
+        if event.kind == EventKind.BLOB_DONE and event.digest is not None:
+            self.done.append((event.digest, event.size))  # list.append: thread-safe
         self.observer(event)
 
     def protect(self, digest: Digest) -> None:

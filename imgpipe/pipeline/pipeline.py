@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from imgpipe.errors import Interrupted
+from imgpipe.errors import Interrupted, Kept
 from imgpipe.events import Observer
 from imgpipe.formats.errors import InvalidArgument, NotFound
 
@@ -140,6 +140,8 @@ class Pipeline:
                     raise
         except KeyboardInterrupt as e:
             kept = run_lease.failed(ctx.created) if run_lease is not None else None
+            if kept is None or kept.nothing:
+                kept = Kept(sent=tuple(ctx.done))  # a push, a conversion between registries
             reason = str(e) if str(e) else "interrupted"
             raise Interrupted(reason, kept=kept) from None
         except BaseException:
