@@ -19,6 +19,8 @@ if TYPE_CHECKING:
         IngestDetails,
         LeaseDetails,
         ManifestDetails,
+        RemovedImages,
+        SourceDetails,
         content_ingests,
         content_list,
         content_remove,
@@ -26,9 +28,11 @@ if TYPE_CHECKING:
         gc,
         images,
         inspect,
+        inspect_source,
         pull,
         push,
         remove_image,
+        remove_images,
         tag,
     )
     from imgpipe.blobs import content_get
@@ -126,6 +130,9 @@ _WHERE = {
         ),
         "imgpipe.pipeline",
     ),
+    **dict.fromkeys(
+        ("RemovedImages", "SourceDetails", "inspect_source", "remove_images"), "imgpipe.api"
+    ),
     "Store": "imgpipe.store",
     "default_root": "imgpipe.store",
     **dict.fromkeys(
@@ -218,8 +225,10 @@ __all__ = [
     "NotFound",
     "Observer",
     "Pipeline",
+    "RemovedImages",
     "ResourceLimit",
     "SizeMismatch",
+    "SourceDetails",
     "Stage",
     "Store",
     "Task",
@@ -241,6 +250,7 @@ __all__ = [
     "gc",
     "images",
     "inspect",
+    "inspect_source",
     "lease_remove",
     "leases",
     "list_containers",
@@ -257,6 +267,7 @@ __all__ = [
     "registry_host",
     "remove_container",
     "remove_image",
+    "remove_images",
     "run",
     "snapshot_remove",
     "snapshots_list",
