@@ -151,8 +151,23 @@ def gc(args: argparse.Namespace) -> int:
     than the lease expiry ($IMGPIPE_LEASE_EXPIRY or [gc] lease-expiry, 24h)."""
     import imgpipe
 
+    from .output import human_size
+
     result = imgpipe.gc(dry_run=args.dry_run, root=args.root)
     print_freed(result, dry_run=args.dry_run)
+    # what a user freeing space wants to know next: what gc left because a lease holds it
+    held = [
+        i.status
+        for i in imgpipe.content_ingests(root=args.root)
+        if i.leases and not i.status.locked and i.status.ref not in result.removed_ingests
+    ]
+    if held and not args.quiet:
+        size = human_size(sum(st.offset for st in held))
+        print(
+            f"kept {len(held)} partial download(s) ({size}) that leases of failed or "
+            "interrupted runs hold: `imgpipe leases ls` shows them, `imgpipe leases rm ID` "
+            "frees them now"
+        )
     return 0
 
 

@@ -215,6 +215,7 @@ def test_the_commands_show_and_free_leases_and_ingests(tmp_path: Path) -> None:
     assert f"removed ingest import-{stale} 2.5 kB" in out.stdout
     assert "freed 2.5 kB (0 blob(s), 1 ingest(s), 1 lease(s))" in out.stdout
     assert str(leased) not in out.stdout
+    assert "kept 1 partial download(s) (1.5 kB) that leases" in out.stdout
 
     missing = run_cli("leases", "rm", "nope", root=root)
     assert missing.returncode == 5
