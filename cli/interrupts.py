@@ -22,7 +22,10 @@ from types import FrameType
 
 from .exitcodes import EXIT_INTERRUPTED
 
-__all__ = ["installed", "message"]
+__all__ = ["installed", "leave_stuck_transfers", "message"]
+
+#: The thread names of the scheduler's pools (ThreadPoolExecutor: "<prefix>_<n>").
+_POOLS = ("fetch", "push", "convert")
 
 
 class _Handler:
@@ -59,6 +62,24 @@ def installed() -> Iterator[None]:
     finally:
         for sig, previous in old.items():
             signal.signal(sig, previous)
+
+
+def leave_stuck_transfers(code: int) -> None:
+    """After the interrupt line: if a transfer the run left behind is still stuck in a
+    read (a stalled connection; the scheduler waited CANCEL_GRACE for it), exit now with
+    ``code`` rather than wait for it at interpreter exit. Its ingest is consistent."""
+    import sys
+    import threading
+
+    stuck = [
+        t
+        for t in threading.enumerate()
+        if t.is_alive() and not t.daemon and t.name.partition("_")[0] in _POOLS
+    ]
+    if stuck:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def message(exc: KeyboardInterrupt) -> str:

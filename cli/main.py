@@ -102,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             message = f"internal error ({type(exc).__name__}): {message}"
         # one line, whatever the message held
         print(f"imgpipe: error: {' '.join(message.split())}", file=sys.stderr)
+        if isinstance(exc, KeyboardInterrupt):
+            interrupts.leave_stuck_transfers(exit_code_for(exc))
         return exit_code_for(exc)
 
 

@@ -327,3 +327,36 @@ def test_run_interrupted_in_its_pull_keeps_what_arrived(
     again = run_cli("pull", ref, root=root)
     assert again.returncode == 0, again.stderr
     assert proxy.served("/blobs/") <= missing
+
+
+def test_sigint_with_a_stalled_download_exits_without_waiting_for_it(
+    registry: Registry,
+    fault_proxy: Callable[[Registry], FaultProxy],
+    slow_image: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    """One layer's server goes silent mid-blob (the read would wait 60 s for its timeout):
+    Ctrl-C still ends the pull at once, the bytes that arrived stay, the re-run resumes."""
+    proxy = fault_proxy(registry)
+    big = slow_image["layers"][1]
+    proxy.stall(f"/blobs/{big['digest']}", after=1 << 20)
+    root = tmp_path / "root"
+    ref = proxy.ref("interrupts/slow", "v1")
+    layers = {d["digest"]: d["size"] for d in slow_image["layers"]}
+    blobs = {**layers, slow_image["config"]["digest"]: slow_image["config"]["size"]}
+    done, latency, code, err = _run_and_interrupt(
+        [IMGPIPE, "--root", root, "pull", "--json", ref], signal.SIGINT, set(layers)
+    )
+    print(f"\nstalled: exit {latency:.3f} s after SIGINT")
+    assert code == 130, err
+    assert latency < EXIT_BOUND
+    assert "interrupted" in err and "kept" in err, err
+    committed, partial = _have(root, blobs)
+    assert big["digest"] not in committed and done <= committed
+    assert 0 < partial.get(big["digest"], 0) <= 1 << 20
+
+    missing = sum(n for d, n in blobs.items() if d not in committed) - sum(partial.values())
+    proxy.reset_counters()
+    again = run_cli("pull", ref, root=root)
+    assert again.returncode == 0, again.stderr
+    assert proxy.served("/blobs/") <= missing
