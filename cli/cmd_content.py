@@ -15,7 +15,14 @@ from .exitcodes import exit_code_for
 def register(sub: Any) -> None:
     p = sub.add_parser("content", help="work on the content store directly")
     csub = p.add_subparsers(dest="content_command", metavar="COMMAND", required=True)
-    flags.json_output(flags.verb(csub, "ls", content_ls))
+    c = flags.verb(csub, "ls", content_ls)
+    flags.json_output(c)
+    c.add_argument(
+        "--ingests",
+        action="store_true",
+        help="list partial downloads (ingests) instead of blobs: bytes so far, the lease "
+        "holding each, whether a writer has it open",
+    )
     c = flags.verb(csub, "get", content_get)
     c.add_argument("digest", metavar="DIGEST")
     c.add_argument(
@@ -38,11 +45,13 @@ def register(sub: Any) -> None:
 
 
 def content_ls(args: argparse.Namespace) -> int:
-    """list blobs with size and labels"""
+    """list blobs with size and labels (--ingests: partial downloads)"""
     import imgpipe
 
     from .output import human_size, print_json, print_table
 
+    if args.ingests:
+        return _ingests_ls(args)
     blobs = imgpipe.content_list(root=args.root)
     if args.json:
         print_json(
@@ -54,6 +63,40 @@ def content_ls(args: argparse.Namespace) -> int:
         for i, labels in blobs
     ]
     print_table(rows, ("DIGEST", "SIZE", "LABELS"))
+    return 0
+
+
+def _ingests_ls(args: argparse.Namespace) -> int:
+    import imgpipe
+
+    from .cmd_leases import ago
+    from .output import human_size, print_json, print_table
+
+    ingests = imgpipe.content_ingests(root=args.root)
+    if args.json:
+        print_json(
+            [
+                {
+                    "ref": i.status.ref,
+                    "expected": str(i.status.expected) if i.status.expected else None,
+                    "offset": i.status.offset,
+                    "total": i.status.total,
+                    "startedAt": i.status.started_at,
+                    "updatedAt": i.status.updated_at,
+                    "locked": i.status.locked,
+                    "leases": list(i.leases),
+                }
+                for i in ingests
+            ]
+        )
+        return 0
+    rows = []
+    for i in ingests:
+        st = i.status
+        total = f"/{human_size(st.total)}" if st.total is not None else ""
+        state = "writing" if st.locked else ("leased " + ",".join(i.leases) if i.leases else "")
+        rows.append((st.ref, f"{human_size(st.offset)}{total}", ago(st.updated_at), state))
+    print_table(rows, ("REF", "SIZE", "UPDATED", "STATE"))
     return 0
 
 
@@ -101,18 +144,49 @@ def content_rm(args: argparse.Namespace) -> int:
 
 
 def gc(args: argparse.Namespace) -> int:
-    """remove content no image or live lease holds"""
+    """remove content no image or live lease holds
+
+    Expired leases go first, then every blob, snapshot and partial download (ingest)
+    that no image and no live lease holds; an unleased ingest also needs to be older
+    than the lease expiry ($IMGPIPE_LEASE_EXPIRY or [gc] lease-expiry, 24h)."""
     import imgpipe
 
     from .output import human_size
 
     result = imgpipe.gc(dry_run=args.dry_run, root=args.root)
-    verb = "would remove" if args.dry_run else "removed"
+    print_freed(result, dry_run=args.dry_run)
+    # what a user freeing space wants to know next: what gc left because a lease holds it
+    held = [
+        i.status
+        for i in imgpipe.content_ingests(root=args.root)
+        if i.leases and not i.status.locked and i.status.ref not in result.removed_ingests
+    ]
+    if held and not args.quiet:
+        size = human_size(sum(st.offset for st in held))
+        print(
+            f"kept {len(held)} partial download(s) ({size}) that leases of failed or "
+            "interrupted runs hold: `imgpipe leases ls` shows them, `imgpipe leases rm ID` "
+            "frees them now"
+        )
+    return 0
+
+
+def print_freed(result: Any, *, dry_run: bool = False) -> None:
+    """What a collection removed, one line each, then the total (``gc``, ``leases rm``)."""
+    from .output import human_size
+
+    verb = "would remove" if dry_run else "removed"
+    for lease in result.removed_leases:
+        print(f"{verb} expired lease {lease}")
     for digest, size in result.removed_blobs:
         print(f"{verb} {digest} {human_size(size)}")
-    for ref in result.removed_ingests:
-        print(f"{verb} ingest {ref}")
+    sizes = result.ingest_sizes or (0,) * len(result.removed_ingests)
+    for ref, size in zip(result.removed_ingests, sizes, strict=True):
+        print(f"{verb} ingest {ref} {human_size(size)}")
     for snapshotter, key in result.removed_snapshots:
         print(f"{verb} snapshot {snapshotter} {key}")
-    print(f"{'would free' if args.dry_run else 'freed'} {human_size(result.bytes_freed)}")
-    return 0
+    counts = (
+        f"{len(result.removed_blobs)} blob(s), {len(result.removed_ingests)} ingest(s), "
+        f"{len(result.removed_leases)} lease(s)"
+    )
+    print(f"{'would free' if dry_run else 'freed'} {human_size(result.bytes_freed)} ({counts})")

@@ -17,10 +17,12 @@ from . import (
     cmd_content,
     cmd_convert,
     cmd_images,
+    cmd_leases,
     cmd_login,
     cmd_run,
     cmd_transfer,
     cmd_unpack,
+    interrupts,
 )
 from .exitcodes import EXIT_USAGE, exit_code_for
 
@@ -68,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd_transfer.register(sub)
     cmd_images.register(sub)
     cmd_content.register(sub)
+    cmd_leases.register(sub)
     cmd_login.register(sub)
     cmd_run.register(sub)
     cmd_convert.register(sub)
@@ -79,8 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        code: int = args.func(args)
-        sys.stdout.flush()
+        with interrupts.installed():
+            code: int = args.func(args)
+            sys.stdout.flush()
         return code
     except BrokenPipeError:
         # `imgpipe images | head`: the reader left; stop quietly, as Go tools do on SIGPIPE
@@ -93,11 +97,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, OSError) and exc.strerror:
             message = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
         if isinstance(exc, KeyboardInterrupt):
-            message = "interrupted"
+            message = interrupts.message(exc)
         elif not _is_expected(exc):
             message = f"internal error ({type(exc).__name__}): {message}"
         # one line, whatever the message held
         print(f"imgpipe: error: {' '.join(message.split())}", file=sys.stderr)
+        if isinstance(exc, KeyboardInterrupt):
+            interrupts.leave_stuck_transfers(exit_code_for(exc))
         return exit_code_for(exc)
 
 

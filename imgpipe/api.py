@@ -7,10 +7,10 @@ that does many things) or ``root=`` (opened and closed for the call). Progress g
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from imgpipe.content import Info, VerifyProblem
+from imgpipe.content import Info, IngestStatus, VerifyProblem
 from imgpipe.formats.config import ImageConfig
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.digest import Digest
@@ -20,7 +20,7 @@ from imgpipe.formats.platform import Platform
 from imgpipe.formats.reference import TransportRef, parse_transport
 from imgpipe.image import read_config
 from imgpipe.image.lazy import BlobIndex, load
-from imgpipe.metadata import ImageRecord
+from imgpipe.metadata import ImageRecord, LeaseRecord
 from imgpipe.metadata.gc import GCResult, collect
 from imgpipe.pipeline import (
     Context,
@@ -37,9 +37,12 @@ from imgpipe.transports import TransportOptions, open_source
 
 __all__ = [
     "ImageDetails",
+    "IngestDetails",
+    "LeaseDetails",
     "ManifestDetails",
     "RemovedImages",
     "SourceDetails",
+    "content_ingests",
     "content_list",
     "content_remove",
     "content_verify",
@@ -47,6 +50,8 @@ __all__ = [
     "images",
     "inspect",
     "inspect_source",
+    "lease_remove",
+    "leases",
     "normalize_name",
     "pull",
     "push",
@@ -79,8 +84,9 @@ def pull(
     all. ``options`` says how to reach registries and how many blobs move at once.
     Raises NotFound, DigestMismatch, SizeMismatch, MalformedDocument, Unsupported
     (schema 1), ResourceLimit, and for registries Unauthorized and Unavailable; on any
-    error the store is left as it was (a partly downloaded blob stays as a resumable
-    ingest).
+    error nothing is named, and what was fetched (blobs, and a partly downloaded blob as
+    a resumable ingest) stays under the run's expiring lease for the next attempt.
+    Ctrl-C raises :class:`~imgpipe.errors.Interrupted`, saying what was kept.
     """
     ref = _as_transport(source)
     plat = Platform.parse(platform) if isinstance(platform, str) else platform
@@ -289,8 +295,21 @@ def remove_images(
         return RemovedImages(tuple(removed), tuple(failed), collected)
 
 
-def gc(*, dry_run: bool = False, store: Store | None = None, root: Root = None) -> GCResult:
+def gc(
+    *,
+    dry_run: bool = False,
+    store: Store | None = None,
+    root: Root = None,
+    now: float | None = None,
+    ingest_expiry: float | None = None,
+) -> GCResult:
     """Remove every blob, stale ingest and snapshot no image or live lease reaches.
+
+    Leases past their expiry are deleted first, and what only they held goes with them.
+    An ingest (a partial download) goes when no live lease holds it, no writer has it
+    open, and it was last written more than ``ingest_expiry`` seconds ago (default: the
+    lease expiry, :func:`imgpipe.config.lease_expiry`). ``now`` (POSIX seconds) is the
+    time expiries are judged at (a test, or "what would go tomorrow" with ``dry_run``).
 
     Snapshots: collection deletes the unreached records (``removed_snapshots`` lists them
     as ``(snapshotter, key)``), then each snapshotter with a directory under the root
@@ -298,14 +317,32 @@ def gc(*, dry_run: bool = False, store: Store | None = None, root: Root = None) 
     opened here, overlay without root, keeps them until a gc that can).
     """
     with opened_store(store, root) as s:
-        result = collect(s.db, s.content, dry_run=dry_run)
-        if not dry_run and (s.root / "snapshots").is_dir():
-            # imported here: snapshotters load ctypes and the applier, which a gc of a
-            # store that never unpacked anything does not need
-            from imgpipe.snapshot_admin import cleanup_snapshotters  # noqa: PLC0415
+        return _collect(s, dry_run=dry_run, now=now, ingest_expiry=ingest_expiry)
 
-            cleanup_snapshotters(s)
-        return result
+
+def _collect(
+    s: Store,
+    *,
+    dry_run: bool = False,
+    now: float | None = None,
+    ingest_expiry: float | None = None,
+    abandoned: Collection[str] = (),
+) -> GCResult:
+    """One collection of ``s``, then the snapshot directories no record names."""
+    if ingest_expiry is None:
+        from imgpipe.config import lease_expiry  # noqa: PLC0415 (start-up: on use)
+
+        ingest_expiry = lease_expiry()
+    result = collect(
+        s.db, s.content, dry_run=dry_run, now=now, ingest_expiry=ingest_expiry, abandoned=abandoned
+    )
+    if not dry_run and (s.root / "snapshots").is_dir():
+        # imported here: snapshotters load ctypes and the applier, which a gc of a
+        # store that never unpacked anything does not need
+        from imgpipe.snapshot_admin import cleanup_snapshotters  # noqa: PLC0415
+
+        cleanup_snapshotters(s)
+    return result
 
 
 def content_list(
@@ -334,3 +371,72 @@ def content_remove(
         for d in parsed:
             s.content.delete(d)
         return parsed
+
+
+@dataclass(frozen=True)
+class IngestDetails:
+    """A partial download (``imgpipe content ls --ingests``): its status, and the live
+    leases that hold it (by its ref or by the blob it is becoming)."""
+
+    status: IngestStatus
+    leases: tuple[str, ...]
+
+
+def content_ingests(*, store: Store | None = None, root: Root = None) -> list[IngestDetails]:
+    """Every ingest in progress or left behind, sorted by ref, with the leases holding it."""
+    import time  # noqa: PLC0415
+
+    with opened_store(store, root) as s:
+        now = time.time()
+        holders: dict[tuple[str, str], list[str]] = {}
+        for lease in s.db.leases():
+            if lease.expires_at is not None and now > lease.expires_at:
+                continue  # expired: holds nothing any more
+            for kind, key in s.db.lease_resources(lease.id):
+                holders.setdefault((kind, key), []).append(lease.id)
+        out = []
+        for st in sorted(s.content.ingests(), key=lambda i: i.ref):
+            ids = holders.get(("ingest", st.ref), [])
+            if st.expected is not None:
+                ids = ids + holders.get(("content", str(st.expected)), [])
+            out.append(IngestDetails(st, tuple(sorted(set(ids)))))
+        return out
+
+
+@dataclass(frozen=True)
+class LeaseDetails:
+    """A lease (``imgpipe leases ls``): the record, and what it holds by kind."""
+
+    record: LeaseRecord
+    resources: tuple[tuple[str, str], ...]
+
+    def count(self, kind: str) -> int:
+        return sum(1 for k, _ in self.resources if k == kind)
+
+
+def leases(*, store: Store | None = None, root: Root = None) -> list[LeaseDetails]:
+    """Every lease, oldest first (expired ones too, until a ``gc`` deletes them)."""
+    with opened_store(store, root) as s:
+        return [LeaseDetails(rec, tuple(s.db.lease_resources(rec.id))) for rec in s.db.leases()]
+
+
+def lease_remove(
+    ids: list[str], *, prune: bool = True, store: Store | None = None, root: Root = None
+) -> GCResult | None:
+    """Delete the leases ``ids`` (NotFound for an unknown one, before any is deleted);
+    with ``prune`` (the default) then collect: what only they held goes, their partial
+    downloads included however recent (as containerd's ``ctr leases rm --sync``)."""
+    with opened_store(store, root) as s:
+        held: set[str] = set()
+        for lease_id in ids:
+            held.update(f"{kind}\0{key}" for kind, key in s.db.lease_resources(lease_id))
+        for lease_id in ids:
+            s.db.delete_lease(lease_id)
+        if not prune:
+            return None
+        abandoned = [
+            i.ref
+            for i in s.content.ingests()
+            if f"ingest\0{i.ref}" in held or f"content\0{i.expected}" in held
+        ]
+        return _collect(s, abandoned=abandoned)

@@ -19,6 +19,13 @@ for it itself). A missing file in the directory is an empty configuration, never
     env = ["KEY=VALUE"]        # optional
 
 Configured processors are consulted before the built-in ones.
+
+How long a pull, convert or unpack keeps what it fetched when it fails or is
+interrupted (its lease's ``containerd.io/gc.expire``), and how old an unleased partial
+download must be before ``gc`` removes it: ``$IMGPIPE_LEASE_EXPIRY``, else::
+
+    [gc]
+    lease-expiry = "24h"       # s, m, h or d; a bare number is seconds
 """
 
 from __future__ import annotations
@@ -37,14 +44,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONFIG_FILE",
+    "DEFAULT_LEASE_EXPIRY",
     "REGISTRIES_FILE",
     "SYSTEM_CONFIG_DIR",
     "config_dir",
     "config_path",
     "default_registry_config",
+    "lease_expiry",
     "load_config",
     "load_processors",
     "load_registry_config",
+    "parse_duration",
     "with_defaults",
 ]
 
@@ -56,6 +66,12 @@ CONFIG_FILE: Final = "config.toml"
 REGISTRIES_FILE: Final = "registries.toml"
 #: A configuration file is small; refuse to parse a huge one (a wrong path, a device).
 MAX_CONFIG_SIZE: Final = 1 << 20
+
+#: containerd's client lease lifetime: long enough to resume an interrupted pull the
+#: next day, short enough that a crashed process does not pin blobs for ever.
+DEFAULT_LEASE_EXPIRY: Final = 24 * 3600.0
+
+_UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 _PROCESSOR_KEYS: Final = frozenset({"id", "accepts", "returns", "path", "args", "env"})
 
@@ -180,3 +196,43 @@ def load_processors(
         seen.add(cfg.id)
         out.append(ExternalProcessor(cfg))
     return out
+
+
+def parse_duration(text: str, where: str) -> float:
+    """``"90s"``, ``"30m"``, ``"24h"``, ``"7d"`` or a bare number of seconds, as seconds.
+
+    Raises InvalidArgument naming ``where`` for anything else, zero or a negative value.
+    """
+    value = text.strip().lower()
+    scale = _UNITS.get(value[-1:], None) if value else None
+    number = value[:-1] if scale is not None else value
+    try:
+        seconds = float(number) * (scale or 1.0)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise InvalidArgument(
+            f"{where}: {text!r} is not a positive duration (like 90s, 30m, 24h, 7d)"
+        )
+    return seconds
+
+
+def lease_expiry(*, config: dict[str, Any] | None = None) -> float:
+    """Seconds a run's lease lives (see the module docstring): ``$IMGPIPE_LEASE_EXPIRY``,
+    else ``[gc] lease-expiry`` of config.toml, else :data:`DEFAULT_LEASE_EXPIRY`.
+
+    Raises InvalidArgument for a value that is not a duration, MalformedDocument for a
+    config file that does not parse.
+    """
+    if env := os.environ.get("IMGPIPE_LEASE_EXPIRY"):
+        return parse_duration(env, "IMGPIPE_LEASE_EXPIRY")
+    doc = config if config is not None else load_config()
+    section = doc.get("gc", {})
+    if not isinstance(section, dict):
+        raise MalformedDocument(f"{config_path()}: 'gc' must be a table")
+    value = section.get("lease-expiry")
+    if value is None:
+        return DEFAULT_LEASE_EXPIRY
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise MalformedDocument(f"{config_path()}: gc.lease-expiry must be a string like '24h'")
+    return parse_duration(str(value), f"{config_path()}: gc.lease-expiry")

@@ -62,3 +62,18 @@ def run_cli(
     if root is not None:
         argv += ["--root", root]
     return subprocess.run([*argv, *args], capture_output=True, text=True, timeout=300)
+
+
+def after_leases_expire(store: Store | Path) -> None:
+    """A ``gc`` as it runs once every lease a failed run left has expired: what that run
+    kept for a retry (its lease holds it, ``imgpipe.config.lease_expiry``) goes then."""
+    import time
+
+    import imgpipe
+    from imgpipe.metadata import DEFAULT_LEASE_EXPIRY
+
+    later = time.time() + 2 * DEFAULT_LEASE_EXPIRY
+    if isinstance(store, Store):
+        imgpipe.gc(store=store, now=later, ingest_expiry=DEFAULT_LEASE_EXPIRY)
+    else:
+        imgpipe.gc(root=store, now=later, ingest_expiry=DEFAULT_LEASE_EXPIRY)

@@ -14,6 +14,10 @@ always) and then the proxy behaves:
 - ``body``: answer with the upstream's status and headers but another body (a registry
   serving the wrong manifest for a digest).
 
+:meth:`FaultProxy.throttle` caps the bytes per second of every response body together
+(a slow registry link, shared by the parallel transfers as a real one is), and of the
+request bodies (uploads) the same way.
+
 ``Range`` and every other end-to-end header is forwarded, so resumption can be tested.
 Authorization headers are forwarded but never logged.
 """
@@ -26,6 +30,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -91,6 +96,8 @@ class FaultProxy:
     bytes_by_path: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _released: threading.Event = field(default_factory=threading.Event)
+    rate: float | None = None  # body bytes per second over all connections, None: no cap
+    _next_send: float = 0.0
     _server: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
 
@@ -141,6 +148,31 @@ class FaultProxy:
 
     def release(self) -> None:
         self._released.set()
+
+    def throttle(self, bytes_per_second: float | None) -> None:
+        """Serve every body at most this fast, all connections together (None: unthrottled)."""
+        with self._lock:
+            self.rate = bytes_per_second
+            self._next_send = time.monotonic()
+
+    def _paced(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """Request bodies (uploads) go through the slow link too."""
+        for chunk in chunks:
+            self._pace(len(chunk))
+            yield chunk
+
+    def _pace(self, n: int) -> None:
+        # One clock for the whole link: each chunk is given the next free slot of the
+        # shared rate, and its sender waits for it (the proxy *is* the slow link here).
+        with self._lock:
+            if self.rate is None:
+                return
+            start = max(time.monotonic(), self._next_send)
+            self._next_send = start + n / self.rate
+            due = self._next_send
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
 
     def served(self, pattern: str = "") -> int:
         """Body bytes served on paths matching ``pattern`` (all paths when empty)."""
@@ -226,7 +258,7 @@ class FaultProxy:
         fault = self._pick(method, path)
         logged = {k: v for k, v in h.headers.items() if k.lower() not in SECRET_HEADERS}
 
-        body_iter = _request_body(h)
+        body_iter = self._paced(_request_body(h))
         if fault is not None and fault.kind == "status":
             for _ in body_iter:  # drain what the client sent, to keep the connection usable
                 pass
@@ -328,7 +360,9 @@ class FaultProxy:
                     self._released.wait(timeout=120)
                 _hang_up(h)
                 return
+            self._pace(len(chunk))
             h.wfile.write(chunk)
+            h.wfile.flush()
             sent += len(chunk)
             self._count(path, len(chunk))
         h.wfile.flush()

@@ -609,3 +609,14 @@ def test_snapshot_refs(key, expected):
 )
 def test_parse_expire(text, expected):
     assert parse_expire(text) == expected
+
+
+def test_set_lease_labels_merges_and_keeps_the_expiry(db: MetadataDB) -> None:
+    lease_id = db.create_lease(expires_in=60, labels={"a": "1"})
+    (before,) = db.leases()
+    db.set_lease_labels(lease_id, {"b": "2", "a": "3"})
+    (after,) = db.leases()
+    assert after.labels == {"a": "3", "b": "2"}
+    assert after.expires_at == before.expires_at
+    with pytest.raises(NotFound):
+        db.set_lease_labels("nope", {"a": "1"})

@@ -203,6 +203,14 @@ PUBLIC_API = {
     "NoSpace",
     "ReadOnlyStore",
     "StorageError",
+    # issue 11 (interrupts): what Ctrl-C keeps, the leases that keep it, partial downloads
+    "IngestDetails",
+    "Interrupted",
+    "Kept",
+    "LeaseDetails",
+    "content_ingests",
+    "lease_remove",
+    "leases",
 }
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import after_leases_expire as expire_leases
 
 import imgpipe
 from imgpipe import Context, ImagePlan, Pipeline, ResourceLimit, Store
@@ -23,6 +25,14 @@ def blob_files(layout: Path) -> dict[str, bytes]:
 
 def store_digests(store: Store) -> set[str]:
     return {str(i.digest) for i in store.content.walk()}
+
+
+def only_leased(store: Store, digests: set[str]) -> None:
+    """What a failed run left is held by one expiring lease, and nothing else."""
+    (lease,) = store.db.leases()
+    assert lease.expires_at is not None and lease.expires_at > time.time()
+    held = {key for kind, key in store.db.lease_resources(lease.id) if kind == "content"}
+    assert digests <= held
 
 
 def root_digest(layout: Path) -> str:
@@ -98,10 +108,15 @@ def test_custom_stage_refuses_before_layers_download(fixture_dir: Path, store: S
     pipeline = Pipeline.pull().insert_before("fetch-blobs", MaxSize(1000))
     with pytest.raises(ResourceLimit):
         pipeline.run(parse_transport(f"oci:{fixture_dir / 'layered'}:layered"), store=store)
-    # no layer was fetched, and what the failed run had stored (the manifest) is gone
-    assert store_digests(store) == set()
+    # no layer was fetched; what the failed run stored (the manifest) stays under its
+    # expiring lease until that expires
+    kept = store_digests(store)
+    assert len(kept) == 1
+    only_leased(store, kept)
     assert imgpipe.images(store=store) == []
     assert not list(store.content.ingests())
+    expire_leases(store)
+    assert store_digests(store) == set()
 
 
 def test_pipeline_rejects_duplicate_and_unknown_stage_names() -> None:
@@ -186,10 +201,15 @@ def test_damaged_blob_fails_and_store_is_unchanged(
     _damage(layout, how, spare=fixture_dir / "busybox")
     with pytest.raises(error):
         imgpipe.pull(f"oci:{layout}:layered", store=store)
-    assert store_digests(store) == before  # nothing new stayed, nothing old was lost
+    # the damaged blob never got in; the good ones stay for the next attempt, held only
+    # by the failed run's expiring lease: nothing old was lost, nothing new is named
+    assert before <= store_digests(store)
+    only_leased(store, store_digests(store) - before)
     assert [i.name for i in imgpipe.images(store=store)] == images_before
     assert not list(store.content.ingests())
     assert list(store.content.verify()) == []
+    expire_leases(store)
+    assert store_digests(store) == before
 
 
 def test_damaged_manifest_is_refused(layout_copy: Any, store: Store) -> None:
@@ -218,6 +238,7 @@ def test_malformed_manifest_with_right_digest_is_refused(layout_copy: Any, store
     with pytest.raises(MalformedDocument):
         imgpipe.pull(f"oci:{layout}:busybox", store=store)
     assert imgpipe.images(store=store) == []
+    expire_leases(store)  # the refused document stayed only under the run's lease
     assert store_digests(store) == set()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import signal
 import threading
 
 import pytest
@@ -11,6 +12,7 @@ from imgpipe.events import Event, EventKind
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.digest import Digest
 from imgpipe.pipeline import Background, Cancelled, ProgressReader, run_concurrently
+from imgpipe.pipeline.scheduler import CANCEL_READ_SIZE
 
 
 def _desc(n: int, size: int = 10) -> Descriptor:
@@ -94,3 +96,69 @@ def test_background_waits_per_key_and_the_first_failure_wins() -> None:
         finally:
             release.set()
     assert bg.cancel_event.is_set()
+
+
+class _Endless(io.RawIOBase):
+    """A stream that never ends (a transfer that would run on for ever), telling when the
+    first read came."""
+
+    def __init__(self, started: threading.Event) -> None:
+        self.started = started
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        self.started.set()
+        view = memoryview(b).cast("B")
+        view[:] = b"\0" * len(view)
+        return len(view)
+
+
+def test_a_failure_stops_the_transfers_still_running() -> None:
+    """One job fails while another is mid-transfer on an endless stream: the run's cancel
+    is set, the transfer stops at its next read, the failure (not Cancelled) is raised.
+    Without the cancel this would never return."""
+    cancel = threading.Event()
+    started = threading.Event()
+    sizes: list[int] = []
+
+    def job(i: int) -> int:
+        if i == 0:
+            started.wait(30)
+            raise ValueError("boom")
+        r = ProgressReader(_Endless(started), lambda e: None, _desc(1, 1 << 62), "v", cancel=cancel)
+        buf = bytearray(1 << 20)
+        while n := r.readinto(buf):
+            sizes.append(n)
+        return 0
+
+    with pytest.raises(ValueError, match="boom"):
+        run_concurrently(lambda e: None, [0, 1], 2, "t", job, describe=_desc, cancel=cancel)
+    assert cancel.is_set()
+    # reads of a cancellable reader are short, so a slow link stops soon after the cancel
+    assert sizes and max(sizes) <= CANCEL_READ_SIZE
+
+
+def test_ctrl_c_in_the_waiting_thread_cancels_the_workers() -> None:
+    """A real SIGINT to the main thread while run_concurrently waits there: the
+    KeyboardInterrupt comes out, the cancel is set and the running transfer stops."""
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    cancel = threading.Event()
+    started = threading.Event()
+    main = threading.main_thread().ident
+    assert main is not None and threading.get_ident() == main
+
+    def job(i: int) -> int:
+        if i == 0:
+            started.wait(30)
+            signal.pthread_kill(main, signal.SIGINT)
+            return 0
+        r = ProgressReader(_Endless(started), lambda e: None, _desc(1, 1 << 62), "v", cancel=cancel)
+        while r.read(1 << 20):
+            pass
+        return 0
+
+    with pytest.raises(KeyboardInterrupt):
+        run_concurrently(lambda e: None, [0, 1], 2, "t", job, describe=_desc, cancel=cancel)
+    assert cancel.is_set()

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import after_leases_expire
 from faultproxy import FaultProxy
 from registry_fixtures import LayoutImage, Registry, read_layout
 
@@ -193,7 +194,10 @@ def test_corrupt_last_blob_fails_cleanly(
         top = chain_ids(diff_ids(layered, fixture_dir / "layered"))[-1]
         with pytest.raises(NotFound):
             store.db.get_snapshot("overlay", str(top))
-        # the image's documents and blobs fetched by the failed run are taken back
+        # the image's documents and blobs fetched by the failed run stay under its
+        # lease for a retry, and go once it expired
+        assert store.content.exists(Digest.parse(layered.manifest_digest))
+        after_leases_expire(store)
         assert not store.content.exists(Digest.parse(layered.manifest_digest))
 
 
@@ -244,4 +248,5 @@ def test_apply_failure_stops_the_downloads(
     with Store(tmp_path / "root") as store:
         assert_as_it_was(store)
         assert snapshots_list(store=store) == []
-        assert list(store.content.walk()) == []  # everything the run fetched is taken back
+        after_leases_expire(store)  # what the run fetched was kept for a retry until then
+        assert list(store.content.walk()) == []

@@ -369,10 +369,11 @@ class ContentStore:
         A stream that is shorter or longer than ``desc.size``, or whose bytes hash to
         another digest, raises SizeMismatch or DigestMismatch (from the verifying reader,
         before its last chunk is written) and the ingest is discarded. Any other error
-        (the stream failing mid-way) keeps the ingest for a later resume. Raises Conflict
-        as ``writer`` does after waiting ``timeout`` seconds; NoSpace before reading the
-        source if the rest of the blob cannot fit (``space.ensure_space``), and a
-        StorageError if the disk refuses a write (the ingest kept).
+        (the stream failing mid-way, a cancel, Ctrl-C) keeps the ingest for a later
+        resume, unless not a byte was written. Raises Conflict as ``writer`` does after
+        waiting ``timeout`` seconds; NoSpace before reading the source if the rest of the
+        blob cannot fit (``space.ensure_space``), and a StorageError if the disk refuses a
+        write (the ingest kept).
         """
         ref = ref if ref is not None else f"import-{desc.digest}"
         # Refused before anything is created or read when the rest cannot fit.
@@ -388,6 +389,10 @@ class ContentStore:
                     w._copy_verified(reader)
             except IntegrityError:
                 w.discard()
+                raise
+            except BaseException:
+                if w.offset == 0 and not w.closed:
+                    w.discard()  # stopped before a byte arrived: nothing to resume
                 raise
             w.commit(desc.size, desc.digest)  # fsync, then rename into blobs/
             return w.committed_new

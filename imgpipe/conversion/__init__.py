@@ -69,7 +69,8 @@ indexes written), :mod:`.report`, :mod:`.converter` (:class:`Converter`,
 A conversion is a :class:`~imgpipe.pipeline.Pipeline` of three typed stages, Resolve ->
 MapLayers -> Write (:mod:`.flow` draws what they hand each other; MapLayers maps each
 source Layer to the destination's). It runs with a store only when the destination is
-the store, under the pipeline's lease and rollback; registry to registry it opens none.
+the store, under the pipeline's lease (kept until it expires if the run fails);
+registry to registry it opens none.
 A stage of your own goes between MapLayers and Write, where every blob is in and nothing
 names the image yet::
 

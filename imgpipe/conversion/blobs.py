@@ -60,8 +60,12 @@ class BlobWork:
     """The blobs of one conversion (one run of ``stage``), into ``ends.dest``;
     ``results`` by :func:`~imgpipe.conversion.plan.blob_key`."""
 
-    def __init__(self, stage: MapLayers, ends: Ends, emit: Observer) -> None:
+    def __init__(
+        self, stage: MapLayers, ends: Ends, emit: Observer, cancel: threading.Event | None = None
+    ) -> None:
         self.stage = stage
+        # the run's (Context.cancel): Ctrl-C or a failed layer stops the others' streams
+        self.cancel = cancel if cancel is not None else threading.Event()
         self.source = ends.source
         self.dest = ends.dest
         self.params = stage.spec.params()
@@ -87,9 +91,7 @@ class BlobWork:
             if found := self._found(plan, out, [self.source.registry_repo()], start):
                 return found
             emit(Event(EventKind.BLOB_START, src.digest, src.media_type, src.size, "copying"))
-            self.dest.copy_blob(
-                out, ProgressReader(plan.layer.open_compressed(), emit, src, VERB, final=VERB)
-            )
+            self.dest.copy_blob(out, self._progress(plan, src))
             emit(Event(EventKind.BLOB_DONE, out.digest, out.media_type, out.size, "done"))
             return Result(self._layer(plan, out), "copied", time.monotonic() - start)
         key = plan.cache_key(self.params)
@@ -107,7 +109,7 @@ class BlobWork:
         emit(Event(EventKind.BLOB_START, src.digest, src.media_type, src.size, "converting"))
         for attempt in range(LAYER_ATTEMPTS):
             stream = open_converted(
-                ProgressReader(plan.layer.open_compressed(), emit, src, VERB, final=VERB),
+                self._progress(plan, src),
                 plan,
                 self.stage.registry,
                 self.params,
@@ -136,6 +138,12 @@ class BlobWork:
         emit(Event(EventKind.BLOB_DONE, out.digest, out.media_type, out.size, "done"))
         layer = self._layer(plan, out, diff_id)
         return Result(layer, "converted", time.monotonic() - start, str(diff_id or ""))
+
+    def _progress(self, plan: LayerPlan, src: Descriptor) -> ProgressReader:
+        """The source layer's bytes, with progress, stopping once the run is cancelled."""
+        return ProgressReader(
+            plan.layer.open_compressed(), self.emit, src, VERB, final=VERB, cancel=self.cancel
+        )
 
     def _layer(
         self, plan: LayerPlan, out: Descriptor, diff_id: Digest | None = None
@@ -196,6 +204,7 @@ class BlobWork:
             "convert",
             self.run_blob,
             describe=_source,
+            cancel=self.cancel,
         )
         self.results.update(zip(todo, done, strict=True))
 
@@ -224,6 +233,6 @@ class MapLayers(Stage[Planned, Mapped]):
         self.cache_lock = cache_lock
 
     def run(self, item: Planned, ctx: Context) -> Mapped:
-        work = BlobWork(self, item.ends, ctx.emit)
+        work = BlobWork(self, item.ends, ctx.emit, ctx.cancel)
         work.run_blobs(item.tasks)
         return Mapped(item, work.results)

@@ -141,7 +141,7 @@ class Converter:
         return TransportSourceEnd(open_source(ref, options=self.options), shown)
 
     def open_dest(self, loc: Location, shown: str, ctx: Context) -> Destination:
-        """The destination ``loc`` names; the store is ``ctx``'s (its lease, its rollback)."""
+        """The destination ``loc`` names; the store is ``ctx``'s (its lease)."""
         if loc[0] == "store":
             return StoreDestination(ctx, loc[1])
         ref = loc[1]
@@ -209,8 +209,8 @@ class Converter:
         spec: ConvertOptions | None,
         ctx: Context,
     ) -> ConvertReport:
-        """:meth:`convert` as one stage of a running pipeline: under its lease and into
-        its rollback when the destination is its store; a destination in another store
+        """:meth:`convert` as one stage of a running pipeline: under its lease when
+        the destination is its store; a destination in another store
         (this Converter's) gets a run of its own."""
         request = self.request(source, destination)
         if request.dest[0] == "store" and not (ctx.has_store and ctx.store is self.store()):

@@ -7,8 +7,9 @@
     Write      Mapped  -> ConvertReport   manifests and indexes, children first, then the tag
 
 They run in a pipeline :class:`~imgpipe.pipeline.Context`; it has a store only when the
-destination is the store (its lease protects what the conversion writes and its
-rollback takes it back on failure), so a conversion between registries opens no store.
+destination is the store (its lease protects what the conversion writes, and keeps
+it for a retry until it expires if the run fails), so a conversion between registries
+opens no store.
 A user stage fits between MapLayers and Write: every blob is in the destination then,
 nothing names the image yet.
 """

@@ -5,12 +5,15 @@ The model is containerd's (``core/metadata/gc.go``), on our SQLite metadata.
 Roots
     * images, unless their ``containerd.io/gc.expire`` label is in the past;
     * live leases (not yet expired) and everything they list: blobs, ingests, snapshots,
-      images. A lease labelled ``containerd.io/gc.flat`` holds only those objects: their
-      labels are not followed (a flat snapshot still keeps its parents, which it cannot
+      images; a blob a lease lists also holds the ingests that are becoming it (a pull
+      leases a blob before it downloads it, so its partial download is held). A lease
+      labelled ``containerd.io/gc.flat`` holds only those objects: their labels are not
+      followed (a flat snapshot still keeps its parents, which it cannot
       exist without; a flat image keeps its target blob only);
     * blobs and snapshots labelled ``containerd.io/gc.root``;
     * ingests that are still alive: locked by a writer, or touched within
-      :data:`INGEST_EXPIRY`.
+      ``ingest_expiry`` (:data:`INGEST_EXPIRY`) -- unless the caller says they were
+      abandoned (``imgpipe leases rm`` drops a lease and its partial downloads at once).
 
 Edges
     * blob -> every ``containerd.io/gc.ref.content[.x|/x]`` label value (a digest), and
@@ -129,7 +132,8 @@ class GCResult:
     """What one collection removed (or, with ``dry_run``, would remove), each sorted.
 
     ``bytes_freed`` counts the removed blobs' sizes plus the bytes the removed ingests had
-    written so far: the disk space given back.
+    written so far: the disk space given back. ``ingest_sizes`` gives those bytes per
+    removed ingest, in the order of ``removed_ingests``.
     """
 
     removed_blobs: tuple[tuple[Digest, int], ...]
@@ -138,6 +142,7 @@ class GCResult:
     bytes_freed: int
     removed_images: tuple[str, ...] = ()
     removed_leases: tuple[str, ...] = ()
+    ingest_sizes: tuple[int, ...] = ()
 
 
 # Graph nodes: ("content", digest), ("snapshot", "<snapshotter>/<key>"), ("image", name),
@@ -222,6 +227,7 @@ def collect(
     dry_run: bool = False,
     ingest_expiry: float = INGEST_EXPIRY,
     only: Collection[Digest] | None = None,
+    abandoned: Collection[str] = (),
 ) -> GCResult:
     """Mark from the roots and remove everything unmarked; see the module docstring.
 
@@ -233,6 +239,9 @@ def collect(
     ``only`` narrows the sweep to those blobs (and their label rows): everything is marked
     as usual, but nothing else is removed, expired leases included. A failed pull uses it
     to take back what it committed without collecting anything it did not create.
+
+    ``abandoned`` names ingest refs the age rule does not keep (those of a lease just
+    removed): they go unless a live lease or a writer holds them.
 
     Blobs or ingests that vanish meanwhile (another
     collector) are skipped; an ingest a writer grabbed meanwhile (Conflict) is left alone.
@@ -258,6 +267,12 @@ def collect(
             ingests={i.ref: (str(i.expected) if i.expected else None) for i in ingests},
         )
 
+        becoming: dict[str, list[str]] = {}  # digest -> refs of the ingests writing it
+        for i in ingests:
+            if i.expected is not None:
+                becoming.setdefault(str(i.expected), []).append(i.ref)
+        gone = frozenset(abandoned)
+
         expired_leases: list[str] = []
         for lease in db.leases():
             if (lease.expires_at is not None and now > lease.expires_at) or _expired(
@@ -269,6 +284,9 @@ def collect(
             for kind, key in db.lease_resources(lease.id):
                 # Ingests have no labels, so "flat" changes nothing for them.
                 marker.visit((kind, key), flat=flat and kind != "ingest")
+                if kind == "content":
+                    for ref in becoming.get(key, ()):
+                        marker.visit(("ingest", ref))
 
         for image in images:
             if not _expired(image.labels, now):
@@ -280,7 +298,8 @@ def collect(
             if LABEL_GC_ROOT in snap.labels:
                 marker.visit(("snapshot", f"{snap.snapshotter}/{snap.key}"))
         for ingest in ingests:
-            if ingest.locked or now - ingest.updated_at <= ingest_expiry:
+            fresh = now - ingest.updated_at <= ingest_expiry and ingest.ref not in gone
+            if ingest.locked or fresh:
                 marker.visit(("ingest", ingest.ref))
         marker.run()
         marked = marker.marked
@@ -309,10 +328,12 @@ def collect(
 
         removed_blobs: list[tuple[Digest, int]] = []
         removed_ingests: list[str] = []
+        ingest_sizes: list[int] = []
         bytes_freed = 0
         if dry_run:
             removed_blobs = list(dead_blobs)
             removed_ingests = [i.ref for i in dead_ingests]
+            ingest_sizes = [i.offset for i in dead_ingests]
             bytes_freed = sum(size for _, size in dead_blobs) + sum(i.offset for i in dead_ingests)
         else:
             # Metadata first, files second, all under the write lock: if an unlink fails
@@ -342,6 +363,7 @@ def collect(
                     # use, so it stays.
                     continue
                 removed_ingests.append(ingest.ref)
+                ingest_sizes.append(ingest.offset)
                 bytes_freed += ingest.offset
 
     return GCResult(
@@ -351,4 +373,5 @@ def collect(
         bytes_freed=bytes_freed,
         removed_images=tuple(dead_images),
         removed_leases=tuple(sorted(expired_leases)),
+        ingest_sizes=tuple(ingest_sizes),
     )

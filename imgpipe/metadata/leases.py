@@ -174,6 +174,19 @@ class LeaseTable(Database):
         )
         return [(k, v) for k, v in rows]
 
+    def set_lease_labels(self, lease_id: str, labels: Mapping[str, str]) -> None:
+        """Merge ``labels`` into the lease's labels (the expiry stays as it was).
+        NotFound for an unknown lease, InvalidArgument for a bad label."""
+        validate_labels(labels)
+        with self.transaction() as conn:
+            row = conn.execute("SELECT labels FROM leases WHERE id = ?", (lease_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"lease {lease_id!r} not found")
+            merged = {**load_labels(row[0]), **labels}
+            conn.execute(
+                "UPDATE leases SET labels = ? WHERE id = ?", (dump_labels(merged), lease_id)
+            )
+
     def delete_lease(self, lease_id: str) -> None:
         """Delete a lease; what it held goes at the next collection unless held otherwise.
         NotFound for an unknown lease."""

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from typing import Protocol, TypeVar
 
-from imgpipe.events import Event, Observer
+from imgpipe.events import Event, EventKind, Observer
 from imgpipe.formats.digest import Digest
 from imgpipe.formats.errors import FailedPrecondition
 from imgpipe.metadata import Lease
@@ -41,9 +42,11 @@ class Context:
 
     ``resources`` closes transports and other handles when the run ends, whatever
     happened. ``lease`` protects every blob the run writes from a concurrent ``gc``.
-    ``created`` lists the blobs this run committed, so a failed run can take them back.
-    A run without a store (a conversion between registries) has no lease and nothing to
-    take back; a stage that needs the store there gets FailedPrecondition.
+    ``created`` lists the blobs this run committed (a failed run's lease keeps them for
+    the next attempt, and says so). ``cancel`` is set on the first failure or Ctrl-C:
+    transfers given it (ProgressReader, run_concurrently, Background) stop at their next
+    read. A run without a store (a conversion between registries) has no lease; a stage
+    that needs the store there gets FailedPrecondition.
     """
 
     def __init__(self, store: Store | None = None, *, observer: Observer | None = None) -> None:
@@ -52,6 +55,10 @@ class Context:
         self.resources = contextlib.ExitStack()
         self.lease: Lease | None = None
         self.created: list[Digest] = []
+        self.cancel = threading.Event()
+        #: (digest, size) of every BLOB_DONE emitted: what an interrupted push or
+        #: conversion had finished writing to its destination
+        self.done: list[tuple[Digest, int]] = []
 
     @property
     def store(self) -> Store:
@@ -65,6 +72,8 @@ class Context:
         return self._store is not None
 
     def emit(self, event: Event) -> None:
+        if event.kind == EventKind.BLOB_DONE and event.digest is not None:
+            self.done.append((event.digest, event.size))  # list.append: thread-safe
         self.observer(event)
 
     def protect(self, digest: Digest) -> None:

@@ -53,6 +53,7 @@ class Export(Stage[ImagePlan, Descriptor]):
                 workers,
                 "push",
                 lambda d: _export_blob(ctx, sink, d, labels.get(d.digest)),
+                cancel=ctx.cancel,
             )
         else:
             for desc in item.blobs:
@@ -82,5 +83,5 @@ def _export_blob(
             return
     ctx.emit(Event(EventKind.BLOB_START, desc.digest, desc.media_type, desc.size, "uploading"))
     with ctx.store.content.open(desc.digest) as f:
-        sink.write_blob(desc, ProgressReader(f, ctx.emit, desc, "uploading"))
+        sink.write_blob(desc, ProgressReader(f, ctx.emit, desc, "uploading", cancel=ctx.cancel))
     ctx.emit(Event(EventKind.BLOB_DONE, desc.digest, desc.media_type, desc.size, "done"))

@@ -77,10 +77,13 @@ def store_blob(
     """Copy one blob from ``source`` into the store, verified. True if it was written.
 
     ``origin`` names the source in messages. ``protect=False`` when the caller has
-    already leased ``desc`` (worker threads do not touch the database). ``cancel``:
-    once set, the transfer stops at its next read.
+    already leased ``desc`` (worker threads do not touch the database). ``cancel``
+    (default: the run's, ``ctx.cancel``): once set, the transfer stops at its next read,
+    and what it wrote stays in its ingest for a resume.
     """
     content = ctx.store.content
+    if cancel is None:
+        cancel = ctx.cancel
     if cancel is not None and cancel.is_set():
         raise Cancelled(f"transfer of {desc.digest} cancelled")
     if protect:
@@ -244,6 +247,7 @@ class FetchBlobs(Stage[ImagePlan, ImagePlan]):
             self.max_concurrent,
             "fetch",
             lambda d: store_blob(ctx, source, d, origin=origin, protect=False),
+            cancel=ctx.cancel,
         )
 
     def start(self, item: ImagePlan, ctx: Context, *, first: Iterable[Digest] = ()) -> BlobFetch:
@@ -317,7 +321,7 @@ class BlobFetch(Background[Digest]):
                 ctx, source, d, origin=origin, protect=False, cancel=cancel
             )
 
-        super().__init__([job(d) for d in self._descs], workers, "fetch")
+        super().__init__([job(d) for d in self._descs], workers, "fetch", cancel=ctx.cancel)
 
     def wait(self, key: Digest) -> None:
         """Block until the blob ``key`` is stored (see :class:`Background`); an image

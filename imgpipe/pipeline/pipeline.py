@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from imgpipe.errors import Interrupted, Kept
 from imgpipe.events import Observer
 from imgpipe.formats.errors import InvalidArgument, NotFound
 
@@ -23,10 +24,13 @@ __all__ = ["Pipeline"]
 class Pipeline:
     """Stages run in order in one Context, under one lease.
 
-    ``run`` returns the last stage's output. If a stage raises, the lease is released and
-    the blobs this run committed are removed again unless something else (an image,
-    another lease) holds them, so a failed pull leaves the store as it was. A run
-    without a store (registry to registry) takes no lease and has nothing to remove.
+    ``run`` returns the last stage's output, and drops the lease. If a stage raises (or
+    Ctrl-C comes), the run's transfers are cancelled and the lease is left to expire
+    (:mod:`.leasing`): what the run committed, its partial downloads and its snapshots
+    stay for the next attempt, which fetches only what is missing; nothing is named, and
+    ``gc`` frees them once the lease expires. An interrupt is raised as
+    :class:`~imgpipe.errors.Interrupted`, saying what was kept. A run without a store
+    (registry to registry) takes no lease.
     """
 
     def __init__(self, stages: Sequence[Stage[Any, Any]]) -> None:
@@ -98,31 +102,60 @@ class Pipeline:
         return Pipeline([*self.stages[:i], stage, *self.stages[i:]])
 
     def run(
-        self, item: Any, *, store: Store | None = None, observer: Observer | None = None
+        self,
+        item: Any,
+        *,
+        store: Store | None = None,
+        observer: Observer | None = None,
+        lease_expiry: float | None = None,
     ) -> Any:
         """Run the stages on ``item`` in a new Context of ``store``; the last output.
 
-        Without a store nothing local is opened, leased or rolled back (a conversion
-        between registries runs as nobody, with no root).
+        ``lease_expiry``: seconds the run's lease outlives a failure (default
+        :func:`imgpipe.config.lease_expiry`: ``$IMGPIPE_LEASE_EXPIRY``, config.toml, 24 h).
+        Without a store nothing local is opened or leased (a conversion between
+        registries runs as nobody, with no root).
         """
         ctx = Context(store, observer=observer)
-        lease = store.db.lease() if store is not None else contextlib.nullcontext()
-        try:
-            with ctx.resources, lease as held:
-                ctx.lease = held
-                return self._stages(item, ctx)
-        except BaseException:
-            # The lease is gone by now; what this run committed and nothing else holds
-            # is removed, so a failed pull leaves the store as it was.
-            if ctx.created and store is not None:
-                from .scheduler import rollback  # noqa: PLC0415
+        run_lease = None
+        if store is not None:
+            from imgpipe.config import lease_expiry as configured  # noqa: PLC0415 (start-up)
 
-                rollback(store, ctx.created)
+            from .leasing import RunLease  # noqa: PLC0415
+
+            run_lease = RunLease.open(
+                store,
+                expires_in=lease_expiry if lease_expiry is not None else configured(),
+                pipeline=",".join(self.names()),
+                subject=_subject(item),
+            )
+            ctx.lease = run_lease.lease
+        try:
+            with ctx.resources:
+                try:
+                    out = self._stages(item, ctx)
+                except BaseException:
+                    # before the resources close: workers still reading stop first
+                    ctx.cancel.set()
+                    raise
+        except KeyboardInterrupt as e:
+            kept = run_lease.failed(ctx.created) if run_lease is not None else None
+            if kept is None or kept.nothing:
+                kept = Kept(sent=tuple(ctx.done))  # a push, a conversion between registries
+            reason = str(e) if str(e) else "interrupted"
+            raise Interrupted(reason, kept=kept) from None
+        except BaseException:
+            if run_lease is not None:
+                run_lease.failed(ctx.created)
             raise
+        if run_lease is not None:
+            run_lease.succeeded()
+        return out
 
     def run_in(self, item: Any, ctx: Context) -> Any:
         """Run the stages on ``item`` in ``ctx``, a running pipeline's (this pipeline is
-        then one stage of that one): under its lease, into its ``created``; the handles
+        then one stage of that one): under its lease, into its ``created``, cancelled
+        with it; the handles
         these stages open are closed when they end, not when the outer run does."""
         outer = ctx.resources
         try:
@@ -135,3 +168,16 @@ class Pipeline:
         for stage in self.stages:
             item = stage.run(item, ctx)
         return item
+
+
+def _subject(item: Any) -> str | None:
+    """What a run was given, for its lease's label: a reference or a name as typed, a
+    conversion's "source -> destination"; None when the item says nothing of the kind."""
+    from imgpipe.formats.reference import TransportRef  # noqa: PLC0415 (start-up)
+
+    if isinstance(item, TransportRef | str):
+        return str(item)
+    shown = getattr(item, "shown", None)  # a conversion's Request
+    if isinstance(shown, tuple) and shown and all(isinstance(s, str) for s in shown):
+        return " -> ".join(shown)
+    return None

@@ -87,7 +87,7 @@ class FindOrPull(Stage[str, "ImageRecord"]):
     """The stored image ``item``, else pulled first (a name not in the store, or a
     transport string such as ``oci:DIR:TAG``), as ``ctr run`` runs the stored copy of a
     registry reference. The pull is :meth:`Pipeline.pull` run in this run's context
-    (:meth:`~imgpipe.pipeline.Pipeline.run_in`): one lease, one rollback."""
+    (:meth:`~imgpipe.pipeline.Pipeline.run_in`): one lease, one cancel."""
 
     name = "find-or-pull"
 

@@ -109,15 +109,15 @@ class FetchUnpack(_Options):
     *k-1*), DiffIDs checked. A failed download stops the apply at its next read (its
     active snapshot is removed, no layer whose blob failed is committed); a failed apply
     cancels the downloads (queued ones never start, running ones stop at their next
-    read). Either way the first error is raised after the workers are joined, so the
-    pipeline's rollback sees every blob this run committed.
+    read; Ctrl-C does the same). Either way the first error is raised after the workers
+    are joined, so the pipeline's lease keeps every blob this run committed.
 
     The stage returns only when every blob is stored *and* the unpack succeeded, so
     :class:`RecordUnpacked` after it names the image only then: a failed ``pull
-    --unpack`` records nothing and the pipeline takes back the blobs it fetched, as
-    containerd's pull does (it waits for the unpacker before creating the image). Lower
-    layers committed before the failure stay as unreferenced snapshots: the next pull
-    reuses them, ``gc`` removes them.
+    --unpack`` records nothing, as containerd's pull does (it waits for the unpacker
+    before creating the image). The blobs it fetched and the lower layers committed
+    before the failure stay under the run's lease until it expires: the next pull reuses
+    them, ``gc`` after the expiry removes them.
     """
 
     name = "fetch-unpack"
