@@ -230,6 +230,13 @@ class Database:
             conn.execute("BEGIN IMMEDIATE" if depth == 0 else f"SAVEPOINT {savepoint}")
         except sqlite3.OperationalError as e:
             raise self._fail(e, "starting a write") from e
+        except BaseException:
+            # Ctrl-C lands at the first bytecode after a BEGIN that waited on the lock:
+            # the transaction is open but no block owns it; a later write on this thread
+            # would fail with "cannot start a transaction within a transaction".
+            if depth == 0 and conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
         self._local.depth = depth + 1
         try:
             yield conn
