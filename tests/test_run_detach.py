@@ -311,3 +311,25 @@ def test_env_passthrough(root: Path) -> None:
     got = dict(line.split("=", 1) for line in res.stdout.splitlines())
     assert (got["FOO"], got["EMPTY"], got["SET"]) == ("bar", "", "1")
     assert "UNSET_HERE" not in got  # unset here: not set there either, as docker does
+
+
+# --- the Python API ---------------------------------------------------------------------
+
+
+def test_api_run_detached(root: Path) -> None:
+    """In-process: the monitor is nobody's child here (no zombie, no ResourceWarning)."""
+    import imgpipe
+
+    name = imgpipe.run_detached(
+        "busybox", ["sh", "-c", "echo api; echo e >&2; exit 4"], name="api-d", root=root
+    )
+    assert name == "api-d"
+    assert imgpipe.wait_container(name, root=root) == 4
+    out: list[bytes] = []
+    err: list[bytes] = []
+    assert imgpipe.container_logs(name, stdout=out.append, stderr=err.append, root=root) == 4
+    assert (b"".join(out), b"".join(err)) == (b"api\n", b"e\n")
+    imgpipe.remove_container(name, root=root)
+    assert_clean(root, name)
+    with pytest.raises(imgpipe.NotFound):
+        imgpipe.wait_container(name, root=root)

@@ -40,10 +40,13 @@ def wait_container(container_id: str, *, root: Root = None) -> int:
     exit status (its owner was killed: ``imgpipe rm -f`` removes it)."""
     imgroot = _root(root)
     rec = state.read_record(imgroot, container_id)
-    code: int | None = rec.exit_code
+    code: int | None = None
+    # Even when the record has the status already: the owner may still be tearing the
+    # container down, and after wait returns, `rm` must find it done.
+    with contextlib.suppress(FailedPrecondition):  # no owner file: the record says
+        code = wait_owner(state.task_dir(imgroot, container_id))
     if code is None:
-        with contextlib.suppress(FailedPrecondition):  # no owner file: the record says
-            code = wait_owner(state.task_dir(imgroot, container_id))
+        code = rec.exit_code
     if code is None:
         with contextlib.suppress(Exception):  # removed meanwhile: what the owner wrote
             code = state.read_record(imgroot, container_id).exit_code

@@ -22,8 +22,10 @@ running unowned: ``imgpipe rm -f`` removes it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -90,23 +92,26 @@ def spawn_monitor(
             )
     finally:
         os.close(report_w)
+    # The monitor forks once more and its first process exits at once (see main), so
+    # it is nobody's child here: a long-lived caller collects no zombie. It stays in
+    # the process group of that first process (the session start_new_session made).
+    proc.wait()
     try:
         with os.fdopen(report_r, "rb") as f:
             raw = f.read()
     except BaseException:
-        proc.kill()  # interrupted: the caller's cleanup deletes what it created
-        proc.wait()
+        # interrupted: the caller's cleanup deletes what the monitor created
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         raise
     try:
         report: dict[str, Any] = json.loads(raw)
     except ValueError:
-        proc.wait()
         raise errors.FailedPrecondition(
             f"container monitor failed: {_last_line(bundle / MONITOR_ERR)}"
         ) from None
     if "pid" in report:
         return int(report["pid"])
-    proc.wait()
     cls = _ERRORS.get(report.get("error", ""), errors.FailedPrecondition)
     raise cls(str(report.get("message", "container monitor failed")))
 
@@ -202,12 +207,18 @@ class _Monitor:
         self.log.close()
         self.owner.set_exit(code)
         rec.exit_code, rec.finished_at = code, time.time()
-        if not self.remove:
-            state.write_record(self.bundle, rec)
-        teardown(self.imgroot, rec, self.runtime, remove=self.remove)
+        try:
+            teardown(self.imgroot, rec, self.runtime, remove=self.remove)
+        finally:
+            # after the teardown, `ps` says exited once it is; whatever it left
+            if self.bundle.exists():
+                with contextlib.suppress(FileNotFoundError):
+                    state.write_record(self.bundle, rec)
 
 
 def main(argv: list[str]) -> int:
+    if os.fork() != 0:
+        os._exit(0)  # the parent of the real monitor: reaped by spawn_monitor at once
     return _Monitor(json.loads(argv[1])).run()
 
 
