@@ -45,7 +45,8 @@ def register(sub: Any) -> None:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="SIGKILL after this long if SIGTERM did not end it (default 10)",
+        help="SIGKILL after this long if SIGTERM did not end it "
+        "(default: the container's run --stop-timeout, else 10)",
     )
     flags.runtime(p)
 
@@ -174,17 +175,11 @@ def stop(args: argparse.Namespace) -> int:
     """
     import imgpipe
 
-    from .exitcodes import EXIT_USAGE
-
-    kw: dict[str, Any] = {}
-    if args.timeout is not None:
-        if args.timeout < 0:
-            print("imgpipe: error: -t must not be negative", file=sys.stderr)
-            return EXIT_USAGE
-        kw["timeout"] = args.timeout
+    if args.timeout is not None and args.timeout < 0:
+        raise imgpipe.InvalidArgument("stop -t must not be negative")
 
     def stop_one(name: str) -> str:
-        imgpipe.stop_container(name, runtime=args.runtime, root=args.root, **kw)
+        imgpipe.stop_container(name, timeout=args.timeout, runtime=args.runtime, root=args.root)
         return name
 
     return _each(args.names, stop_one)

@@ -117,19 +117,27 @@ def test_log_keeps_bytes_as_written(root: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "script", "extra", "expected"),
+    ("name", "script", "flags", "expected"),
     [
-        # a shell that handles SIGTERM: SIGTERM alone ends it, with its own status
-        ("trapper", "trap 'exit 7' TERM; echo ready; while :; do sleep 0.05; done", [], 7),
+        # a shell that handles SIGTERM: SIGTERM alone ends it, with its own status (it
+        # says so through the FIFO once its trap is set, so stop cannot come before)
+        ("trapper", "trap 'exit 7' TERM; echo ready > /ctl/go; while :; do sleep 0.05; done",
+         ([], []), 7),
         # sleep as PID 1 ignores SIGTERM: SIGKILL once the timeout passed
-        ("stubborn", "echo ready; exec sleep 1000", ["-t", "0.5"], 128 + signal.SIGKILL),
+        ("stubborn", "exec sleep 1000", ([], ["-t", "0.5"]), 128 + signal.SIGKILL),
+        # the timeout run was given is stop's default, as docker's --stop-timeout
+        ("own-timeout", "exec sleep 1000", (["--stop-timeout", "0.2"], []), 128 + signal.SIGKILL),
     ],
-)
+)  # fmt: skip
 def test_stop_sigterm_then_sigkill(
-    root: Path, name: str, script: str, extra: list[str], expected: int
+    root: Path, fifo: Path, *, name: str, script: str, flags: tuple[list[str], ...], expected: int
 ) -> None:
-    detach(root, name, "busybox", "sh", "-c", script)
-    res = imgpipe(root, "stop", *extra, name)
+    run_flags, stop_flags = flags
+    detach(root, name, "-v", f"{fifo}:/ctl", *run_flags, "busybox", "sh", "-c", script)
+    if "/ctl/go" in script:
+        with open(fifo / "go") as f:
+            assert f.readline() == "ready\n"
+    res = imgpipe(root, "stop", *stop_flags, name)
     assert (res.returncode, res.stdout) == (0, f"{name}\n"), res.stderr
     # stop returns once the monitor recorded the end
     assert ps_all(root)[name]["exitCode"] == expected

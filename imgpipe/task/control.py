@@ -17,7 +17,6 @@ from imgpipe.errors import FailedPrecondition
 from . import state
 from .logfile import LOG_FILE, STDERR, STDOUT, copy_log
 from .owner import owner_busy, wait_owner
-from .relay import DEFAULT_STOP_TIMEOUT
 from .runc import CONTROL_TIMEOUT, Runc
 
 if TYPE_CHECKING:
@@ -61,23 +60,26 @@ def wait_container(container_id: str, *, root: Root = None) -> int:
 def stop_container(
     container_id: str,
     *,
-    timeout: float = DEFAULT_STOP_TIMEOUT,
+    timeout: float | None = None,
     sig: int = signal.SIGTERM,
     runtime: str | None = None,
     root: Root = None,
 ) -> int | None:
     """``docker stop``: send ``sig`` (SIGTERM) to the container's init; if it has not
-    exited ``timeout`` seconds later, SIGKILL every process of it. Returns once the
+    exited ``timeout`` seconds later (default: its ``run --stop-timeout``, else 10),
+    SIGKILL every process of it. Returns once the
     owner has recorded the end: the exit status (None when the owner recorded none).
     A container that is not running is left as it is (its recorded status returned).
 
     NotFound if there is no such container."""
-    if timeout < 0:
+    if timeout is not None and timeout < 0:
         from imgpipe.errors import InvalidArgument  # noqa: PLC0415
 
         raise InvalidArgument("the stop timeout must not be negative")
     imgroot = _root(root)
     rec = state.read_record(imgroot, container_id)
+    if timeout is None:
+        timeout = rec.stop_timeout
     bundle = state.task_dir(imgroot, container_id)
     rt = Runc(imgroot / state.RUNC_DIR, binary=runtime)
     log = bundle / "log.json"

@@ -276,6 +276,7 @@ def write_bundle(item: Rootfs, settings: ContainerSettings, *, detached: bool = 
     spec = build_spec(c.id, item.config, settings, user)
     c.record.args = list(spec["process"]["args"])
     c.record.detached = detached
+    c.record.stop_timeout = c.relay.stop_timeout
     state.write_record(c.bundle, c.record)
     (c.bundle / "config.json").write_text(json.dumps(spec))
 

@@ -31,6 +31,8 @@ from typing import Any, Final
 
 from imgpipe.errors import AlreadyExists, InvalidArgument, MalformedDocument, NotFound
 
+from .relay import DEFAULT_STOP_TIMEOUT
+
 __all__ = [
     "RECORD_FILE",
     "RUNC_DIR",
@@ -70,6 +72,8 @@ class TaskRecord:
     #: run with ``-d``: a monitor process owns it, its output is in container.log
     detached: bool = False
     monitor_pid: int = 0
+    #: ``run --stop-timeout``: what ``imgpipe stop`` waits by default, as docker's
+    stop_timeout: float = DEFAULT_STOP_TIMEOUT
 
     @classmethod
     def from_json(cls, obj: Any) -> TaskRecord:
