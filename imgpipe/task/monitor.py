@@ -141,10 +141,10 @@ class _Monitor:
         self.held: list[int] = []  # fds kept open for the container's lifetime
 
     def report(self, obj: dict[str, Any]) -> None:
-        try:
+        # A caller killed meanwhile (EPIPE) changes nothing: the container is ours now.
+        with contextlib.suppress(OSError):
             os.write(self.report_fd, json.dumps(obj).encode())
-        finally:
-            os.close(self.report_fd)
+        os.close(self.report_fd)
 
     def create(self) -> Task:
         """runc create with our pipes (or a pty) as the container's stdio; runc's own
