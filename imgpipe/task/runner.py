@@ -163,9 +163,7 @@ def run_detached(
             decrypt_keys=decrypt_keys,
         )
         stages += _container_stages(name, rt, relay, remove)
-        stages.append(
-            DetachContainer(settings=base, interactive=interactive, stop_timeout=stop_timeout)
-        )
+        stages.append(DetachContainer(settings=base, interactive=interactive))
         container_id: str = Pipeline(stages).run(item, store=st, observer=observer)
         return container_id
 

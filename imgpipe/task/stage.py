@@ -171,11 +171,8 @@ class PrepareContainer(Stage[RunImage, Rootfs]):
             relay=self.relay,
             remove=self.remove,
         )
-        # LIFO: the container's cleanup runs first, then its owner lets go (waiters
-        # wake to a finished container)
-        container.owner = Owner.acquire(bundle)
-        ctx.resources.callback(container.owner.close)
         ctx.resources.push(container.close)
+        container.owner = Owner.acquire(bundle)  # let go by close, after the cleanup
         mounts = item.rootfs.prepare(self.id)
         container.prepared = True
         rec = container.record
@@ -289,14 +286,8 @@ class DetachContainer(Stage[Rootfs, str]):
 
     name = "detach-container"
 
-    def __init__(
-        self,
-        *,
-        settings: ContainerSettings,
-        interactive: bool = False,
-        stop_timeout: float,
-    ) -> None:
-        self.settings, self.interactive, self.stop_timeout = settings, interactive, stop_timeout
+    def __init__(self, *, settings: ContainerSettings, interactive: bool = False) -> None:
+        self.settings, self.interactive = settings, interactive
 
     def run(self, item: Rootfs, ctx: Context) -> str:
         from .monitor import spawn_monitor  # noqa: PLC0415 (only -d)
@@ -311,7 +302,7 @@ class DetachContainer(Stage[Rootfs, str]):
             remove=c.remove,
             terminal=self.settings.terminal,
             interactive=self.interactive,
-            stop_timeout=self.stop_timeout,
+            stop_timeout=c.relay.stop_timeout,
         )
         c.handed_off = True  # the monitor owns it now: our cleanup must not touch it
         return c.id
@@ -348,8 +339,13 @@ class Container:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        """The exit of the run's context: :meth:`cleanup`; never swallows an error."""
-        self.cleanup(failing=exc_type is not None)
+        """The exit of the run's context: :meth:`cleanup`, then the owner lock let go
+        (waiters wake to a finished container); never swallows an error."""
+        try:
+            self.cleanup(failing=exc_type is not None)
+        finally:
+            if self.owner is not None:
+                self.owner.close()
         return False
 
     def cleanup(self, *, failing: bool) -> None:
