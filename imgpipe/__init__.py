@@ -146,9 +146,9 @@ _WHERE = {
     "parse_env_file": "imgpipe.task.spec",
     **dict.fromkeys(("ContainerStatus", "list_containers"), "imgpipe.containers"),
     "content_get": "imgpipe.blobs",
-    "pass_host_env": "imgpipe.task.spec",
     **dict.fromkeys(("snapshot_remove", "snapshots_list"), "imgpipe.snapshot_admin"),
     "default_registry_config": "imgpipe.config",
+    "pass_host_env": "imgpipe.task.spec",
     **dict.fromkeys(("login", "logout", "registry_host"), "imgpipe.remote.login"),
     "TransportOptions": "imgpipe.remote.options",
     **dict.fromkeys(
