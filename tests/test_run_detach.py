@@ -253,7 +253,7 @@ def test_a_killed_monitor_leaks_nothing_after_rm_f(root: Path) -> None:
     os.close(pidfd)
     assert ps_all(root)[name]["status"] == "running"  # unowned, still running
     res = imgpipe(root, "wait", name)
-    assert res.returncode == 10 and "without an exit status" in res.stderr
+    assert res.returncode == 10 and "no exit status" in res.stderr
     assert imgpipe(root, "rm", "-f", name).returncode == 0
     assert_clean(root, name)
 

@@ -35,8 +35,8 @@ def wait_container(container_id: str, *, root: Root = None) -> int:
     """Block until the container ends and its owner has recorded it; its exit status
     (128+n if a signal n killed it), as ``docker wait``. At once for one that ended.
 
-    NotFound if there is no such container; FailedPrecondition if it ended without an
-    exit status (its owner was killed: ``imgpipe rm -f`` removes it)."""
+    NotFound if there is no such container; FailedPrecondition if there is no exit
+    status to wait for (it never started, or its owner was killed while it ran)."""
     imgroot = _root(root)
     rec = state.read_record(imgroot, container_id)
     code: int | None = None
@@ -51,8 +51,8 @@ def wait_container(container_id: str, *, root: Root = None) -> int:
             code = state.read_record(imgroot, container_id).exit_code
     if code is None:
         raise FailedPrecondition(
-            f"container {container_id} ended without an exit status "
-            f"(its owner was killed; imgpipe rm -f {container_id} removes it)"
+            f"container {container_id} has no exit status: it never started, or its "
+            f"monitor was killed (imgpipe rm -f {container_id} removes it)"
         )
     return code
 
