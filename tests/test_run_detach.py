@@ -113,6 +113,21 @@ def test_log_keeps_bytes_as_written(root: Path) -> None:
     assert imgpipe(root, "rm", name).returncode == 0
 
 
+def test_detached_with_a_terminal_and_an_open_stdin(root: Path) -> None:
+    # -t: the pty's output is logged
+    detach(root, "tty", "-t", "busybox", "sh", "-c", "tty; exit 2")
+    assert imgpipe(root, "wait", "tty").stdout == "2\n"
+    assert imgpipe(root, "logs", "tty").stdout.splitlines() == ["/dev/pts/0"]
+    # -i: stdin stays open (nothing writes to it), so cat blocks instead of seeing EOF
+    detach(root, "stdin", "-i", "busybox", "sh", "-c", "cat; echo eof")
+    assert ps_all(root)["stdin"]["status"] == "running"
+    assert imgpipe(root, "stop", "-t", "0", "stdin").returncode == 0
+    assert imgpipe(root, "logs", "stdin").stdout == ""
+    for name in ("tty", "stdin"):
+        assert imgpipe(root, "rm", name).returncode == 0
+        assert_clean(root, name)
+
+
 # --- stop -------------------------------------------------------------------------------
 
 
