@@ -29,6 +29,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,22 @@ class _Monitor:
         self.log = LogWriter(self.bundle / LOG_FILE)
         self.pump = Pump()
         self.held: list[int] = []  # fds kept open for the container's lifetime
+        self.log_failed = False
+
+    def sink(self, stream: int) -> Callable[[bytes], None]:
+        """Log what the container writes on ``stream``. A log that cannot be written (a
+        full disk) loses the output, said once on monitor.err, but never stops the
+        monitor: the pipes are still drained, the container reaped and torn down."""
+
+        def write(data: bytes) -> None:
+            try:
+                self.log.write(stream, data)
+            except OSError as e:
+                if not self.log_failed:
+                    self.log_failed = True
+                    print(f"imgpipe monitor: container output lost: {e}", file=sys.stderr)
+
+        return write
 
     def report(self, obj: dict[str, Any]) -> None:
         # A caller killed meanwhile (EPIPE) changes nothing: the container is ours now.
@@ -153,7 +170,7 @@ class _Monitor:
         if self.terminal:
             task = Task.create(self.id, self.bundle, self.runtime, terminal=True)
             assert task.console is not None
-            self.pump.add(task.console, lambda d: self.log.write(STDOUT, d))
+            self.pump.add(task.console, self.sink(STDOUT))
             return task
         if self.interactive:
             # -d -i: stdin stays open (a pipe nothing writes), as docker run -di does
@@ -174,8 +191,8 @@ class _Monitor:
         finally:
             for fd in (stdin, out_w, err_w):
                 os.close(fd)
-        self.pump.add(out_r, lambda d: self.log.write(STDOUT, d))
-        self.pump.add(err_r, lambda d: self.log.write(STDERR, d))
+        self.pump.add(out_r, self.sink(STDOUT))
+        self.pump.add(err_r, self.sink(STDERR))
         return task
 
     def run(self) -> int:
@@ -203,7 +220,8 @@ class _Monitor:
     def finish(self, code: int, rec: state.TaskRecord) -> None:
         for fd in self.held:
             os.close(fd)
-        self.log.end(code)
+        with contextlib.suppress(OSError):  # a full disk: `logs -f` ends by liveness
+            self.log.end(code)
         self.log.close()
         self.owner.set_exit(code)
         rec.exit_code, rec.finished_at = code, time.time()
