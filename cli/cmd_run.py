@@ -81,8 +81,9 @@ def register(sub: Any) -> None:
         "--publish",
         action="append",
         default=[],
-        metavar="HOST:CTR",
-        help="refused: imgpipe has no port mapping (--net host shares the host's ports)",
+        # refused with its own message (not argparse's "unrecognized"), and kept out of
+        # the usage and the command summary: it is no feature
+        help=argparse.SUPPRESS,
     )
     p.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
     p.add_argument("-i", "--interactive", action="store_true", help="connect stdin")
