@@ -3,27 +3,56 @@
 from __future__ import annotations
 
 import argparse
+import json
 from typing import TYPE_CHECKING, Any
 
 from . import flags
 
 if TYPE_CHECKING:
-    from imgpipe import ImageDetails, Store
+    from imgpipe import ImageDetails, SourceDetails, Store
+    from imgpipe.formats.descriptor import Descriptor
+
+
+_INSPECT_NAME_HELP = (
+    "a stored image's name, digest or unique ID prefix; or docker://REF, oci:DIR[:TAG], "
+    "oci-archive:FILE[:TAG], docker-archive:FILE to read it there without storing anything"
+)
+#: The transport prefixes that make inspect read an image where it lives (as skopeo
+#: inspect does); a bare name is the store's, as for docker inspect.
+_TRANSPORT_PREFIXES = ("docker://", "oci:", "oci-archive:", "docker-archive:")
 
 
 def register(sub: Any) -> None:
     flags.json_output(flags.verb(sub, "images", images, aliases=["ls"]))
 
     p = flags.verb(sub, "inspect", inspect)
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", help=_INSPECT_NAME_HELP)
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="print the root document (index or manifest) exactly as stored or served",
+    )
+    p.add_argument(
+        "--config",
+        action="store_true",
+        help="print the image config (indented; with --raw its exact bytes)",
+    )
+    flags.platform(p, "with --config: whose config, of an index (default: this host)")
     flags.json_output(p)
+    flags.connection(p)
 
     p = flags.verb(sub, "tag", tag)
     p.add_argument("source", metavar="SOURCE")
     p.add_argument("target", metavar="TARGET")
 
     p = flags.verb(sub, "rmi", rmi)
-    p.add_argument("names", metavar="NAME", nargs="+")
+    p.add_argument("names", metavar="NAME", nargs="+", help="image name, digest or ID prefix")
+    p.add_argument(
+        "-f",
+        "--force",
+        action="store_true",
+        help="a digest or ID of an image with several names removes every name",
+    )
     p.add_argument("--no-prune", action="store_true", help="skip the gc; content stays until one")
 
 
@@ -89,12 +118,12 @@ def _type_name(media_type: str) -> str:
     return f"{'docker' if mt.is_docker() else 'oci'} {kind}"
 
 
-def _details_json(d: ImageDetails) -> dict[str, Any]:
+def _details_json(name: str, target: Descriptor, d: ImageDetails | SourceDetails) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "name": d.record.name,
-        "digest": str(d.record.target.digest),
-        "mediaType": str(d.record.target.media_type),
-        "size": d.record.target.size,
+        "name": name,
+        "digest": str(target.digest),
+        "mediaType": str(target.media_type),
+        "size": target.size,
         "index": str(d.index.digest) if d.index else None,
         "manifests": [],
     }
@@ -122,22 +151,71 @@ def _details_json(d: ImageDetails) -> dict[str, Any]:
 
 
 def inspect(args: argparse.Namespace) -> int:
-    """show an image's index, manifests, config and layers"""
-    import json
+    """show an image's index, manifests, config and layers
+
+    NAME is an image in the store (by name, digest or ID prefix), or an image where it
+    lives (docker://, oci:, oci-archive:, docker-archive:), read as skopeo inspect does:
+    documents and configs only, verified, nothing stored. --raw prints the root document
+    as it is; --config the config of the platform chosen (--platform, default this host).
+    """
+    import sys
 
     import imgpipe
 
-    from .output import human_size, print_json
+    from .main import usage_error
+    from .output import print_json
 
-    d = imgpipe.inspect(args.name, root=args.root)
-    if args.json:
-        print_json(_details_json(d))
+    remote = args.name.startswith(_TRANSPORT_PREFIXES)
+    if not remote and flags.connection_given(args):
+        return usage_error("the connection flags go with docker://REF")
+    if args.platform and not args.config:
+        return usage_error("--platform goes with --config")
+    if args.json and (args.raw or args.config):
+        return usage_error("--json prints the whole structure; --raw and --config print documents")
+    details: imgpipe.ImageDetails | imgpipe.SourceDetails
+    if remote:
+        details = imgpipe.inspect_source(args.name, options=flags.transport_options(args))
+        name, target, raw = details.source, details.target, details.raw
+    else:
+        details = imgpipe.inspect(args.name, root=args.root)
+        name, target = details.record.name, details.record.target
+        raw = details.index.raw if details.index is not None else details.manifests[0].manifest.raw
+    if args.config:
+        chosen = details.manifest_for(args.platform)
+        config = chosen.config
+        if config is None:
+            # an artifact's config is no image config; a stored one may also be missing
+            mt = chosen.manifest.config.media_type
+            where = "" if remote else " (or it is not in the store)"
+            raise imgpipe.NotFound(f"{name}: no image config to show: its config is {mt}{where}")
+        raw = (
+            config.raw
+            if args.raw
+            else (json.dumps(json.loads(config.raw), indent=2) + "\n").encode()
+        )
+    if args.raw or args.config:
+        sys.stdout.buffer.write(raw)
+        sys.stdout.flush()
         return 0
-    print(f"Name:       {d.record.name}")
-    print(f"Digest:     {d.record.target.digest}")
-    print(f"MediaType:  {d.record.target.media_type}")
+    if args.json:
+        print_json(_details_json(name, target, details))
+        return 0
+    _print_details(name, target, details, remote=remote)
+    return 0
+
+
+def _print_details(
+    name: str, target: Descriptor, d: ImageDetails | SourceDetails, *, remote: bool
+) -> None:
+    from .output import human_size
+
+    print(f"Name:       {name}")
+    print(f"Digest:     {target.digest}")
+    print(f"MediaType:  {target.media_type}")
     if d.index is not None:
-        print(f"Index:      {len(d.index.manifests)} manifest(s), {len(d.manifests)} in the store")
+        # a source's index lists what is there; a stored one may hold some platforms only
+        held = "" if remote else f", {len(d.manifests)} in the store"
+        print(f"Index:      {len(d.index.manifests)} manifest(s){held}")
     for m in d.manifests:
         print(f"Manifest:   {m.descriptor.digest} ({m.platform or 'no platform'})")
         cfg = m.manifest.config
@@ -160,7 +238,6 @@ def inspect(args: argparse.Namespace) -> int:
             print(f"    {layer.digest} {human_size(layer.size):>9} {layer.media_type}")
             if i < len(diff_ids):
                 print(f"      diffID {diff_ids[i]}")
-    return 0
 
 
 def tag(args: argparse.Namespace) -> int:
@@ -173,24 +250,30 @@ def tag(args: argparse.Namespace) -> int:
 
 
 def rmi(args: argparse.Namespace) -> int:
-    """remove images, then garbage-collect (like ctr rmi --sync)"""
+    """remove images, then garbage-collect (like ctr rmi --sync)
+
+    Each NAME is a name, a digest or a unique ID prefix. Those found are removed even if
+    others are not (each of those is reported; the exit code is the first one's).
+    """
+    import sys
+
     import imgpipe
 
+    from .exitcodes import EXIT_OK, exit_code_for
     from .output import human_size
 
-    with imgpipe.Store(args.root) as store:
-        # every name must exist before any is removed: a typo removes nothing
-        for name in args.names:
-            store.db.get_image(imgpipe.normalize_name(name))
-        for name in args.names:
-            imgpipe.remove_image(name, prune=False, store=store)
-            print(f"removed {imgpipe.normalize_name(name)}")
-        if not args.no_prune:
-            result = imgpipe.gc(store=store)
-            if not args.quiet:
-                snaps = len(result.removed_snapshots)
-                print(
-                    f"freed {human_size(result.bytes_freed)} ({len(result.removed_blobs)} blobs"
-                    + (f", {snaps} snapshots)" if snaps else ")")
-                )
-    return 0
+    result = imgpipe.remove_images(
+        args.names, force=args.force, prune=not args.no_prune, root=args.root
+    )
+    for name in result.removed:
+        print(f"removed {name}")
+    for _text, error in result.failed:
+        print(f"imgpipe: error: {' '.join(str(error).split())}", file=sys.stderr)
+    if result.collected is not None and not args.quiet:
+        freed = result.collected
+        snaps = len(freed.removed_snapshots)
+        print(
+            f"freed {human_size(freed.bytes_freed)} ({len(freed.removed_blobs)} blobs"
+            + (f", {snaps} snapshots)" if snaps else ")")
+        )
+    return exit_code_for(result.failed[0][1]) if result.failed else EXIT_OK

@@ -70,6 +70,9 @@ def login(args: argparse.Namespace) -> int:
     else:
         return usage_error("no password: use --password-stdin or a terminal")
     path = imgpipe.login(host, username, password, options=flags.transport_options(args))
+    if path is None:
+        print(f"{host} asks for no credentials: nothing checked, nothing saved")
+        return 0
     if not args.quiet:
         print(f"credentials for {host} saved in {path}", file=sys.stderr)
     print("Login Succeeded")

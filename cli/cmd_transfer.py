@@ -38,8 +38,13 @@ def register(sub: Any) -> None:
     p = flags.verb(
         sub, "push", push, f"Write the image NAME to DEST: {_TRANSPORTS_HELP} (not docker-archive)."
     )
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("dest", metavar="DEST")
+    p.add_argument("name", metavar="NAME", help="the stored image to push")
+    p.add_argument(
+        "dest",
+        metavar="DEST",
+        nargs="?",
+        help="where to (default: the registry NAME points at, as docker push NAME)",
+    )
     flags.max_concurrent(p, "upload")
     flags.connection(p)
     add_output_flags(p)
@@ -108,17 +113,17 @@ def push(args: argparse.Namespace) -> int:
     if args.max_concurrent_uploads is not None and args.max_concurrent_uploads < 1:
         return usage_error("--max-concurrent-uploads must be at least 1")
     options = flags.transport_options(args, args.max_concurrent_uploads)
+    # docker push REF: the image goes where its own name points
+    dest = args.dest if args.dest is not None else imgpipe.normalize_name(args.name)
     observer = make_observer(args)
     try:
-        desc = imgpipe.push(
-            args.name, args.dest, root=args.root, observer=observer, options=options
-        )
+        desc = imgpipe.push(args.name, dest, root=args.root, observer=observer, options=options)
     finally:
         close_observer(observer)
     print_result(
         args,
-        f"{args.dest} {desc.digest}",
-        destination=args.dest,
+        f"{dest} {desc.digest}",
+        destination=dest,
         digest=str(desc.digest),
         mediaType=str(desc.media_type),
         size=desc.size,

@@ -32,6 +32,7 @@ def register(sub: Any) -> None:
     p.add_argument("target", metavar="DIR")
     p.add_argument("--read-only", action="store_true", help="mount a read-only view")
     add_unpack_flags(p)
+    flags.json_output(p, "machine-readable result (with the snapshot key)")
 
     p = flags.verb(sub, "umount", umount)
     p.add_argument("target", metavar="DIR")
@@ -118,6 +119,8 @@ def mount(args: argparse.Namespace) -> int:
     """
     import imgpipe
 
+    from .output import print_result
+
     key = imgpipe.mount(
         args.name,
         args.target,
@@ -125,7 +128,10 @@ def mount(args: argparse.Namespace) -> int:
         snapshotter=args.snapshotter,
         **_image_args(args),
     )
-    print(key)
+    # the key is for scripts (--json); people want to know what went where
+    print_result(
+        args, f"mounted {args.name} at {args.target}", image=args.name, target=args.target, key=key
+    )
     return 0
 
 

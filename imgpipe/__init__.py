@@ -17,15 +17,19 @@ if TYPE_CHECKING:
     from imgpipe.api import (
         ImageDetails,
         ManifestDetails,
+        RemovedImages,
+        SourceDetails,
         content_list,
         content_remove,
         content_verify,
         gc,
         images,
         inspect,
+        inspect_source,
         pull,
         push,
         remove_image,
+        remove_images,
         tag,
     )
     from imgpipe.blobs import content_get
@@ -122,6 +126,9 @@ _WHERE = {
         ),
         "imgpipe.pipeline",
     ),
+    **dict.fromkeys(
+        ("RemovedImages", "SourceDetails", "inspect_source", "remove_images"), "imgpipe.api"
+    ),
     "Store": "imgpipe.store",
     "default_root": "imgpipe.store",
     **dict.fromkeys(
@@ -215,8 +222,10 @@ __all__ = [
     "NotFound",
     "Observer",
     "Pipeline",
+    "RemovedImages",
     "ResourceLimit",
     "SizeMismatch",
+    "SourceDetails",
     "Stage",
     "Store",
     "Task",
@@ -238,6 +247,7 @@ __all__ = [
     "gc",
     "images",
     "inspect",
+    "inspect_source",
     "list_containers",
     "login",
     "logout",
@@ -253,6 +263,7 @@ __all__ = [
     "registry_host",
     "remove_container",
     "remove_image",
+    "remove_images",
     "run",
     "run_detached",
     "snapshot_remove",

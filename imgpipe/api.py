@@ -7,15 +7,18 @@ that does many things) or ``root=`` (opened and closed for the call). Progress g
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from imgpipe.content import Info, VerifyProblem
 from imgpipe.formats.config import ImageConfig, parse_config
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.digest import Digest
+from imgpipe.formats.errors import Conflict, ImgpipeError, InvalidArgument, NotFound
 from imgpipe.formats.manifest import MAX_DOCUMENT_SIZE, Index, Manifest
 from imgpipe.formats.platform import Platform
 from imgpipe.formats.reference import TransportRef, parse_transport
+from imgpipe.image.lazy import BlobIndex, load
 from imgpipe.metadata import ImageRecord
 from imgpipe.metadata.gc import GCResult, collect
 from imgpipe.pipeline import (
@@ -27,22 +30,27 @@ from imgpipe.pipeline import (
     normalize_name,
     opened_store,
 )
+from imgpipe.pipeline.lookup import find_images
 from imgpipe.store import Store
-from imgpipe.transports import TransportOptions
+from imgpipe.transports import TransportOptions, open_source
 
 __all__ = [
     "ImageDetails",
     "ManifestDetails",
+    "RemovedImages",
+    "SourceDetails",
     "content_list",
     "content_remove",
     "content_verify",
     "gc",
     "images",
     "inspect",
+    "inspect_source",
     "normalize_name",
     "pull",
     "push",
     "remove_image",
+    "remove_images",
     "tag",
 ]
 
@@ -83,7 +91,7 @@ def pull(
 
 def push(
     name: str,
-    destination: str | TransportRef,
+    destination: str | TransportRef | None = None,
     *,
     store: Store | None = None,
     root: Root = None,
@@ -94,12 +102,14 @@ def push(
 
     ``destination`` is ``oci:DIR[:TAG]``, ``oci-archive:FILE[:TAG]``, or a registry
     reference (``docker://`` optional; by tag, or by digest, which must then be the
-    image's). Blobs the registry has are skipped, blobs pulled from another repository
-    of the same registry are mounted, the rest uploaded (``options.max_concurrent`` at
-    once). Raises NotFound (no such image), Unauthorized, Unavailable, DigestMismatch.
+    image's); None (``docker push REF``) is the registry the name itself points at
+    (``127.0.0.1:5000/app:2`` goes to that registry's ``app:2``). Blobs the registry has
+    are skipped, blobs pulled from another repository of the same registry are mounted,
+    the rest uploaded (``options.max_concurrent`` at once). Raises NotFound (no such
+    image), Unauthorized, Unavailable, DigestMismatch.
     """
-    ref = _as_transport(destination)
     local = normalize_name(name)
+    ref = _as_transport(destination if destination is not None else "docker://" + local)
     with opened_store(store, root) as s:
         out: Descriptor = Pipeline.export(ref, image_name=local, options=options).run(
             local, store=s, observer=observer
@@ -123,8 +133,26 @@ class ManifestDetails:
     platform: Platform | None
 
 
+class _Manifests:
+    """The platform choice over an inspected image's manifests."""
+
+    manifests: tuple[ManifestDetails, ...]
+
+    def manifest_for(self, platform: str | Platform | None = None) -> ManifestDetails:
+        """The manifest unpack and run would use for ``platform`` (default: this host;
+        the only one, if there is one): NotFound naming the platforms there are."""
+        from imgpipe.image import select  # noqa: PLC0415 (only --config asks)
+
+        want = Platform.parse(platform) if isinstance(platform, str) else platform
+        found = select.pick(self.manifests, want, lambda m: m.platform)
+        if found is None:
+            have = ", ".join(str(m.platform) for m in self.manifests if m.platform) or "none"
+            raise NotFound(f"no manifest for platform {want or 'of this host'}; platforms: {have}")
+        return found
+
+
 @dataclass(frozen=True)
-class ImageDetails:
+class ImageDetails(_Manifests):
     """What ``imgpipe inspect`` shows."""
 
     record: ImageRecord
@@ -133,10 +161,15 @@ class ImageDetails:
 
 
 def inspect(name: str, *, store: Store | None = None, root: Root = None) -> ImageDetails:
-    """The structure of a stored image: index, manifests present, configs, layers."""
-    local = normalize_name(name)
+    """The structure of a stored image: index, manifests present, configs, layers.
+
+    ``name`` is a name, a digest or a unique prefix of one (the ID ``images`` shows; see
+    :mod:`imgpipe.pipeline.lookup`): NotFound, or InvalidArgument naming the candidates
+    of an ambiguous prefix.
+    """
     with opened_store(store, root) as s:
-        rec = s.db.get_image(local)
+        rec = find_images(s.db, name)[0]
+        local = rec.name
         ctx = Context(s)
         plan = LoadImage().run(local, ctx)
         index = plan.documents.get(rec.target.digest)
@@ -152,6 +185,44 @@ def inspect(name: str, *, store: Store | None = None, root: Root = None) -> Imag
             plat = desc.platform or (config.platform() if config else None)
             details.append(ManifestDetails(desc, doc, config, plat))
         return ImageDetails(rec, index if isinstance(index, Index) else None, tuple(details))
+
+
+@dataclass(frozen=True)
+class SourceDetails(_Manifests):
+    """What ``imgpipe inspect docker://REF`` (or ``oci:DIR:TAG``...) shows, as
+    ``skopeo inspect`` does: the image where it lives, nothing stored."""
+
+    source: str
+    target: Descriptor
+    raw: bytes  # the root document (index or manifest) exactly as served
+    index: Index | None
+    manifests: tuple[ManifestDetails, ...]  # every manifest an index lists, configs read
+
+
+def inspect_source(
+    source: str | TransportRef, *, options: TransportOptions | None = None
+) -> SourceDetails:
+    """Read an image's documents from a transport (``docker://REF``, ``oci:DIR[:TAG]``,
+    ``oci-archive:``, ``docker-archive:``) without storing anything: the root document,
+    every manifest it reaches and their configs, each verified against its descriptor.
+    Layers are not read. Raises what :func:`pull` raises for those documents.
+    """
+    ref = _as_transport(source)
+    with open_source(ref, options=options) as src:
+        top = load(src, src.resolve())
+        images = top.manifests() if isinstance(top, BlobIndex) else (top,)
+        details = []
+        for img in images:
+            config = img.config() if img.manifest.config.media_type.is_config() else None
+            details.append(ManifestDetails(img.descriptor, img.manifest, config, img.platform()))
+        doc = top.index if isinstance(top, BlobIndex) else top.manifest
+        return SourceDetails(
+            str(source),
+            top.descriptor,
+            doc.raw,
+            doc if isinstance(doc, Index) else None,
+            tuple(details),
+        )
 
 
 def tag(source: str, target: str, *, store: Store | None = None, root: Root = None) -> ImageRecord:
@@ -171,6 +242,52 @@ def remove_image(
     with opened_store(store, root) as s:
         s.db.delete_image(normalize_name(name))
         return gc(store=s) if prune else None
+
+
+@dataclass(frozen=True)
+class RemovedImages:
+    """What :func:`remove_images` did: the names removed, each name or ID it could not
+    remove with the reason (NotFound, InvalidArgument, Conflict), and the gc's result."""
+
+    removed: tuple[str, ...]
+    failed: tuple[tuple[str, ImgpipeError], ...]
+    collected: GCResult | None
+
+
+def remove_images(
+    names: Sequence[str],
+    *,
+    force: bool = False,
+    prune: bool = True,
+    store: Store | None = None,
+    root: Root = None,
+) -> RemovedImages:
+    """Forget each image ``names`` gives (names, digests or unique ID prefixes), as
+    ``docker rmi A B`` does: the ones found are removed even when others are not; those
+    are reported in ``failed``. A digest or ID of an image with several names removes
+    them all only with ``force`` (else Conflict, as Docker refuses). With ``prune``, one
+    garbage collection at the end (see :func:`remove_image`).
+    """
+    removed: list[str] = []
+    failed: list[tuple[str, ImgpipeError]] = []
+    with opened_store(store, root) as s:
+        for text in names:
+            try:
+                records = find_images(s.db, text)
+                if len(records) > 1 and not force:
+                    raise Conflict(
+                        f"{text!r} is the image of {len(records)} names ("
+                        + ", ".join(r.name for r in records)
+                        + "): remove them by name, or pass --force to remove them all"
+                    )
+                for rec in records:
+                    if rec.name not in removed:
+                        s.db.delete_image(rec.name)
+                        removed.append(rec.name)
+            except (NotFound, InvalidArgument, Conflict) as e:
+                failed.append((text, e))
+        collected = gc(store=s) if prune and removed else None
+        return RemovedImages(tuple(removed), tuple(failed), collected)
 
 
 def gc(*, dry_run: bool = False, store: Store | None = None, root: Root = None) -> GCResult:

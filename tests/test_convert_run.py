@@ -86,7 +86,7 @@ def test_encrypted_conversion_runs_only_with_the_key(
     # unpacked once with the key is no licence to run without it (imgcrypt's check)
     again = run_cli("run", "--rm", "bb-enc", "true", root=root)
     assert again.returncode == 12, again.stderr
-    assert "encrypted layer" in again.stderr
+    assert "encrypted: pass --decrypt-key" in again.stderr
 
 
 def test_report_path_is_checked_before_anything_is_written(

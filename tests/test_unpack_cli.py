@@ -66,9 +66,10 @@ def test_pull_unpack_mount_ls_umount(fixture_dir: Path, tmp_path: Path) -> None:
 
     target = tmp_path / "mnt"
     target.mkdir()
-    key = ok(
-        run_cli("mount", "layered", str(target), "--snapshotter", "overlay", root=root)
-    ).strip()
+    argv = ("mount", "layered", str(target), "--snapshotter", "overlay", "--json")
+    mounted = json.loads(ok(run_cli(*argv, root=root)))
+    assert (mounted["image"], mounted["target"]) == ("layered", str(target))
+    key = mounted["key"]
     assert key.startswith("mount-")
     assert str(target) in mount_points()
     listing = subprocess.run(
@@ -190,8 +191,7 @@ def test_encrypted_layers_on_the_command_line(
         run_cli("unpack", "layered", "--snapshotter", "overlay", root=root),
         12,
         "layer 1/4 (sha256:",
-        "is encrypted",
-        "--decrypt-key",
+        "encrypted: pass --decrypt-key",
     )
     one_error_line(
         run_cli("unpack", "layered", "--export", tmp_path / "out", root=root), 12, "layer 1/4"

@@ -16,10 +16,11 @@ from typing import Any
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.errors import DigestMismatch, ImgpipeError, SizeMismatch, Unauthorized
 
-__all__ = ["check_layer_keys", "in_layer", "layer_name"]
+__all__ = ["NO_KEY_MESSAGE", "check_layer_keys", "in_layer", "layer_name"]
 
-#: Said when no key was given at all: the flag that gives one.
-KEY_HINT = " (give its private key: --decrypt-key FILE[:PASSWORD])"
+#: Said when no key was given at all: the flag that gives one (and nothing about keys
+#: that "do not open" it: there were none to try).
+NO_KEY_MESSAGE = "encrypted: pass --decrypt-key FILE[:PASSWORD]"
 
 
 def layer_name(i: int, n: int, desc: Descriptor) -> str:
@@ -57,11 +58,12 @@ def check_layer_keys(layers: Sequence[Any], keys: Sequence[Any]) -> None:
     for i, desc in enumerate(descs):
         if not desc.media_type.is_encrypted():
             continue
+        if not keys:
+            raise Unauthorized(f"{layer_name(i, len(descs), desc)}: {NO_KEY_MESSAGE}")
         # imported when needed: cryptography costs ~40 ms of start-up
         from imgpipe.processors.ocicrypt import check_authorization  # noqa: PLC0415
 
         try:
             check_authorization(desc.annotations, keys=keys)
         except Unauthorized as e:
-            hint = "" if keys else KEY_HINT
-            raise in_layer(e, f"{layer_name(i, len(descs), desc)} is encrypted{hint}") from None
+            raise in_layer(e, f"{layer_name(i, len(descs), desc)} is encrypted") from None

@@ -42,8 +42,8 @@ from .auth import Authorizer
 from .credentials import Credentials
 from .credentials import lookup as lookup_credentials
 from .download import MAX_RESUMES, BlobReader
-from .hosts import Endpoint, RegistryConfig, load_registry_config
-from .http import HttpClient, NotTLS, read_limited, speaks_tls
+from .hosts import Endpoint, RegistryConfig, has_port, load_registry_config
+from .http import HttpClient, NotTLS, connect_failed, read_limited, speaks_tls
 from .options import TransportOptions
 from .push import CHUNK_THRESHOLD, UPLOAD_CHUNK_SIZE, UPLOAD_READ_SIZE
 from .resolve import MANIFEST_ACCEPT
@@ -216,11 +216,20 @@ class Repository:
         """
         scopes = tuple(scopes or self.scopes)
         schemes = self.client.schemes(ep) if url is None else (urlsplit(url).scheme,)
+        refused: list[str] = []  # the attempts that could not connect, for the message
         for i, scheme in enumerate(schemes):
             target = url or self._url(scheme, ep, suffix, query)
             try:
                 resp = self._authorized(
-                    method, target, ep=ep, headers=headers or {}, body=body, scopes=scopes
+                    method,
+                    target,
+                    ep=ep,
+                    headers=headers or {},
+                    body=body,
+                    scopes=scopes,
+                    # the same host:port just refused every retry: one more try says
+                    # whether HTTP fares better, without repeating the backoff
+                    once=bool(refused) and has_port(ep.host),
                 )
             except NotTLS:
                 if i + 1 < len(schemes):
@@ -229,6 +238,16 @@ class Repository:
                     f"{self.what()}: {ep.host} does not speak TLS; use --plain-http if it is "
                     "a plain-HTTP registry you trust"
                 ) from None
+            except Unavailable as e:
+                # Nothing answered the HTTPS attempt of a host allowed plain HTTP (docker
+                # tries HTTP then too: without a port the two are 443 and 80). A TLS
+                # failure is never retried in clear text: only a failed connect is.
+                if not connect_failed(e):
+                    raise
+                refused.append(str(e))
+                if i + 1 < len(schemes):
+                    continue
+                raise Unavailable("; ".join(refused)) from e
             if url is None and len(schemes) > 1:
                 self.client.remember_scheme(ep.host, scheme)
             return resp
@@ -243,13 +262,14 @@ class Repository:
         headers: dict[str, str],
         body: object,
         scopes: Sequence[str],
+        once: bool = False,
     ) -> urllib3.BaseHTTPResponse:
         auth = self.client.auth
         hdrs = dict(headers)
         value = auth.header(ep.host, scopes, ca=ep.ca)
         if value is not None:
             hdrs["Authorization"] = value
-        resp = self.client.http.send(method, url, headers=hdrs, body=body, ca=ep.ca)
+        resp = self.client.http.send(method, url, headers=hdrs, body=body, ca=ep.ca, once=once)
         if resp.status != 401:
             return resp
         challenge = resp.headers.get("WWW-Authenticate", "")

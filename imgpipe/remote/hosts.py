@@ -61,6 +61,7 @@ __all__ = [
     "HostConfig",
     "RegistryConfig",
     "api_host",
+    "has_port",
     "is_loopback",
     "load_registry_config",
     "schemes_for",
@@ -84,6 +85,14 @@ def _split_port(host: str) -> str:
     if host.count(":") > 1:  # a bare IPv6 address
         return host
     return host.rpartition(":")[0] if ":" in host else host
+
+
+def has_port(host: str) -> bool:
+    """Whether ``host`` names its port (``h:5000``, ``[v6]:5000``): then HTTPS and HTTP
+    are tried on the same one; without, on 443 and 80."""
+    if host.startswith("["):
+        return host.partition("]")[2].startswith(":")
+    return host.count(":") == 1
 
 
 def is_loopback(host: str) -> bool:

@@ -53,6 +53,7 @@ __all__ = [
     "TLS_PROBE_TIMEOUT",
     "HttpClient",
     "NotTLS",
+    "connect_failed",
     "is_retryable",
     "read_limited",
     "redact_url",
@@ -125,6 +126,12 @@ class NotTLS(Unavailable):
 
     The registry client falls back to plain HTTP on this, where that is allowed.
     """
+
+
+def connect_failed(exc: Unavailable) -> bool:
+    """Whether ``exc`` (from :meth:`HttpClient.send`) means no connection was made at all
+    (refused, timed out, unknown host), as opposed to a TLS or protocol failure."""
+    return isinstance(exc.__cause__, NewConnectionError | ConnectTimeoutError)
 
 
 def _describe(exc: BaseException) -> str:
@@ -310,19 +317,21 @@ class HttpClient:
         body: bytes | object | None = None,
         ca: str | None = None,
         follow_redirects: bool = True,
+        once: bool = False,
     ) -> urllib3.BaseHTTPResponse:
         """Send one request; return the final response, body unread (close it).
 
         Retries what :func:`is_retryable` allows when ``body`` is None or bytes (a stream
-        cannot be sent twice); the last retryable status is returned as it is, for the
-        caller to report. Redirects are followed for GET and HEAD; an ``Authorization``
-        header is dropped when a hop changes host, port or scheme. Raises Unavailable
+        cannot be sent twice) and ``once`` is not set; the last retryable status is
+        returned as it is, for the caller to report. Redirects are followed for GET and
+        HEAD; an ``Authorization`` header is dropped when a hop changes host, port or
+        scheme. Raises Unavailable
         (NotTLS for an https URL answered by a plain-HTTP server) when no connection
         could be made or the connection kept dropping.
         """
         hdrs = {"User-Agent": self.user_agent, **(headers or {})}
         replayable = body is None or isinstance(body, bytes | bytearray)
-        attempts = self.max_attempts if replayable else 1
+        attempts = self.max_attempts if replayable and not once else 1
         for attempt in range(attempts):
             last = attempt == attempts - 1
             try:

@@ -15,6 +15,7 @@ from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.digest import Digest
 from imgpipe.formats.errors import (
     DigestMismatch,
+    NotFound,
     ResourceLimit,
     Unsupported,
 )
@@ -28,9 +29,12 @@ from imgpipe.formats.mediatype import (
 )
 
 from .http import read_limited
-from .responses import error_for, parse_digest, strip_params
+from .missing import missing_manifest
+from .responses import MAX_ERROR_BODY, error_code, error_for, parse_digest, strip_params
 
 if TYPE_CHECKING:
+    import urllib3
+
     from .client import Repository
     from .hosts import Endpoint
 
@@ -76,7 +80,7 @@ def _resolve_at(repo: Repository, ep: Endpoint) -> Descriptor:
             repo.check_named(digest, f"{shown}: the registry says the manifest is {digest}")
             return Descriptor(MediaType(mt), digest, size)
     elif resp.status == 404:
-        raise error_for(resp, f"{shown}: not found")
+        raise _not_found(repo, ep, resp, ref, shown, head=True)
     elif resp.status not in (400, 403, 405):
         # HEAD 405 (some registries), 403 (to surface the GET's error body): try GET
         raise error_for(resp, shown)
@@ -87,6 +91,8 @@ def _resolve_at(repo: Repository, ep: Endpoint) -> Descriptor:
 
 def _get_root(repo: Repository, ep: Endpoint, ref: str, shown: str) -> Descriptor:
     resp = repo.request("GET", f"manifests/{ref}", ep=ep, headers={"Accept": MANIFEST_ACCEPT})
+    if resp.status == 404:
+        raise _not_found(repo, ep, resp, ref, shown, head=False)
     if resp.status != 200:
         raise error_for(resp, shown)
     mt = strip_params(resp.headers.get("Content-Type", ""))
@@ -114,6 +120,26 @@ def _get_root(repo: Repository, ep: Endpoint, ref: str, shown: str) -> Descripto
         raise Unsupported(f"{shown}: {e}") from None
     repo.keep_document(digest, raw)
     return Descriptor(MediaType(str(doc.media_type or mt)), digest, len(raw))
+
+
+def _not_found(
+    repo: Repository,
+    ep: Endpoint,
+    resp: urllib3.BaseHTTPResponse,
+    ref: str,
+    shown: str,
+    *,
+    head: bool,
+) -> NotFound:
+    """A 404 for the root: at the registry itself, which of repository and tag is missing
+    (:func:`~imgpipe.remote.missing.missing_manifest`); at a mirror, as it was (the next
+    endpoint is asked anyway)."""
+    if ep.is_mirror:
+        return NotFound(str(error_for(resp, f"{shown}: not found")))
+    body = read_limited(resp, MAX_ERROR_BODY)
+    # a HEAD answer has no body: missing_manifest GETs one for the code
+    code = None if head else error_code(body)
+    return missing_manifest(repo, ep, ref, shown, code=code)
 
 
 def _refuse_schema1(mt: str, shown: str) -> None:

@@ -28,7 +28,7 @@ from .http import is_retryable, read_limited
 if TYPE_CHECKING:
     import urllib3
 
-__all__ = ["MAX_ERROR_BODY", "error_for", "parse_digest", "strip_params"]
+__all__ = ["MAX_ERROR_BODY", "error_code", "error_for", "parse_digest", "strip_params"]
 
 #: Registry error bodies are small JSON; we read at most this much of one.
 MAX_ERROR_BODY: Final = 64 << 10
@@ -43,6 +43,11 @@ def _ocierrors(body: bytes) -> tuple[str, str]:
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         return "", ""
     return code[:64], " ".join(msg.split())[:200]
+
+
+def error_code(body: bytes) -> str:
+    """The first error code of an OCI error body (``NAME_UNKNOWN``...), or ""."""
+    return _ocierrors(body)[0]
 
 
 def error_for(resp: urllib3.BaseHTTPResponse, what: str) -> errors.ImgpipeError:
