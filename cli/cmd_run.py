@@ -1,7 +1,9 @@
-"""``imgpipe run``, ``ps`` and ``rm``: containers from images, with runc.
+"""``imgpipe run``: containers from images, with runc (``ps``, ``rm``, ``logs``, ``stop``
+and ``wait`` are in cmd_containers.py).
 
 ``run`` exits with the container's status (128+n when a signal n killed it), so a
-script sees what the command did. When the container could not be started its exit
+script sees what the command did; ``run -d`` prints the container's name once it runs
+under its monitor, and exits 0. When the container could not be started its exit
 status is the shell's: 127 for a command missing from the image, 126 for one that
 cannot be executed; any other failure of imgpipe's is reported with the usual exit
 codes (cli/exitcodes.py). Imports stay inside the verbs: start-up is part of the cost
@@ -38,9 +40,22 @@ def parse_size(text: str) -> int:
 
 def register(sub: Any) -> None:
     p = flags.verb(sub, "run", run)
+    p.add_argument(
+        "-d",
+        "--detach",
+        action="store_true",
+        help="run in the background under a monitor; print its name (logs, stop, wait it)",
+    )
     p.add_argument("--rm", action="store_true", help="remove the container and its snapshot after")
     p.add_argument("--name", help="container name (default: random)")
-    p.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="set a variable")
+    p.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        default=[],
+        metavar="K=V|K",
+        help="set a variable (a bare K passes this environment's value of K)",
+    )
     p.add_argument("--env-file", action="append", default=[], metavar="FILE", help="read K=V lines")
     p.add_argument("-w", "--workdir", default="", metavar="DIR", help="working directory")
     p.add_argument("-u", "--user", default="", help="name|uid[:group|gid]")
@@ -55,9 +70,20 @@ def register(sub: Any) -> None:
     p.add_argument("--read-only", action="store_true", help="mount the rootfs read-only")
     p.add_argument(
         "--net",
+        "--network",
+        dest="net",
         choices=("none", "host"),
         default="none",
         help="network: none (default, a namespace with only lo) or host",
+    )
+    p.add_argument(
+        "-p",
+        "--publish",
+        action="append",
+        default=[],
+        # refused with its own message (not argparse's "unrecognized"), and kept out of
+        # the usage and the command summary: it is no feature
+        help=argparse.SUPPRESS,
     )
     p.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
     p.add_argument("-i", "--interactive", action="store_true", help="connect stdin")
@@ -81,15 +107,6 @@ def register(sub: Any) -> None:
     p.add_argument("image", metavar="REF")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD [ARG...]")
 
-    p = flags.verb(sub, "ps", ps)
-    flags.json_output(p)
-    flags.runtime(p)
-
-    p = flags.verb(sub, "rm", rm)
-    p.add_argument("names", metavar="NAME", nargs="+")
-    p.add_argument("-f", "--force", action="store_true", help="kill running containers first")
-    flags.runtime(p)
-
 
 def run(args: argparse.Namespace) -> int:
     """run a command in a new container of an image (pulled and unpacked if needed)
@@ -108,7 +125,11 @@ def run(args: argparse.Namespace) -> int:
             raise InvalidArgument(f"--env-file {path}: not UTF-8 text") from None
     if args.stop_timeout is not None and args.stop_timeout < 0:
         raise InvalidArgument("--stop-timeout must not be negative")
-    env += args.env
+    if args.publish:
+        raise imgpipe.Unsupported(
+            f"-p {args.publish[0]}: publishing ports is not supported: use --net host"
+        )
+    env += imgpipe.pass_host_env(args.env)
     entrypoint = None
     if args.entrypoint is not None:
         entrypoint = (args.entrypoint,) if args.entrypoint else ()
@@ -136,6 +157,8 @@ def run(args: argparse.Namespace) -> int:
     kw: dict[str, Any] = {}
     if args.stop_timeout is not None:
         kw["stop_timeout"] = args.stop_timeout
+    if args.detach:
+        return _run_detached(args, settings, observer, kw)
     try:
         return imgpipe.run(
             args.image,
@@ -153,8 +176,7 @@ def run(args: argparse.Namespace) -> int:
             **kw,
         )
     except (imgpipe.CommandNotFound, imgpipe.CommandNotExecutable) as e:
-        print(f"imgpipe: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return EXIT_NOT_FOUND if isinstance(e, imgpipe.CommandNotFound) else EXIT_NOT_EXECUTABLE
+        return _not_runnable(e)
     finally:
         if observer is not None:
             from .output import close_observer
@@ -172,68 +194,44 @@ def _options_if_given(args: argparse.Namespace) -> imgpipe.TransportOptions | No
     return flags.transport_options(args)
 
 
-def ps(args: argparse.Namespace) -> int:
-    """list containers that were not removed"""
-    import time
-
+def _run_detached(
+    args: argparse.Namespace,
+    settings: imgpipe.ContainerSettings,
+    observer: imgpipe.Observer | None,
+    kw: dict[str, Any],
+) -> int:
     import imgpipe
 
-    containers = imgpipe.list_containers(runtime=args.runtime, root=args.root)
-    if args.json:
-        from .output import print_json
-
-        print_json(
-            [
-                {
-                    "id": c.record.id,
-                    "image": c.record.image,
-                    "command": c.record.args,
-                    "created": c.record.created_at,
-                    "status": c.status,
-                    "pid": c.pid,
-                    "exitCode": c.record.exit_code,
-                    "snapshotter": c.record.snapshotter,
-                }
-                for c in containers
-            ]
+    try:
+        name = imgpipe.run_detached(
+            args.image,
+            settings=settings,
+            name=args.name,
+            remove=args.rm,
+            interactive=args.interactive,
+            snapshotter=args.snapshotter,
+            platform=args.platform,
+            decrypt_keys=tuple(args.decrypt_key),
+            runtime=args.runtime,
+            root=args.root,
+            observer=observer,
+            options=_options_if_given(args),
+            **kw,
         )
-        return 0
-    from .output import print_table
+    except (imgpipe.CommandNotFound, imgpipe.CommandNotExecutable) as e:
+        return _not_runnable(e)
+    finally:
+        if observer is not None:
+            from .output import close_observer
 
-    now = time.time()
-    print_table(
-        [
-            (
-                c.record.id,
-                c.record.image,
-                " ".join(c.record.args)[:40],
-                f"{int(now - c.record.created_at)}s ago",
-                c.status,
-            )
-            for c in containers
-        ],
-        ("NAME", "IMAGE", "COMMAND", "CREATED", "STATUS"),
-    )
+            close_observer(observer)
+    print(name)
     return 0
 
 
-def rm(args: argparse.Namespace) -> int:
-    """remove stopped containers (and their snapshots)"""
-    import sys
-
+def _not_runnable(e: Exception) -> int:
+    """The shell's status for a command that could not be run (its one error line)."""
     import imgpipe
-    from imgpipe.errors import ImgpipeError
 
-    from .exitcodes import exit_code_for
-
-    # as `docker rm`: every name is tried; the first failure's code is the exit status
-    code = 0
-    for name in args.names:
-        try:
-            imgpipe.remove_container(name, force=args.force, runtime=args.runtime, root=args.root)
-        except ImgpipeError as e:
-            print(f"imgpipe: error: {' '.join(str(e).split())}", file=sys.stderr)
-            code = code or exit_code_for(e)
-            continue
-        print(name)
-    return code
+    print(f"imgpipe: error: {' '.join(str(e).split())}", file=sys.stderr)
+    return EXIT_NOT_FOUND if isinstance(e, imgpipe.CommandNotFound) else EXIT_NOT_EXECUTABLE

@@ -14,6 +14,7 @@ import traceback
 from collections.abc import Sequence
 
 from . import (
+    cmd_containers,
     cmd_content,
     cmd_convert,
     cmd_images,
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd_leases.register(sub)
     cmd_login.register(sub)
     cmd_run.register(sub)
+    cmd_containers.register(sub)
     cmd_convert.register(sub)
     cmd_unpack.register(sub)
     return parser

@@ -29,6 +29,12 @@ class ContainerStatus:
     status: str
     pid: int
 
+    @property
+    def running(self) -> bool:
+        """Running, created or paused in the runtime: what ``ps`` lists without ``-a``
+        (a record saying "created" with no runtime state is a run that never started)."""
+        return self.pid > 0 and self.status in _LIVE_STATES
+
 
 def _status(rec: TaskRecord, live: dict[str, Any] | None) -> str:
     if live is not None and live.get("status") in _LIVE_STATES:

@@ -137,6 +137,12 @@ PUBLIC_API = {
     "Task",
     "remove_container",
     "run",
+    # run -d and the verbs around it
+    "run_detached",
+    "container_logs",
+    "stop_container",
+    "wait_container",
+    "pass_host_env",
     "ConvertOptions",
     "ConvertReport",
     "Converter",

@@ -12,7 +12,6 @@ import hashlib
 import io
 import json
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -23,6 +22,15 @@ from typing import Any
 
 import pytest
 from conftest import IMGPIPE, run_cli
+from run_helpers import (
+    READY,
+    WAIT_LIMIT,
+    active_snapshots,
+    assert_clean,
+    imgpipe,
+    mounts_under,
+    wait_ready,
+)
 
 from imgpipe.store import Store
 from imgpipe.task import ContainerSettings, DirectoryRootfs, UserNotFound
@@ -30,8 +38,6 @@ from imgpipe.task import run as run_task
 
 pytestmark = pytest.mark.root
 
-#: Bound on waiting for a container to reach a state (no fixed sleeps).
-WAIT_LIMIT = 30.0
 SENTINEL_DATA = "app:x:0:0:host file that must never be read:/:/bin/sh\n"
 
 
@@ -147,65 +153,8 @@ def root(tmp_path_factory: pytest.TempPathFactory, images: dict[str, Path]) -> P
     return r
 
 
-def imgpipe(root: Path, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
-    kw.setdefault("capture_output", True)
-    kw.setdefault("text", True)
-    kw.setdefault("timeout", 120)
-    return subprocess.run([IMGPIPE, "--root", root, *args], **kw)
-
-
 def run(root: Path, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
     return imgpipe(root, "run", "--rm", *args, **kw)
-
-
-# --- what a container may leave behind -------------------------------------------------
-
-
-def mounts_under(root: Path) -> list[str]:
-    prefix = os.path.realpath(root) + "/"
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4] for line in f]
-    return [p for p in points if p.startswith(prefix)]
-
-
-def runc_ids(root: Path) -> list[str]:
-    if not (root / "runc").exists():
-        return []
-    out = subprocess.run(
-        ["runc", "--root", root / "runc", "list", "--format", "json"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return [c["id"] for c in json.loads(out or "null") or []]
-
-
-def active_snapshots(root: Path) -> list[str]:
-    with Store(root) as s:
-        return [s.key for s in s.db.list_snapshots() if s.kind != "committed"]
-
-
-def assert_clean(root: Path, name: str) -> None:
-    assert not mounts_under(root / "tasks"), mounts_under(root)
-    assert name not in runc_ids(root)
-    assert name not in active_snapshots(root)
-    assert not (root / "tasks" / name).exists()
-
-
-READY = ["sh", "-c", "echo ready; exec sleep 1000"]
-
-
-def wait_ready(proc: subprocess.Popen[bytes]) -> None:
-    """Block until the container says it runs (its first stdout line), at most WAIT_LIMIT.
-
-    The line is written by the container's own process, so once it is read runc has
-    started the container and imgpipe forwards signals to it.
-    """
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], WAIT_LIMIT)
-    if not ready:
-        pytest.fail("timed out waiting for the container to run")
-    assert proc.stdout.readline() == b"ready\n"
 
 
 # --- exit status, stdio ------------------------------------------------------------------
@@ -448,7 +397,7 @@ def test_cleanup_after_sigterm_to_imgpipe(
 
 def test_ps_and_rm(root: Path) -> None:
     assert imgpipe(root, "run", "--name", "kept", "busybox", "true").returncode == 0
-    listed = json.loads(imgpipe(root, "ps", "--json").stdout)
+    listed = json.loads(imgpipe(root, "ps", "-a", "--json").stdout)
     kept = next(c for c in listed if c["id"] == "kept")
     assert (kept["status"], kept["exitCode"], kept["command"]) == ("exited (0)", 0, ["true"])
     assert "kept" in active_snapshots(root)  # the container's snapshot stays until rm
@@ -457,7 +406,7 @@ def test_ps_and_rm(root: Path) -> None:
     res = imgpipe(root, "run", "--name", "kept", "busybox", "true")
     assert res.returncode == 6 and "exists" in res.stderr
     assert imgpipe(root, "rm", "kept").returncode == 0
-    assert "kept" not in [c["id"] for c in json.loads(imgpipe(root, "ps", "--json").stdout)]
+    assert "kept" not in [c["id"] for c in json.loads(imgpipe(root, "ps", "-a", "--json").stdout)]
     assert_clean(root, "kept")
     assert imgpipe(root, "rm", "kept").returncode == 5
 

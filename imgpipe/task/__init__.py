@@ -10,7 +10,13 @@
 * :mod:`.relay` — signals forwarded to the container, the terminal relay;
 * :mod:`.stage` — the stages of ``run`` (FindOrPull, ChooseImage, PrepareContainer,
   MountRootfs, RunContainer) and the :class:`~.stage.Container` they clean up;
-* :mod:`.runner` — :func:`run`, the pipeline of those stages;
+* :mod:`.runner` — :func:`run` and :func:`run_detached` (``-d``), pipelines of those
+  stages;
+* :mod:`.monitor` — the process that owns a detached container (imgpipe's shim);
+* :mod:`.owner` — the lock its owner holds, which ``wait``/``stop``/``rm -f`` wait on;
+* :mod:`.logfile` — a detached container's output (``imgpipe logs``);
+* :mod:`.control` — :func:`wait_container`, :func:`stop_container`,
+  :func:`container_logs`;
 * :mod:`.remove` — :func:`remove_container` (``imgpipe rm``);
 * :mod:`.state` — containers on disk under ``<root>/tasks/<id>/`` for ``ps``/``rm``.
 
@@ -21,6 +27,7 @@ because start-up time is part of every ``imgpipe run``.
 
 from __future__ import annotations
 
+from .control import container_logs, stop_container, wait_container
 from .relay import DEFAULT_STOP_TIMEOUT
 from .remove import remove_container
 from .rootfs import DirectoryRootfs, ImageRootfs, RootfsProvider
@@ -31,7 +38,7 @@ from .runc import (
     Runc,
     RuntimeFailed,
 )
-from .runner import run
+from .runner import run, run_detached
 from .spec import ContainerSettings, Volume, build_spec, default_spec, parse_volume
 from .state import TaskRecord, list_records
 from .task import Task
@@ -54,10 +61,14 @@ __all__ = [
     "UserNotFound",
     "Volume",
     "build_spec",
+    "container_logs",
     "default_spec",
     "list_records",
     "parse_volume",
     "remove_container",
     "resolve_user",
     "run",
+    "run_detached",
+    "stop_container",
+    "wait_container",
 ]

@@ -1,5 +1,6 @@
 """Signals and the wait: the first SIGINT/SIGTERM/SIGHUP goes on to the container's
-init, SIGKILL when it is overdue or a second comes; the terminal relay for ``-t``."""
+init, SIGKILL when it is overdue or a second comes; the terminal relay for ``-t``; the
+:class:`Pump` that copies a container's pipes while it is waited for."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import select
 import signal
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
@@ -19,8 +21,12 @@ if TYPE_CHECKING:
 DEFAULT_STOP_TIMEOUT: Final = 10.0
 #: The signals imgpipe passes on to the container.
 FORWARDED_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-#: Copy buffer of the terminal relay.
+#: Copy buffer of the terminal relay and the pump.
 _TTY_CHUNK: Final = 64 * 1024
+#: After the init exited, how long the pump waits for more output before it gives up on
+#: an EOF: every process of the container's pid namespace is killed with its init, so the
+#: pipes close at once; the bound only keeps a wedged kernel from hanging imgpipe.
+DRAIN_LIMIT: Final = 10.0
 
 
 class Relay:
@@ -82,20 +88,91 @@ def _kill_quietly(pid: int, sig: int) -> None:
         os.kill(pid, sig)
 
 
-def wait_task(task: Task, relay: Relay) -> int:
-    """Wait for the container, killing it when a forwarded signal is overdue."""
+class Pump:
+    """Copies pipes (read ends, owned and closed here) to sinks until each one's EOF."""
+
+    def __init__(self) -> None:
+        self.sinks: dict[int, Callable[[bytes], object]] = {}
+
+    def add(self, fd: int, sink: Callable[[bytes], object]) -> None:
+        self.sinks[fd] = sink
+
+    @property
+    def fds(self) -> list[int]:
+        return list(self.sinks)
+
+    def pump(self, ready: list[int]) -> None:
+        """Copy one chunk from each of the ``ready`` fds that is ours."""
+        for fd in ready:
+            sink = self.sinks.get(fd)
+            if sink is None:
+                continue
+            try:
+                data = os.read(fd, _TTY_CHUNK)
+            except OSError as e:
+                if e.errno != errno.EIO:  # a pty master: every slave closed
+                    raise
+                data = b""
+            if not data:
+                self.close(fd)
+            else:
+                sink(data)
+
+    def drain(self) -> None:
+        """Copy until every pipe is at EOF (bounded by :data:`DRAIN_LIMIT` of silence)."""
+        while self.sinks:
+            ready, _, _ = select.select(self.fds, [], [], DRAIN_LIMIT)
+            if not ready:
+                break
+            self.pump(ready)
+        self.close_all()
+
+    def close(self, fd: int) -> None:
+        if self.sinks.pop(fd, None) is not None:
+            os.close(fd)
+
+    def close_all(self) -> None:
+        for fd in self.fds:
+            self.close(fd)
+
+
+def write_quietly(fd: int) -> Callable[[bytes], None]:
+    """A sink writing to ``fd``, dropping the data once the reader has gone (EPIPE):
+    the container's output must not end imgpipe's wait for it."""
+    broken = False
+
+    def sink(data: bytes) -> None:
+        nonlocal broken
+        if broken:
+            return
+        try:
+            _write_all(fd, data)
+        except OSError:
+            broken = True
+
+    return sink
+
+
+def wait_task(task: Task, relay: Relay, pump: Pump | None = None) -> int:
+    """Wait for the container, killing it when a forwarded signal is overdue, copying
+    ``pump``'s pipes meanwhile (and to their end after the init exited)."""
     pidfd = os.pidfd_open(task.pid)
+    pump = pump or Pump()
     try:
         while True:
-            ready, _, _ = select.select([pidfd, relay.wake_r], [], [], relay.timeout())
+            watch = [pidfd, relay.wake_r, *pump.fds]
+            ready, _, _ = select.select(watch, [], [], relay.timeout())
             relay.drain()
+            pump.pump(ready)
             if pidfd in ready:
                 code = task.wait()
                 assert code is not None
+                pump.drain()
                 return code
             relay.kill_if_overdue()
     finally:
         os.close(pidfd)
+        pump.close_all()
 
 
 def relay_terminal(task: Task, relay: Relay, *, interactive: bool, stdin: int, stdout: int) -> int:

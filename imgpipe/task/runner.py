@@ -82,49 +82,122 @@ def run(
     interrupted before the container started. Cleanup (runtime state, mounts, and with
     ``remove`` the snapshot) is done in every case.
     """
+    base = settings or ContainerSettings()
+    if args:
+        base = replace(base, args=tuple(args))
     # the pipeline and the stages only when running (``imgpipe ps``/``rm`` import the package)
     from imgpipe.pipeline.context import opened_store  # noqa: PLC0415
     from imgpipe.pipeline.pipeline import Pipeline  # noqa: PLC0415
 
-    from .stage import (  # noqa: PLC0415
-        ChooseImage,
-        FindOrPull,
-        MountRootfs,
-        PrepareContainer,
-        RunContainer,
-        RunImage,
-    )
+    from .stage import RunContainer  # noqa: PLC0415
 
-    base = settings or ContainerSettings()
-    if args:
-        base = replace(base, args=tuple(args))
-    container_id = state.validate_id(name) if name else state.new_id()
     with opened_store(store, root) as st, Relay(stop_timeout) as relay:
         rt = Runc(Path(st.root) / state.RUNC_DIR, binary=runtime)
-        item: Any
-        stages: list[Stage[Any, Any]]
-        if rootfs is not None:
-            if image_config is None:
-                from imgpipe.formats.config import ContainerConfig  # noqa: PLC0415
-
-                image_config = ContainerConfig()
-            item, stages = RunImage(rootfs, image_config), []
-        else:
-            item = image
-            stages = [
-                FindOrPull(platform=platform, options=options),
-                ChooseImage(snapshotter=snapshotter, platform=platform, decrypt_keys=decrypt_keys),
-            ]
-        stages += [
-            PrepareContainer(container_id, rt, relay, remove=remove),
-            MountRootfs(),
+        item, stages = _image_stages(
+            image,
+            rootfs=rootfs,
+            image_config=image_config,
+            platform=platform,
+            options=options,
+            snapshotter=snapshotter,
+            decrypt_keys=decrypt_keys,
+        )
+        stages += _container_stages(name, rt, relay, remove)
+        stages.append(
             RunContainer(
                 settings=base,
                 relay=relay,
                 interactive=interactive,
                 stdio=(stdin, stdout, stderr),
                 on_started=on_started,
-            ),
-        ]
+            )
+        )
         code: int = Pipeline(stages).run(item, store=st, observer=observer)
         return code
+
+
+def run_detached(
+    image: str,
+    args: Sequence[str] = (),
+    *,
+    settings: ContainerSettings | None = None,
+    name: str | None = None,
+    remove: bool = False,
+    interactive: bool = False,
+    snapshotter: str | None = None,
+    platform: str | Platform | None = None,
+    decrypt_keys: Sequence[str] = (),
+    runtime: str | None = None,
+    rootfs: RootfsProvider | None = None,
+    image_config: ContainerConfig | None = None,
+    stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+    store: Store | None = None,
+    root: Root = None,
+    observer: Observer | None = None,
+    options: TransportOptions | None = None,
+) -> str:
+    """``run -d``: prepare the container as :func:`run` does (same arguments, same
+    errors), start it under a monitor process of its own (:mod:`.monitor`) and return
+    its id as soon as it runs. The monitor keeps its output in the container's log
+    (``imgpipe logs``), records its exit status (``imgpipe wait``, ``ps``) and tears it
+    down when it ends (with ``remove``, its snapshot and directory too); it outlives
+    the caller. ``interactive`` keeps the container's stdin open (nothing writes to
+    it); ``settings.terminal`` gives it a pty whose output is logged."""
+    base = settings or ContainerSettings()
+    if args:
+        base = replace(base, args=tuple(args))
+    from imgpipe.pipeline.context import opened_store  # noqa: PLC0415
+    from imgpipe.pipeline.pipeline import Pipeline  # noqa: PLC0415
+
+    from .stage import DetachContainer  # noqa: PLC0415
+
+    with opened_store(store, root) as st, Relay(stop_timeout) as relay:
+        rt = Runc(Path(st.root) / state.RUNC_DIR, binary=runtime)
+        item, stages = _image_stages(
+            image,
+            rootfs=rootfs,
+            image_config=image_config,
+            platform=platform,
+            options=options,
+            snapshotter=snapshotter,
+            decrypt_keys=decrypt_keys,
+        )
+        stages += _container_stages(name, rt, relay, remove)
+        stages.append(DetachContainer(settings=base, interactive=interactive))
+        container_id: str = Pipeline(stages).run(item, store=st, observer=observer)
+        return container_id
+
+
+def _image_stages(
+    image: str,
+    *,
+    rootfs: RootfsProvider | None,
+    image_config: ContainerConfig | None,
+    platform: str | Platform | None,
+    options: TransportOptions | None,
+    snapshotter: str | None,
+    decrypt_keys: Sequence[str],
+) -> tuple[Any, list[Stage[Any, Any]]]:
+    """The first item and the stages up to the rootfs: the image's (FindOrPull,
+    ChooseImage), or none for a given ``rootfs``."""
+    from .stage import ChooseImage, FindOrPull, RunImage  # noqa: PLC0415
+
+    if rootfs is not None:
+        if image_config is None:
+            from imgpipe.formats.config import ContainerConfig  # noqa: PLC0415
+
+            image_config = ContainerConfig()
+        return RunImage(rootfs, image_config), []
+    return image, [
+        FindOrPull(platform=platform, options=options),
+        ChooseImage(snapshotter=snapshotter, platform=platform, decrypt_keys=decrypt_keys),
+    ]
+
+
+def _container_stages(
+    name: str | None, rt: Runc, relay: Relay, remove: bool
+) -> list[Stage[Any, Any]]:
+    from .stage import MountRootfs, PrepareContainer  # noqa: PLC0415
+
+    container_id = state.validate_id(name) if name else state.new_id()
+    return [PrepareContainer(container_id, rt, relay, remove=remove), MountRootfs()]

@@ -44,6 +44,7 @@ __all__ = [
     "merge_env",
     "parse_env_file",
     "parse_volume",
+    "pass_host_env",
     "resolve_args",
 ]
 
@@ -144,6 +145,16 @@ def parse_env_file(text: str) -> list[str]:
         elif key in os.environ:
             out.append(f"{key}={os.environ[key]}")
     return out
+
+
+def pass_host_env(items: Iterable[str]) -> list[str]:
+    """``-e`` values as Docker reads them: ``K=V`` as it is; a bare ``K`` takes ``K``'s
+    value from our environment, and stays bare when we have none (which removes ``K``
+    from the container's environment, see :func:`merge_env`, as Docker does)."""
+    return [
+        f"{item}={os.environ[item]}" if "=" not in item and item in os.environ else item
+        for item in items
+    ]
 
 
 def merge_env(image_env: Sequence[str], overrides: Iterable[str]) -> list[str]:

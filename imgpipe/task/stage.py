@@ -8,6 +8,8 @@
                                                    then the active snapshot on its top layer)
     MountRootfs       Rootfs      -> Rootfs        mounted on <id>/rootfs
     RunContainer      Rootfs      -> int           user, spec, runc create/start, wait
+    DetachContainer   Rootfs      -> str           (run -d) user, spec, then a monitor
+                                                   process creates, starts and owns it
 
 From :class:`PrepareContainer` on, the :class:`Container` (what has been made so far) is
 closed with the run's context: whatever happens after the claim, its cleanup runs (runc
@@ -31,7 +33,8 @@ from imgpipe.errors import NotFound
 from imgpipe.pipeline.context import Context, Stage
 
 from . import state
-from .relay import Relay, relay_terminal, wait_task
+from .owner import Owner
+from .relay import Pump, Relay, relay_terminal, wait_task, write_quietly
 from .rootfs import ImageRootfs, RootfsProvider
 from .spec import ContainerSettings, build_spec
 from .task import Task
@@ -49,6 +52,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ChooseImage",
     "Container",
+    "DetachContainer",
     "FindOrPull",
     "MountRootfs",
     "PrepareContainer",
@@ -168,6 +172,7 @@ class PrepareContainer(Stage[RunImage, Rootfs]):
             remove=self.remove,
         )
         ctx.resources.push(container.close)
+        container.owner = Owner.acquire(bundle)  # let go by close, after the cleanup
         mounts = item.rootfs.prepare(self.id)
         container.prepared = True
         rec = container.record
@@ -214,16 +219,21 @@ class RunContainer(Stage[Rootfs, int]):
 
     def run(self, item: Rootfs, ctx: Context) -> int:
         c = item.container
-        user = resolve_user(c.bundle / "rootfs", self.settings.user or item.config.user)
-        spec = build_spec(c.id, item.config, self.settings, user)
-        c.record.args = list(spec["process"]["args"])
-        state.write_record(c.bundle, c.record)
-        (c.bundle / "config.json").write_text(json.dumps(spec))
+        write_bundle(item, self.settings)
         stdin, stdout, stderr = self.stdio
         devnull = -1
         if not self.interactive:
             devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
             stdin = devnull
+        pump = Pump()
+        ctx.resources.callback(pump.close_all)  # whatever fails from here on
+        err_w = -1
+        if not self.settings.terminal:
+            # The container's stderr is runc create's own, where runc also prints the
+            # error it logs: through a pipe of ours that line is dropped when create
+            # fails (the error is read from runc's log instead, and said once).
+            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+            pump.add(err_r, write_quietly(stderr if stderr is not None else 2))
         try:
             c.task = Task.create(
                 c.id,
@@ -232,11 +242,12 @@ class RunContainer(Stage[Rootfs, int]):
                 terminal=self.settings.terminal,
                 stdin=stdin,
                 stdout=stdout,
-                stderr=stderr,
+                stderr=err_w if err_w >= 0 else stderr,
             )
         finally:
-            if devnull >= 0:
-                os.close(devnull)
+            for fd in (devnull, err_w):
+                if fd >= 0:
+                    os.close(fd)
         self.relay.pid = c.record.pid = c.task.pid
         c.task.start()
         if self.on_started is not None:
@@ -250,8 +261,51 @@ class RunContainer(Stage[Rootfs, int]):
                 stdout=stdout if stdout is not None else sys.stdout.fileno(),
             )
         else:
-            c.code = wait_task(c.task, self.relay)
+            c.code = wait_task(c.task, self.relay, pump)
         return c.code
+
+
+def write_bundle(item: Rootfs, settings: ContainerSettings, *, detached: bool = False) -> None:
+    """USER resolved in the mounted rootfs, the runtime spec in ``config.json``, the
+    record (with the command the spec runs)."""
+    c = item.container
+    user = resolve_user(c.bundle / "rootfs", settings.user or item.config.user)
+    spec = build_spec(c.id, item.config, settings, user)
+    c.record.args = list(spec["process"]["args"])
+    c.record.detached = detached
+    c.record.stop_timeout = c.relay.stop_timeout
+    state.write_record(c.bundle, c.record)
+    (c.bundle / "config.json").write_text(json.dumps(spec))
+
+
+class DetachContainer(Stage[Rootfs, str]):
+    """``run -d``: the bundle as :class:`RunContainer` writes it, then the container
+    handed to a monitor process of its own (:mod:`.monitor`) that creates, starts,
+    logs, reaps and tears it down -> the container's id once it runs. If the monitor
+    could not start it, the run's cleanup is a foreground run's."""
+
+    name = "detach-container"
+
+    def __init__(self, *, settings: ContainerSettings, interactive: bool = False) -> None:
+        self.settings, self.interactive = settings, interactive
+
+    def run(self, item: Rootfs, ctx: Context) -> str:
+        from .monitor import spawn_monitor  # noqa: PLC0415 (only -d)
+
+        c = item.container
+        write_bundle(item, self.settings, detached=True)
+        assert c.owner is not None
+        c.record.pid = spawn_monitor(
+            c.bundle,
+            c.runtime,
+            c.owner,
+            remove=c.remove,
+            terminal=self.settings.terminal,
+            interactive=self.interactive,
+            stop_timeout=c.relay.stop_timeout,
+        )
+        c.handed_off = True  # the monitor owns it now: our cleanup must not touch it
+        return c.id
 
 
 class Container:
@@ -272,6 +326,9 @@ class Container:
         self.id, self.imgroot, self.bundle, self.runtime = container_id, imgroot, bundle, runtime
         self.provider, self.relay, self.remove = provider, relay, remove
         self.task: Task | None = None
+        self.owner: Owner | None = None
+        #: a monitor took the container over (run -d): nothing to clean up here
+        self.handed_off = False
         self.prepared = self.mounted = False
         self.code: int | None = None
         self.record = state.TaskRecord(id=container_id, image="", args=[], remove=remove)
@@ -282,8 +339,13 @@ class Container:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        """The exit of the run's context: :meth:`cleanup`; never swallows an error."""
-        self.cleanup(failing=exc_type is not None)
+        """The exit of the run's context: :meth:`cleanup`, then the owner lock let go
+        (waiters wake to a finished container); never swallows an error."""
+        try:
+            self.cleanup(failing=exc_type is not None)
+        finally:
+            if self.owner is not None:
+                self.owner.close()
         return False
 
     def cleanup(self, *, failing: bool) -> None:
@@ -292,6 +354,10 @@ class Container:
         from imgpipe.snapshots import unmount  # noqa: PLC0415
 
         self.relay.done = True  # a signal now must not cut the cleanup short
+        if self.handed_off:
+            return
+        if self.code is not None and self.owner is not None:
+            self.owner.set_exit(self.code)  # read by waiters once the owner lets go
         steps: list[Callable[[], object]] = [
             lambda: self.runtime.delete(self.id, force=True, log=self.bundle / "log.json"),
         ]

@@ -6,6 +6,9 @@
     <root>/tasks/<id>/rootfs/         where the rootfs is mounted while it runs
     <root>/tasks/<id>/imgpipe.json    our record: image, snapshot, command, exit code
     <root>/tasks/<id>/log.json        the runtime's log (its errors, JSON lines)
+    <root>/tasks/<id>/owner           locked by the process that owns it (see .owner)
+    <root>/tasks/<id>/container.log   a detached container's output (see .logfile)
+    <root>/tasks/<id>/monitor.err     what a detached container's monitor itself printed
     <root>/runc/                      the runtime's own state (``runc --root``)
 
 The directory is the container's existence: ``mkdir`` claims an id atomically, so two
@@ -27,6 +30,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from imgpipe.errors import AlreadyExists, InvalidArgument, MalformedDocument, NotFound
+
+from .relay import DEFAULT_STOP_TIMEOUT
 
 __all__ = [
     "RECORD_FILE",
@@ -64,6 +69,11 @@ class TaskRecord:
     pid: int = 0
     exit_code: int | None = None
     finished_at: float | None = None
+    #: run with ``-d``: a monitor process owns it, its output is in container.log
+    detached: bool = False
+    monitor_pid: int = 0
+    #: ``run --stop-timeout``: what ``imgpipe stop`` waits by default, as docker's
+    stop_timeout: float = DEFAULT_STOP_TIMEOUT
 
     @classmethod
     def from_json(cls, obj: Any) -> TaskRecord:
