@@ -24,9 +24,11 @@ def verb(
     ``func``'s docstring, its description the rest followed by ``more``; ``help=`` and
     ``description=`` override them (one function serving several spellings)."""
     head, _, body = (func.__doc__ or "").strip().partition("\n\n")
-    description = " ".join([*body.split(), *more])
-    kw.setdefault("help", " ".join(head.split()))
-    kw.setdefault("description", description or None)
+    head = " ".join(head.split())
+    # without a body, the one-line help is the description too: every verb has one
+    description = " ".join([*body.split(), *more]) or (head[:1].upper() + head[1:] + ".")
+    kw.setdefault("help", head)
+    kw.setdefault("description", description)
     p: argparse.ArgumentParser = sub.add_parser(name, **kw)
     p.set_defaults(func=func)
     return p
