@@ -11,7 +11,8 @@ the habits of docker, nerdctl and skopeo users work on every one of them at once
 - each verb's parser is recorded in the namespace (:data:`PARSER_DEST`), so an unknown
   option is reported with that verb's usage, not the top-level one;
 - ``CMD [ARG...]``-style remainders are optional (argparse calls them required);
-- the examples of :mod:`cli.examples` become each verb's epilog.
+- the examples of :mod:`cli.helptext` become each verb's epilog, and its help for
+  positionals fills those defined without one.
 
 Nothing here imports more than argparse: the tree is finished on every start-up.
 """
@@ -137,16 +138,19 @@ def has_option(p: argparse.ArgumentParser, option: str) -> bool:
 
 def finish(top: argparse.ArgumentParser) -> None:
     """Apply the module docstring's rules to every parser below ``top``."""
-    from .examples import epilog
+    from .helptext import ARGUMENTS, epilog
 
     def walk(p: argparse.ArgumentParser, path: tuple[str, ...]) -> None:
         p.formatter_class = Formatter
         for action in p._actions:
             if action.dest in GLOBAL_DESTS and path:
                 action.default = argparse.SUPPRESS
-            if action.nargs == argparse.REMAINDER and not action.option_strings:
-                # argparse lists a remainder among "the following arguments are required"
-                action.required = False
+            if not action.option_strings and path:
+                if action.nargs == argparse.REMAINDER:
+                    # argparse lists a remainder among "the following arguments are required"
+                    action.required = False
+                if action.help is None:
+                    action.help = ARGUMENTS.get(f"{' '.join(path)} {action.dest}")
         if path:
             if not has_option(p, "--root"):
                 add_global_options(p, top=False)

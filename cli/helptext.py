@@ -1,15 +1,21 @@
-"""Examples for every verb's ``--help``: two or three command lines each, with a comment.
+"""Help text :func:`cli.parser.finish` adds to every verb: examples, positionals' help.
 
-A test parses every line with the real parser (a stale option fails it) and checks that
-every verb has at least two. Entries for verbs this build does not have are ignored, so
-a verb's examples can be written before its module lands.
+``EXAMPLES``: two or three command lines per verb, each with a comment, printed as the
+epilog of its ``--help``. A test parses every line with the real parser (a stale option
+fails it) and checks that every verb has at least two. Entries for verbs this build does
+not have are ignored, so a verb's examples can be written before its module lands.
+
+``ARGUMENTS``: the help of positionals their module defines without one (a ``help=``
+given where the argument is defined wins). Kept here rather than in the verbs' modules
+so the text of the whole command reads as one; a test checks that every positional of
+every verb has help from one place or the other.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["EXAMPLES", "epilog"]
+__all__ = ["ARGUMENTS", "EXAMPLES", "epilog"]
 
 REG: Final = "127.0.0.1:5000"
 
@@ -21,9 +27,9 @@ EXAMPLES: Final[dict[str, tuple[tuple[str, str], ...]]] = {
         ("pull -q --unpack oci:./layout:v1", "an OCI layout, unpacked too, only the result line"),
     ),
     "push": (
-        (f"push {REG}/app:1", "to where the name points, as docker push"),
-        (f"push app:1 {REG}/team/app:1", "the local image app:1 under another name"),
+        (f"push app:1 {REG}/team/app:1", "the local image app:1 to a registry"),
         ("push app:1 oci-archive:app.tar:1", "into an OCI archive"),
+        ("push --json app:1 oci:out:1", "progress and result as JSON lines (docs/json.md)"),
     ),
     "login": (
         (f"login -u ci --password-stdin {REG}", "the password from stdin (a CI secret)"),
@@ -59,7 +65,7 @@ EXAMPLES: Final[dict[str, tuple[tuple[str, str], ...]]] = {
     ),
     "content verify": (
         ("content verify", "re-hash every blob; exit 8 if one is corrupt"),
-        ("-q content verify", "only the problems, nothing when all is well"),
+        ("content verify -q", "only the problems, nothing when all is well"),
     ),
     "content rm": (
         ("content rm sha256:4f5e...ab", "remove one blob (gc does this safely)"),
@@ -148,6 +154,41 @@ EXAMPLES: Final[dict[str, tuple[tuple[str, str], ...]]] = {
         ('completion zsh > "${fpath[1]}/_imgpipe"', "for zsh (any directory in $fpath)"),
         ("completion bash", 'or in ~/.bashrc: eval "$(imgpipe completion bash)"'),
     ),
+}
+
+
+_WHERE: Final = (
+    "a registry reference (alpine, 127.0.0.1:5000/app:1, docker://REF), "
+    "oci:DIR[:TAG], oci-archive:FILE[:TAG]"
+)
+
+#: "verb dest" -> help of that positional
+ARGUMENTS: Final[dict[str, str]] = {
+    "pull source": f"where the image is: {_WHERE} or docker-archive:FILE[:REF]",
+    "push name": "the stored image",
+    "push dest": f"where to write it: {_WHERE}",
+    "inspect name": "a stored image: its name",
+    "tag source": "the stored image",
+    "tag target": "the new name",
+    "rmi names": "stored images to remove",
+    "content get digest": "the blob's digest (sha256:...)",
+    "content rm digests": "the digests of the blobs to remove",
+    "login registry": "the registry's host[:port] (default: docker.io)",
+    "logout registry": "the registry's host[:port] (default: docker.io)",
+    "run image": "a stored image, or a reference to pull first",
+    "run command": "the command and its arguments (default: the image's Entrypoint and Cmd)",
+    "rm names": "the containers to remove",
+    "convert source": "the image to convert (see above)",
+    "convert dest": "where the converted image goes",
+    "encrypt source": "the image to encrypt (see above)",
+    "encrypt dest": "where the encrypted image goes",
+    "decrypt source": "the image to decrypt (see above)",
+    "decrypt dest": "where the decrypted image goes",
+    "unpack name": "a stored image",
+    "mount name": "a stored image (unpacked first if needed)",
+    "mount target": "an existing directory to mount it on",
+    "umount target": "the directory imgpipe mount mounted",
+    "snapshots rm keys": "snapshot keys, as snapshots ls shows them",
 }
 
 
