@@ -384,13 +384,14 @@ class RichProgress:
         elif event.kind == EventKind.BLOB_START:
             # a resumed transfer starts at its committed offset
             progress.reset(task, total=event.size or None, completed=event.offset)
-            progress.update(task, state="downloading")
+            # the stage says what it does: downloading, uploading, converting, copying
+            progress.update(task, state=event.detail or "downloading")
         elif event.kind == EventKind.BLOB_PROGRESS:
             verifying = event.size > 0 and event.offset >= event.size
             progress.update(
                 task,
                 completed=event.offset,
-                state="verifying" if verifying else "downloading",
+                state="verifying" if verifying else event.detail or "downloading",
             )
         elif event.kind == EventKind.BLOB_DONE:
             progress.update(task, completed=event.size, total=event.size, state="done")
