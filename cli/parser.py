@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterator
-from typing import Final
+from typing import Any, Final
 
 __all__ = [
     "GLOBAL_DESTS",
@@ -66,14 +66,21 @@ class Formatter(argparse.HelpFormatter):
 
 def add_global_options(p: argparse.ArgumentParser, *, top: bool) -> None:
     """``--root``, ``--debug`` and ``-q/--quiet``; below the top with SUPPRESS defaults
-    (see the module docstring), and hidden from the verb's help but for one line."""
-    kw: dict[str, object] = {} if top else {"default": argparse.SUPPRESS}
+    (see the module docstring). A spelling the verb defines itself stays the verb's (a
+    ``ps -q`` of docker's kind): only the others are added."""
+    kw: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
     g = p.add_argument_group(
         "global options" if top else "global options (also accepted before the verb)"
     )
-    g.add_argument("--root", metavar="DIR", help=ROOT_HELP, **kw)  # type: ignore[arg-type]
-    g.add_argument("--debug", action="store_true", help="print tracebacks on errors", **kw)  # type: ignore[arg-type]
-    g.add_argument("-q", "--quiet", action="store_true", help="print only results", **kw)  # type: ignore[arg-type]
+    options: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
+        (("--root",), {"metavar": "DIR", "help": ROOT_HELP}),
+        (("--debug",), {"action": "store_true", "help": "print tracebacks on errors"}),
+        (("-q", "--quiet"), {"action": "store_true", "help": "print only results"}),
+    )
+    for flags, more in options:
+        free = [f for f in flags if f not in p._option_string_actions]
+        if free:
+            g.add_argument(*free, dest=flags[-1].lstrip("-"), **more, **kw)
 
 
 def _subparsers(
@@ -152,8 +159,7 @@ def finish(top: argparse.ArgumentParser) -> None:
                 if action.help is None:
                     action.help = ARGUMENTS.get(f"{' '.join(path)} {action.dest}")
         if path:
-            if not has_option(p, "--root"):
-                add_global_options(p, top=False)
+            add_global_options(p, top=False)
             p.set_defaults(**{PARSER_DEST: p})
             if p.epilog is None:
                 p.epilog = epilog(" ".join(path))

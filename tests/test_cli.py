@@ -318,3 +318,21 @@ def test_rmi_reports_the_snapshots_it_frees(fixture_dir: Path, tmp_path: Path) -
     out = ok(run_cli("rmi", "layered", root=root))
     assert "(6 blobs, 4 snapshots)" in out.stdout
     assert ok(run_cli("snapshots", "ls", "--json", root=root)).stdout.strip() == "[]"
+
+
+def test_a_verbs_own_spelling_of_a_global_option_stays_the_verbs() -> None:
+    """A verb may define `-q` as docker's `ps -q` does (IDs only): the finishing pass adds
+    only the global spellings it lacks, and the top-level `-q` still means quiet."""
+    import argparse
+
+    from imgpipe.cli.parser import add_global_options, finish
+
+    top = argparse.ArgumentParser(prog="t")
+    add_global_options(top, top=True)
+    sub = top.add_subparsers(dest="command")
+    sub.add_parser("ps", help="list").add_argument("-q", dest="ids", action="store_true")
+    finish(top)
+    args = top.parse_args(["ps", "-q"])
+    assert (args.ids, args.quiet) == (True, False)
+    args = top.parse_args(["-q", "ps", "--root", "R"])
+    assert (args.ids, args.quiet, args.root) == (False, True, "R")
