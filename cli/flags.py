@@ -10,6 +10,8 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
+from .parser import sentence
+
 if TYPE_CHECKING:
     from imgpipe import TransportOptions
 
@@ -26,7 +28,7 @@ def verb(
     head, _, body = (func.__doc__ or "").strip().partition("\n\n")
     head = " ".join(head.split())
     # without a body, the one-line help is the description too: every verb has one
-    description = " ".join([*body.split(), *more]) or (head[:1].upper() + head[1:] + ".")
+    description = " ".join([*body.split(), *more]) or sentence(head)
     kw.setdefault("help", head)
     kw.setdefault("description", description)
     p: argparse.ArgumentParser = sub.add_parser(name, **kw)

@@ -31,6 +31,7 @@ __all__ = [
     "find",
     "finish",
     "has_option",
+    "sentence",
     "verbs",
 ]
 
@@ -62,6 +63,11 @@ class Formatter(argparse.HelpFormatter):
             else:
                 out.append(super()._fill_text(para, width, indent))
         return "\n\n".join(out)
+
+
+def sentence(text: str) -> str:
+    """A one-line help ("list images") as a description ("List images.")."""
+    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
 
 
 def add_global_options(p: argparse.ArgumentParser, *, top: bool) -> None:
@@ -163,7 +169,12 @@ def finish(top: argparse.ArgumentParser) -> None:
             p.set_defaults(**{PARSER_DEST: p})
             if p.epilog is None:
                 p.epilog = epilog(" ".join(path))
+        sub = _subparsers(p)
+        helps = {a.dest: a.help for a in sub._choices_actions} if sub is not None else {}
         for name, _aliases, child in _children(p):
+            if child.description is None and helps.get(name):
+                # a group such as `content` has a one-line help; it describes it too
+                child.description = sentence(str(helps[name]))
             walk(child, (*path, name))
 
     walk(top, ())
