@@ -81,7 +81,7 @@ EXAMPLES: Final[dict[str, tuple[tuple[str, str], ...]]] = {
         ("run --name web --net host -e PORT=8080 app:1", "a named container on the host network"),
     ),
     "ps": (
-        ("ps", "containers not removed, running or exited"),
+        ("ps", "the containers and their status"),
         ("ps --json", "as a JSON array with exit codes"),
     ),
     "rm": (
@@ -145,6 +145,22 @@ EXAMPLES: Final[dict[str, tuple[tuple[str, str], ...]]] = {
         ("leases rm pull-1a2b3c", "release a lease; gc may then free what it held"),
         ("leases rm pull-1a2b3c convert-4d5e6f", "several at once"),
     ),
+    "estargz ls": (
+        (f"estargz ls {REG}/app:1-estargz", "every file of every eStargz layer, from the TOCs"),
+        (f"estargz ls --layer -1 --json {REG}/app:1-estargz", "the top layer's, as JSON"),
+    ),
+    "estargz cat": (
+        (f"estargz cat {REG}/app:1-estargz /etc/os-release", "one file, fetching only its chunks"),
+        ("estargz cat --layer 0 oci:out:1 /bin/busybox > busybox", "from one layer of a layout"),
+    ),
+    "sync": (
+        ("sync plan sync.yaml -o plan.jsonl", "print the plan: every image the spec names"),
+        ("sync sync.yaml --executor threads:8 --report report.jsonl", "convert the catalogue"),
+    ),
+    "report merge": (
+        ("report merge shard-0.jsonl shard-1.jsonl", "one summary of a sharded sync"),
+        ("report merge --plan plan.jsonl --json shard-*.jsonl", "what is missing, as JSON"),
+    ),
     "help": (
         ("help pull", "the same as imgpipe pull --help"),
         ("help content ls", "a subcommand's help"),
@@ -189,6 +205,7 @@ ARGUMENTS: Final[dict[str, str]] = {
     "mount target": "an existing directory to mount it on",
     "umount target": "the directory imgpipe mount mounted",
     "snapshots rm keys": "snapshot keys, as snapshots ls shows them",
+    "leases rm ids": "lease IDs, as leases ls shows them",
 }
 
 

