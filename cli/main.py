@@ -25,11 +25,8 @@ from . import (
     cmd_transfer,
     cmd_unpack,
 )
+from .exitcodes import EXIT_USAGE
 from .parser import PARSER_DEST, Formatter, add_global_options, finish, has_option
-
-#: argparse's own code for a bad command line (cli/exitcodes.py, imported only on errors:
-#: it loads the error tree, which `imgpipe --version` does not need).
-EXIT_USAGE = 2
 
 
 class UsageError(Exception):

@@ -71,6 +71,7 @@ def test_the_parser_loads_no_implementation() -> None:
     code = (
         "import sys\n"
         "from imgpipe.cli.main import build_parser\n"
+        "from imgpipe.cli.exitcodes import EXIT_INTERRUPTED, exit_code_for\n"
         "build_parser()\n"
         "print(sorted(m for m in sys.modules if m.startswith(('imgpipe.formats', "
         "'imgpipe.errors', 'imgpipe.events', 'rich', 'urllib3'))))\n"

@@ -6,6 +6,7 @@ import argparse
 import io
 import json
 import os
+import re
 import select
 import subprocess
 import sys
@@ -242,8 +243,6 @@ def test_cli_pull_on_a_terminal_draws_bars(
 
 def _no_escapes(text: str) -> str:
     """``text`` without terminal control sequences (``ESC[?25l`` has a ``?`` of its own)."""
-    import re
-
     return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
 
 
@@ -378,7 +377,9 @@ def test_pull_on_a_terminal_ends_with_the_image_and_the_summary_below_the_bars(
     final = screen.rindex(f"image {ref}: sha256:")
     assert final > screen.rindex("done")  # below the last frame of the bars
     summary = screen.index("elapsed: ", final)
-    assert "total: " in screen[summary:] and "MB/s)" in screen[summary:]
+    assert re.match(
+        r"elapsed: [\d.]+s  total: [\d.]+ [kMG]?B \([\d.]+ [kMG]?B/s\)", screen[summary:]
+    )
     assert screen.index(ref + " sha256:", summary) > summary  # stdout's result line last
     assert "?" not in _no_escapes(screen)
 
