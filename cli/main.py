@@ -1,8 +1,11 @@
 """The ``imgpipe`` command: argument parsing, dispatch, and one error line per failure.
 
 Each verb lives in its own small module (``cli/cmd_*.py``) with a ``register`` function
-that adds its subparser and binds ``func``. Heavy imports happen inside the verbs, so
-``imgpipe --version`` stays fast.
+that adds its subparser and binds ``func``; :func:`cli.parser.finish` then gives every
+verb the global options, its usage for bad options and its examples (cli/helptext.py).
+Heavy imports happen inside the verbs, so ``imgpipe --version`` stays fast: building the
+parser loads neither the formats, the error tree nor rich (tests/test_cli.py pins it).
+With ``--json``, a failure also ends stdout with an ``error`` line (docs/json.md).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from . import (
     cmd_transfer,
     cmd_unpack,
 )
-from .exitcodes import EXIT_USAGE
+from .exitcodes import EXIT_USAGE, exit_code_for
 from .parser import PARSER_DEST, Formatter, add_global_options, finish, has_option
 
 
@@ -116,8 +119,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except (KeyboardInterrupt, Exception) as exc:
-        from .exitcodes import exit_code_for
-
         if args.debug:
             traceback.print_exc()
         message = str(exc) or type(exc).__name__
