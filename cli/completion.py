@@ -127,6 +127,7 @@ def candidates(top: argparse.ArgumentParser, before: Sequence[str], current: str
     root: str | None = None
     pending: argparse.Action | None = None  # an option waiting for its value
     options_done = False
+    given: list[str] = []  # the positionals of the verb so far
     for word in before:
         if pending is not None:
             if pending.dest == "root":
@@ -147,9 +148,10 @@ def candidates(top: argparse.ArgumentParser, before: Sequence[str], current: str
             continue
         child = find(p, [word]) if _has_subcommands(p) else None
         if child is not None:
-            p, positionals = child, 0
+            p, positionals, given = child, 0, []
             path.append(word)
             continue
+        given.append(word)
         action = _positional(p, positionals)
         if action is not None and action.nargs == argparse.REMAINDER:
             return []  # the container's own command line: files are the best guess
@@ -167,6 +169,11 @@ def candidates(top: argparse.ArgumentParser, before: Sequence[str], current: str
     if action.choices is not None:
         return _values(action, current)
     verb = " ".join(path)
+    if verb == "help":  # `imgpipe help content l<Tab>`: the commands themselves
+        target = find(top, given)
+        if target is None or not _has_subcommands(target):
+            return []
+        return sorted(n for n in _subcommand_names(target) if n.startswith(current))
     if (verb, action.dest) in IMAGE_ARGS:
         return _matching(_local_images(root), current)
     if path and path[0] in CONTAINER_VERBS:

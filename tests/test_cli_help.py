@@ -180,6 +180,9 @@ def test_bash_completes_verbs_options_choices_and_images(
     assert _bash(bash, f"imgpipe rmi --root {root} 127.0.0.1:50") == ["5000/team/app:1"]
     assert _bash(bash, f"imgpipe --root {root} run layered ") == []  # the container's command
     assert _bash(bash, "imgpipe pull ") == []  # a source: the shell completes files
+    assert _bash(bash, "imgpipe help con") == ["content", "convert"]
+    assert _bash(bash, "imgpipe help snapshots ") == ["ls", "rm"]
+    assert _bash(bash, "imgpipe help tag ") == []
 
 
 def test_zsh_completes_verbs_options_and_images(scripts: dict[str, str], stored: Path) -> None:
