@@ -117,19 +117,22 @@ def _bash(script: str, line: str) -> list[str]:
     return [w for w in out.stdout.splitlines() if w]
 
 
-def _zsh(script: str, words: list[str]) -> list[str]:
+#: zsh's compadd and _files work only inside a completion widget: printers stand in
+_ZSH_PRINTERS = (
+    "compadd() { while [[ $1 == -* && $1 != -- ]]; do shift; done; shift\n"
+    '  print -rl -- "$@"; }\n'
+    "_files() { print -r -- '<files>'; }\n"
+)
+
+
+def _run_zsh(setup: str, words: list[str], after: str = "") -> list[str]:
     """What our zsh function hands to compadd for ``words`` (the last one being typed),
-    with compadd and _files replaced by printers: the functions zsh's completion system
-    calls them from only inside a completion widget."""
+    once ``setup`` has loaded it."""
     assert shutil.which("zsh"), "zsh is needed (Makefile's APT_PACKAGES installs it)"
     code = (
-        "autoload -Uz compinit && compinit -u -D\n"
-        f"{script}\n"
-        "compadd() { while [[ $1 == -* && $1 != -- ]]; do shift; done; shift\n"
-        '  print -rl -- "$@"; }\n'
-        "_files() { print -r -- '<files>'; }\n"
+        f"{setup}\n{_ZSH_PRINTERS}"
         f"words=({' '.join(shlex.quote(w) for w in words)}); CURRENT={len(words)}\n"
-        "_imgpipe\n"
+        f"_imgpipe\n{after}"
     )
     out = subprocess.run(
         ["zsh", "-f", "-c", code],
@@ -140,6 +143,11 @@ def _zsh(script: str, words: list[str]) -> list[str]:
     )
     assert out.returncode == 0, out.stderr
     return [w for w in out.stdout.splitlines() if w]
+
+
+def _zsh(script: str, words: list[str]) -> list[str]:
+    """``words`` completed with the script sourced."""
+    return _run_zsh(f"autoload -Uz compinit && compinit -u -D\n{script}", words)
 
 
 @pytest.fixture(scope="module")
@@ -205,3 +213,12 @@ def test_completion_creates_no_store(tmp_path: Path, scripts: dict[str, str]) ->
     root = tmp_path / "none"
     assert _bash(scripts["bash"], f"imgpipe --root {root} inspect ") == []
     assert not root.exists()
+
+
+def test_zsh_script_works_installed_in_fpath(tmp_path: Path, scripts: dict[str, str]) -> None:
+    """`imgpipe completion zsh > DIR/_imgpipe` with DIR in $fpath: compinit finds it by
+    its #compdef line and autoloads it on the first <Tab>."""
+    (tmp_path / "_imgpipe").write_text(scripts["zsh"])
+    setup = f"fpath=({shlex.quote(str(tmp_path))} $fpath)\nautoload -Uz compinit && compinit -u -D"
+    found = _run_zsh(setup, ["imgpipe", "snap"], 'print -r -- "service: ${_comps[imgpipe]}"\n')
+    assert found == ["snapshots", "service: _imgpipe"]
