@@ -29,7 +29,7 @@ from . import (
     cmd_unpack,
 )
 from .exitcodes import EXIT_USAGE, exit_code_for
-from .parser import PARSER_DEST, Formatter, add_global_options, finish, has_option
+from .parser import PARSER_DEST, Formatter, Parser, add_global_options, finish, has_option
 
 
 class UsageError(Exception):
@@ -60,8 +60,10 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
+    """The whole command's parser; ``json_errors``: the command line asked for --json, so
+    a refused one also prints the JSON error line (cli.parser.Parser)."""
+    parser = Parser(
         prog="imgpipe",
         description="containerd's image pipeline: pull, verify, store, inspect and export images.",
         epilog="Global options go before or after the command. "
@@ -85,19 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
     cmd_convert.register(sub)
     cmd_unpack.register(sub)
     cmd_help.register(sub)
-    finish(parser)
+    finish(parser, json_errors=json_errors)
     return parser
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse a command line as `imgpipe` does; a bad one exits 2 with the verb's usage."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(json_errors="--json" in argv)
     args, extra = parser.parse_known_args(argv)
     verb: argparse.ArgumentParser = getattr(args, PARSER_DEST, parser)
     if extra:
         verb.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.json and not has_option(verb, "--json"):
-        verb.error(f"{verb.prog} has no --json output")
+        verb.error("this command has no --json output")
     return args
 
 

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterator
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 __all__ = [
     "GLOBAL_DESTS",
     "PARSER_DEST",
     "Formatter",
+    "Parser",
     "add_global_options",
     "find",
     "finish",
@@ -63,6 +64,25 @@ class Formatter(argparse.HelpFormatter):
             else:
                 out.append(super()._fill_text(para, width, indent))
         return "\n\n".join(out)
+
+
+class Parser(argparse.ArgumentParser):
+    """The parser of the command and (argparse creates them of the parent's class) of
+    every verb: when the command line asked for ``--json`` (:func:`finish` sets
+    ``json_errors`` on each), a refused command line also ends stdout with the
+    ``error`` object of docs/json.md, so a script reading JSON always gets its last line."""
+
+    json_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        if self.json_errors:
+            import json
+            import sys
+
+            obj = {"event": "error", "exitCode": 2, "message": f"{self.prog}: {message}"}
+            sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
+            sys.stdout.flush()
+        super().error(message)
 
 
 def sentence(text: str) -> str:
@@ -149,12 +169,15 @@ def has_option(p: argparse.ArgumentParser, option: str) -> bool:
     return option in p._option_string_actions
 
 
-def finish(top: argparse.ArgumentParser) -> None:
-    """Apply the module docstring's rules to every parser below ``top``."""
+def finish(top: argparse.ArgumentParser, *, json_errors: bool = False) -> None:
+    """Apply the module docstring's rules to every parser below ``top``; with
+    ``json_errors`` each :class:`Parser` reports a refused command line as JSON too."""
     from .helptext import ARGUMENTS, epilog
 
     def walk(p: argparse.ArgumentParser, path: tuple[str, ...]) -> None:
         p.formatter_class = Formatter
+        if isinstance(p, Parser):
+            p.json_errors = json_errors
         for action in p._actions:
             if action.dest in GLOBAL_DESTS and path:
                 action.default = argparse.SUPPRESS

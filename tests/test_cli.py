@@ -146,6 +146,19 @@ def test_a_refused_command_line_ends_json_output_with_an_error(fixture_dir: Path
     assert out.stderr.strip().splitlines() == [
         "imgpipe: error: --platform and --all-platforms exclude each other"
     ]
+    # refused by the parser itself: the usage on stderr, and still the JSON error line
+    for argv, message in (
+        (("pull", "--json"), "imgpipe pull: the following arguments are required: SOURCE"),
+        (("--json", "tag", "a", "b"), "imgpipe tag: this command has no --json output"),
+        (("images", "--json", "--bogus"), "imgpipe images: unrecognized arguments: --bogus"),
+    ):
+        out = run_cli(*argv)
+        assert out.returncode == 2, argv
+        assert out.stderr.startswith("usage: "), out.stderr
+        assert out.stdout.splitlines() == [
+            json.dumps({"event": "error", "exitCode": 2, "message": message}, separators=(",", ":"))
+        ]
+    assert run_cli("pull").stdout == ""  # no --json, no JSON
 
 
 def ok(out: Any) -> Any:
