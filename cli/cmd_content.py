@@ -6,10 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from imgpipe.errors import DigestMismatch
-
 from . import flags
-from .exitcodes import exit_code_for
 
 
 def register(sub: Any) -> None:
@@ -122,6 +119,9 @@ def content_get(args: argparse.Namespace) -> int:
 def content_verify(args: argparse.Namespace) -> int:
     """re-hash every blob; exit 8 (digest mismatch) if any is corrupt"""
     import imgpipe
+    from imgpipe.errors import DigestMismatch
+
+    from .exitcodes import exit_code_for
 
     problems = imgpipe.content_verify(root=args.root)
     for p in problems:

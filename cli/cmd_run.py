@@ -150,10 +150,11 @@ def run(args: argparse.Namespace) -> int:
     )
     observer = None
     if not args.quiet and sys.stderr.isatty():
-        # progress only matters when a pull happens; the observer is cheap until then
+        # progress only matters when a pull happens; the observer is cheap until then.
+        # Its bars are erased once the image is recorded: the container's output follows.
         from .output import make_observer
 
-        observer = make_observer(args)
+        observer = make_observer(args, until_recorded=True)
     kw: dict[str, Any] = {}
     if args.stop_timeout is not None:
         kw["stop_timeout"] = args.stop_timeout

@@ -10,6 +10,8 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
+from .parser import sentence
+
 if TYPE_CHECKING:
     from imgpipe import TransportOptions
 
@@ -24,9 +26,11 @@ def verb(
     ``func``'s docstring, its description the rest followed by ``more``; ``help=`` and
     ``description=`` override them (one function serving several spellings)."""
     head, _, body = (func.__doc__ or "").strip().partition("\n\n")
-    description = " ".join([*body.split(), *more])
-    kw.setdefault("help", " ".join(head.split()))
-    kw.setdefault("description", description or None)
+    head = " ".join(head.split())
+    # without a body, the one-line help is the description too: every verb has one
+    description = " ".join([*body.split(), *more]) or sentence(head)
+    kw.setdefault("help", head)
+    kw.setdefault("description", description)
     p: argparse.ArgumentParser = sub.add_parser(name, **kw)
     p.set_defaults(func=func)
     return p

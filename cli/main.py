@@ -1,22 +1,28 @@
 """The ``imgpipe`` command: argument parsing, dispatch, and one error line per failure.
 
 Each verb lives in its own small module (``cli/cmd_*.py``) with a ``register`` function
-that adds its subparser and binds ``func``. Heavy imports happen inside the verbs, so
-``imgpipe --version`` stays fast.
+that adds its subparser and binds ``func``; :func:`cli.parser.finish` then gives every
+verb the global options, its usage for bad options and its examples (cli/helptext.py).
+Heavy imports happen inside the verbs, so ``imgpipe --version`` stays fast: building the
+parser loads neither the formats, the error tree nor rich (tests/test_cli.py pins it).
+With ``--json``, a failure also ends stdout with an ``error`` line (docs/json.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 from . import (
     cmd_containers,
     cmd_content,
     cmd_convert,
+    cmd_help,
     cmd_images,
     cmd_leases,
     cmd_login,
@@ -26,12 +32,11 @@ from . import (
     interrupts,
 )
 from .exitcodes import EXIT_USAGE, exit_code_for
+from .parser import PARSER_DEST, Formatter, Parser, add_global_options, finish, has_option
 
-#: Where the state lives, as imgpipe.store.default_root looks for it.
-_ROOT_HELP = (
-    "state directory (default: $IMGPIPE_ROOT, /var/lib/imgpipe as root, "
-    "else $XDG_DATA_HOME/imgpipe)"
-)
+
+class UsageError(Exception):
+    """A command line the verb refuses after parsing (two flags that exclude each other)."""
 
 
 def _version() -> str:
@@ -58,15 +63,24 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
+    """The whole command's parser; ``json_errors``: the command line asked for --json, so
+    a refused one also prints the JSON error line (cli.parser.Parser)."""
+    parser = Parser(
         prog="imgpipe",
         description="containerd's image pipeline: pull, verify, store, inspect and export images.",
+        epilog="Global options go before or after the command. "
+        "'imgpipe help COMMAND' (or 'imgpipe COMMAND --help') shows a command's options "
+        "and examples; 'imgpipe completion bash|zsh' prints a completion script.",
+        formatter_class=Formatter,
     )
     parser.add_argument("--version", action=_VersionAction, nargs=0, help="print the version")
-    parser.add_argument("--root", metavar="DIR", help=_ROOT_HELP)
-    parser.add_argument("--debug", action="store_true", help="print tracebacks on errors")
-    parser.add_argument("-q", "--quiet", action="store_true", help="print only results")
+    add_global_options(parser, top=True)
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="machine-readable output (docs/json.md), for commands that have --json",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     cmd_transfer.register(sub)
     cmd_images.register(sub)
@@ -77,12 +91,33 @@ def build_parser() -> argparse.ArgumentParser:
     cmd_containers.register(sub)
     cmd_convert.register(sub)
     cmd_unpack.register(sub)
+    cmd_help.register(sub)
+    finish(parser, json_errors=json_errors)
     return parser
 
 
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse a command line as `imgpipe` does; a bad one exits 2 with the verb's usage."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(json_errors="--json" in argv)
+    args, extra = parser.parse_known_args(argv)
+    verb: argparse.ArgumentParser = getattr(args, PARSER_DEST, parser)
+    if extra:
+        verb.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.json and not has_option(verb, "--json"):
+        verb.error("this command has no --json output")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["__complete"]:
+        # what the completion scripts call on every <Tab>; see cli/completion.py
+        from .completion import complete_main
+
+        return complete_main(build_parser(), argv[1:])
+    args = parse(argv)
     try:
         with interrupts.installed():
             code: int = args.func(args)
@@ -96,17 +131,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         message = str(exc) or type(exc).__name__
+        code = exit_code_for(exc)
         if isinstance(exc, OSError) and exc.strerror:
             message = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
         if isinstance(exc, KeyboardInterrupt):
             message = interrupts.message(exc)
+        elif isinstance(exc, UsageError):
+            code = EXIT_USAGE
         elif not _is_expected(exc):
             message = f"internal error ({type(exc).__name__}): {message}"
-        # one line, whatever the message held
-        print(f"imgpipe: error: {' '.join(message.split())}", file=sys.stderr)
+        code = _fail(args, code, message)
         if isinstance(exc, KeyboardInterrupt):
-            interrupts.leave_stuck_transfers(exit_code_for(exc))
-        return exit_code_for(exc)
+            interrupts.leave_stuck_transfers(code)
+        return code
+
+
+def _fail(args: argparse.Namespace, code: int, message: str) -> int:
+    """One line on stderr, whatever the message held; with --json also the final
+    ``error`` object on stdout (docs/json.md)."""
+    from .output import print_error
+
+    message = " ".join(message.split())
+    print(f"imgpipe: error: {message}", file=sys.stderr)
+    if getattr(args, "json", False):
+        with contextlib.suppress(BrokenPipeError):  # the reader left: stderr has it
+            print_error(code, message)
+    return code
 
 
 def _is_expected(exc: BaseException) -> bool:
@@ -115,9 +165,10 @@ def _is_expected(exc: BaseException) -> bool:
     return isinstance(exc, ImgpipeError | OSError)
 
 
-def usage_error(message: str) -> int:
-    print(f"imgpipe: error: {message}", file=sys.stderr)
-    return EXIT_USAGE
+def usage_error(message: str) -> NoReturn:
+    """Refuse the command line: exit 2 with ``message`` (raised, so that ``--json``
+    output still ends with its ``error`` line)."""
+    raise UsageError(message)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,12 @@ def test_exit_codes(exc: BaseException, code: int) -> None:
     assert exit_code_for(exc) == code
 
 
+def test_main_says_usage_with_the_tables_code() -> None:
+    from imgpipe.cli import exitcodes, main
+
+    assert main.EXIT_USAGE == exitcodes.EXIT_USAGE
+
+
 def test_version() -> None:
     out = run_cli("--version")
     assert out.returncode == 0
@@ -54,6 +60,105 @@ def test_version() -> None:
 def test_usage_error_exits_2() -> None:
     out = run_cli("no-such-command")
     assert out.returncode == 2
+
+
+def test_the_parser_loads_no_implementation() -> None:
+    """`imgpipe --version` and every start-up build the whole parser: it must not load
+    the formats, the error tree or rich (20 ms of imports, measured; see the notes)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from imgpipe.cli.main import build_parser\n"
+        "from imgpipe.cli.exitcodes import EXIT_INTERRUPTED, exit_code_for\n"
+        "build_parser()\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('imgpipe.formats', "
+        "'imgpipe.errors', 'imgpipe.events', 'rich', 'urllib3'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_global_options_before_or_after_the_verb(fixture_dir: Path, tmp_path: Path) -> None:
+    """docker's habits: `pull -q REF`, `pull --root R REF`, `pull REF --debug`,
+    `images -q`, `--json images` all mean what they mean before the verb."""
+    src = f"oci:{fixture_dir / 'layered'}:layered"
+    root = tmp_path / "a"
+    # --root after the verb is the root, not the SOURCE; -q after the source is quiet
+    out = ok(run_cli("pull", "--root", root, src, "-q"))
+    assert out.stderr == ""
+    assert out.stdout.split()[0] == "docker.io/library/layered:latest"
+    out = ok(run_cli("pull", src, "--debug", "--root", tmp_path / "b"))
+    assert "done" in out.stderr  # not quiet: --debug did not reset it
+    # a global option given before the verb is not reset by the verb's parser
+    out = ok(run_cli("--root", tmp_path / "c", "-q", "pull", src))
+    assert out.stderr == ""
+    assert (tmp_path / "c" / "metadata.db").exists()
+    for argv in (
+        ("images", "-q", "--root", root),
+        ("images", "--root", root, "--json"),
+        ("--json", "images", "--root", root),
+        ("--root", root, "--json", "images"),
+        ("content", "ls", "--json", "--root", root),
+    ):
+        out = ok(run_cli(*argv))
+        if "--json" in argv:
+            assert isinstance(json.loads(out.stdout), list), argv
+            assert len(json.loads(out.stdout)) == (1 if argv[0] != "content" else 6), argv
+        else:
+            assert "docker.io/library/layered:latest" in out.stdout
+    out = run_cli("inspect", "nosuch", "--debug", "--root", root)
+    assert out.returncode == 5
+    assert "Traceback" in out.stderr
+
+
+def test_an_unknown_option_prints_the_verbs_usage() -> None:
+    for argv, verb in (
+        (("pull", "--bogus", "alpine"), "pull"),
+        (("content", "ls", "--bogus"), "content ls"),
+        (("images", "-x"), "images"),
+        (("--json", "tag", "a", "b"), "tag"),
+    ):
+        out = run_cli(*argv)
+        assert out.returncode == 2, argv
+        assert out.stderr.startswith(f"usage: imgpipe {verb} "), out.stderr
+        assert f"imgpipe {verb}: error: " in out.stderr
+    # bare `run`: only REF is required (CMD is optional)
+    out = run_cli("run")
+    assert out.returncode == 2
+    assert (
+        out.stderr.splitlines()[-1]
+        == "imgpipe run: error: the following arguments are required: REF"
+    )
+
+
+def test_a_refused_command_line_ends_json_output_with_an_error(fixture_dir: Path) -> None:
+    src = f"oci:{fixture_dir / 'layered'}:layered"
+    out = run_cli("pull", "--json", "--platform", "linux/amd64", "--all-platforms", src)
+    assert out.returncode == 2
+    assert json.loads(out.stdout.splitlines()[-1]) == {
+        "event": "error",
+        "exitCode": 2,
+        "message": "--platform and --all-platforms exclude each other",
+    }
+    assert out.stderr.strip().splitlines() == [
+        "imgpipe: error: --platform and --all-platforms exclude each other"
+    ]
+    # refused by the parser itself: the usage on stderr, and still the JSON error line
+    for argv, message in (
+        (("pull", "--json"), "imgpipe pull: the following arguments are required: SOURCE"),
+        (("--json", "tag", "a", "b"), "imgpipe tag: this command has no --json output"),
+        (("images", "--json", "--bogus"), "imgpipe images: unrecognized arguments: --bogus"),
+    ):
+        out = run_cli(*argv)
+        assert out.returncode == 2, argv
+        assert out.stderr.startswith("usage: "), out.stderr
+        assert out.stdout.splitlines() == [
+            json.dumps({"event": "error", "exitCode": 2, "message": message}, separators=(",", ":"))
+        ]
+    assert run_cli("pull").stdout == ""  # no --json, no JSON
 
 
 def ok(out: Any) -> Any:
@@ -229,3 +334,21 @@ def test_rmi_reports_the_snapshots_it_frees(fixture_dir: Path, tmp_path: Path) -
     out = ok(run_cli("rmi", "layered", root=root))
     assert "(6 blobs, 4 snapshots)" in out.stdout
     assert ok(run_cli("snapshots", "ls", "--json", root=root)).stdout.strip() == "[]"
+
+
+def test_a_verbs_own_spelling_of_a_global_option_stays_the_verbs() -> None:
+    """A verb may define `-q` as docker's `ps -q` does (IDs only): the finishing pass adds
+    only the global spellings it lacks, and the top-level `-q` still means quiet."""
+    import argparse
+
+    from imgpipe.cli.parser import add_global_options, finish
+
+    top = argparse.ArgumentParser(prog="t")
+    add_global_options(top, top=True)
+    sub = top.add_subparsers(dest="command")
+    sub.add_parser("ps", help="list").add_argument("-q", dest="ids", action="store_true")
+    finish(top)
+    args = top.parse_args(["ps", "-q"])
+    assert (args.ids, args.quiet) == (True, False)
+    args = top.parse_args(["-q", "ps", "--root", "R"])
+    assert (args.ids, args.quiet, args.root) == (False, True, "R")

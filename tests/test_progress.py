@@ -6,6 +6,7 @@ import argparse
 import io
 import json
 import os
+import re
 import select
 import subprocess
 import sys
@@ -235,3 +236,171 @@ def test_cli_pull_on_a_terminal_draws_bars(
     assert "\x1b[" in screen  # drawn, not printed line by line
     assert "done" in screen
     assert len(stdout.splitlines()) == 1
+
+
+# -- the end of a display: final lines below the bars, the summary, clearing --------------
+
+
+def _no_escapes(text: str) -> str:
+    """``text`` without terminal control sequences (``ESC[?25l`` has a ``?`` of its own)."""
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+
+
+def _console() -> tuple[io.StringIO, object]:
+    from rich.console import Console
+
+    buf = io.StringIO()
+    return buf, Console(file=buf, force_terminal=True, width=120, color_system=None)
+
+
+def test_rich_final_lines_and_summary_come_below_the_bars() -> None:
+    buf, console = _console()
+    obs = RichProgress(console=console)  # type: ignore[arg-type]
+    small, cached = digest(1), digest(2)
+    obs(Event(EventKind.RESOLVED, digest(9), MANIFEST, 500, "127.0.0.1:5000/a:b"))
+    obs(Event(EventKind.BLOB_EXISTS, cached, LAYER, 2_000_000))
+    # a blob too small for rich to sample a speed: no "?" column
+    obs(Event(EventKind.BLOB_START, small, CONFIG, 300))
+    obs(Event(EventKind.BLOB_DONE, small, CONFIG, 300))
+    obs(Event(EventKind.IMAGE_RECORDED, digest(9), MANIFEST, 500, "127.0.0.1:5000/a:b"))
+    obs.close()
+    text = buf.getvalue()
+    last_bar = text.rindex(small.short())
+    final = text.index(f"image 127.0.0.1:5000/a:b: {digest(9)}")
+    assert final > last_bar
+    summary = text[final:].splitlines()[1]
+    assert summary.startswith("elapsed: ")
+    assert "total: 300 B (" in summary
+    assert summary.endswith("1 blob, 1 already present")
+    assert "?" not in _no_escapes(text)
+
+
+def test_until_recorded_erases_the_bars_and_ignores_what_follows() -> None:
+    buf, console = _console()
+    obs = RichProgress(console=console, until_recorded=True)  # type: ignore[arg-type]
+    d = digest(1)
+    for e in blob_events(d, 3_000_000):
+        obs(e)
+    obs(Event(EventKind.IMAGE_RECORDED, digest(9), MANIFEST, 500, "alpine"))
+    drawn = buf.getvalue()
+    # Live.stop went back over the rows (cursor up, erase line), then the final lines
+    tail = drawn[drawn.rindex(d.short()) :]
+    assert "\x1b[1A\x1b[2K" in tail or "\x1b[2K\x1b[1A" in tail
+    assert tail.rindex("\x1b[2K") < tail.index(f"image alpine: {digest(9)}")
+    assert "elapsed: " in tail
+    obs(Event(EventKind.BLOB_DONE, digest(3), LAYER, 10))  # after the end: nothing drawn
+    obs.close()
+    assert buf.getvalue() == drawn
+
+
+def test_clear_progress_hook_works_on_every_observer() -> None:
+    from imgpipe.cli.output import clear_progress
+
+    buf, console = _console()
+    rich = RichProgress(console=console)  # type: ignore[arg-type]
+    for e in blob_events(digest(1), 10):
+        rich(e)
+    clear_progress(rich)
+    assert "elapsed: " in buf.getvalue()
+    lines = io.StringIO()
+    plain = LineProgress(lines)
+    for e in blob_events(digest(2), 10):
+        plain(e)
+    clear_progress(plain)
+    clear_progress(plain)  # idempotent: one summary
+    assert lines.getvalue().count("elapsed: ") == 1
+    clear_progress(None)
+    clear_progress(JsonLines(io.StringIO()))
+
+
+def test_plain_lines_end_with_the_summary_counting_only_new_bytes() -> None:
+    out = io.StringIO()
+    obs = LineProgress(out)
+    resumed, fresh, cached = digest(1), digest(2), digest(3)
+    obs(Event(EventKind.BLOB_START, resumed, LAYER, 3000, offset=1000))  # resumed at 1000
+    obs(Event(EventKind.BLOB_DONE, resumed, LAYER, 3000))
+    for e in blob_events(fresh, 500):
+        obs(e)
+    obs(Event(EventKind.BLOB_EXISTS, cached, LAYER, 10_000))
+    obs.close()
+    *_, summary = out.getvalue().splitlines()
+    assert summary.startswith("elapsed: ")
+    assert " total: 2.5 kB (" in summary  # 2000 resumed + 500, not the 10 kB already there
+    assert summary.endswith("2 blobs, 1 already present")
+
+
+def test_no_summary_when_nothing_moved() -> None:
+    out = io.StringIO()
+    obs = LineProgress(out)
+    obs(Event(EventKind.RESOLVED, digest(1), MANIFEST, 10, "x"))
+    obs.close()
+    assert "elapsed" not in out.getvalue()
+
+
+def _pty_run(argv: list[str], timeout: float = 120) -> tuple[int, str]:
+    """Run ``argv`` with stdout and stderr on one pty, as on a terminal; (status, screen)."""
+    master, slave = os.openpty()
+    proc = subprocess.Popen(
+        argv,
+        stdout=slave,
+        stderr=slave,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "TERM": "xterm", "COLUMNS": "120"},
+    )
+    os.close(slave)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 1.0)
+        if not ready:
+            if proc.poll() is not None:
+                break
+            continue
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the pty
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    return proc.wait(timeout=timeout), b"".join(chunks).decode(errors="replace")
+
+
+def test_pull_on_a_terminal_ends_with_the_image_and_the_summary_below_the_bars(
+    registry: Registry, fixture_dir: Path, tmp_path: Path
+) -> None:
+    registry.push_layout(fixture_dir / "layered", "layered", "progress/summary", "v1")
+    ref = registry.ref("progress/summary", "v1")
+    code, screen = _pty_run([str(IMGPIPE), "--root", str(tmp_path / "root"), "pull", ref])
+    assert code == 0, screen
+    final = screen.rindex(f"image {ref}: sha256:")
+    assert final > screen.rindex("done")  # below the last frame of the bars
+    summary = screen.index("elapsed: ", final)
+    assert re.match(
+        r"elapsed: [\d.]+s  total: [\d.]+ [kMG]?B \([\d.]+ [kMG]?B/s\)", screen[summary:]
+    )
+    assert screen.index(ref + " sha256:", summary) > summary  # stdout's result line last
+    assert "?" not in _no_escapes(screen)
+
+
+def test_run_on_a_terminal_erases_the_bars_before_the_container_prints(
+    registry: Registry, fixture_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("runc") is None:
+        import pytest
+
+        pytest.skip("running containers needs root and runc (CI runs as root)")
+    registry.push_layout(fixture_dir / "busybox", "busybox", "progress/run", "v1")
+    ref = registry.ref("progress/run", "v1")
+    argv = [str(IMGPIPE), "--root", str(tmp_path / "root"), "run", "--rm", ref]
+    code, screen = _pty_run([*argv, "echo", "hello from the container"])
+    assert code == 0, screen
+    out = screen.index("hello from the container")
+    # the bars were erased (cursor up, erase line) before the pull's last lines and the
+    # container's output, which starts on a line of its own
+    assert screen.rindex("\x1b[2K", 0, out) < screen.index(f"image {ref}: sha256:")
+    assert screen[:out].endswith("\n")
+    assert screen.count("hello from the container") == 1
