@@ -28,6 +28,7 @@ EXAMPLES: Final[dict[str, tuple[tuple[str, str], ...]]] = {
     ),
     "push": (
         (f"push app:1 {REG}/team/app:1", "the local image app:1 to a registry"),
+        (f"push {REG}/team/app:1", "no DEST: to where the image's name points"),
         ("push app:1 oci-archive:app.tar:1", "into an OCI archive"),
         ("push --json app:1 oci:out:1", "progress and result as JSON lines (docs/json.md)"),
     ),
@@ -45,7 +46,8 @@ EXAMPLES: Final[dict[str, tuple[tuple[str, str], ...]]] = {
     ),
     "inspect": (
         ("inspect alpine", "index, manifests, config and layers of a stored image"),
-        ("inspect --json alpine:3.19", "the same as one JSON object"),
+        (f"inspect --raw docker://{REG}/team/app:1", "a registry's manifest, nothing stored"),
+        ("inspect 8e57442bada8", "by a unique prefix of the image ID (its digest)"),
     ),
     "tag": (
         (f"tag alpine {REG}/base/alpine:3", "a second name for the same image"),
@@ -78,10 +80,10 @@ EXAMPLES: Final[dict[str, tuple[tuple[str, str], ...]]] = {
     "run": (
         ("run --rm alpine echo hello", "pull if needed, run, remove the container after"),
         ("run -it --rm -v $PWD:/src:ro -w /src alpine sh", "an interactive shell on a bind mount"),
-        ("run --name web --net host -e PORT=8080 app:1", "a named container on the host network"),
+        ("run -d --name web --net host -e PORT app:1", "detached, host network, $PORT passed on"),
     ),
     "ps": (
-        ("ps", "the containers and their status"),
+        ("ps -a", "running and exited containers, with exit codes"),
         ("ps --json", "as a JSON array with exit codes"),
     ),
     "rm": (
