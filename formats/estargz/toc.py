@@ -268,6 +268,7 @@ class _Parser:
     chunks: dict[str, list[_RawChunk]] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
     file_end: dict[str, int] = field(default_factory=dict)  # endOffset per file
+    last_offset: int = -1  # chunks come in blob order: each starts after the one before
 
     def fail(self, message: str) -> MalformedDocument:
         return MalformedDocument(f"{self.what}: {message}")
@@ -403,6 +404,13 @@ class _Parser:
         offset = _int(obj, "offset", where)
         if offset >= self.data_end:
             raise MalformedDocument(f"{where}: offset {offset} is past the data ({self.data_end})")
+        if offset <= self.last_offset:
+            # both writers list chunks in the order they wrote them
+            raise MalformedDocument(
+                f"{where}: offset {offset} is not after the previous chunk's "
+                f"{self.last_offset} (chunks overlap or are out of order)"
+            )
+        self.last_offset = offset
         digest = _digest(obj, "chunkDigest", where)
         if digest is None and at == 0 and size == file_size:
             digest = file_digest  # containers/storage: a one-chunk file has only `digest`
