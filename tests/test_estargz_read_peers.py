@@ -220,3 +220,21 @@ def test_an_oci_layout_is_read_by_seeking(esgz: Pushed, tmp_path: Path) -> None:
     out = cli("estargz", "cat", f"oci:{layout}:esgz", "top.txt")
     assert out.returncode == 0, out.stderr
     assert out.stdout == esgz.source.files["top.txt"]
+
+
+@pytest.mark.parametrize("which", ["esgz", "zchunked"])
+def test_cat_of_the_big_file_merges_adjacent_chunks(
+    which: str, request: pytest.FixtureRequest, fault_proxy: Callable[[Registry], FaultProxy]
+) -> None:
+    pushed: Pushed = request.getfixturevalue(which)
+    proxy = fault_proxy(pushed.registry)
+    out = cli("estargz", "cat", pushed.ref(proxy.host), "big.bin")
+    assert out.returncode == 0, out.stderr
+    assert hashlib.sha256(out.stdout).digest() == hashlib.sha256(pushed.source.big).digest()
+    gets = proxy.log(pushed.blob_path(0), method="GET")
+    size = int(pushed.layers[0]["size"])
+    served = proxy.served(pushed.blob_path(0))
+    print(f"{which}: cat big.bin: {len(gets)} GETs, {served} of {size} bytes of layer 0")
+    # footer + TOC, then one request per 16 MiB of adjacent chunks, not one per chunk
+    assert len(gets) <= 2 + -(-size // (16 << 20)) + 1
+    assert served <= size
