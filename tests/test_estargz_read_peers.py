@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import IMGPIPE
+from conftest import IMGPIPE, run_cli
 from containerd_fixture import Containerd
 from estargz_images import SourceImage, make_source
 from faultproxy import FaultProxy
@@ -238,3 +239,30 @@ def test_cat_of_the_big_file_merges_adjacent_chunks(
     # footer + TOC, then one request per 16 MiB of adjacent chunks, not one per chunk
     assert len(gets) <= 2 + -(-size // (16 << 20)) + 1
     assert served <= size
+
+
+def test_pull_and_unpack_read_ctr_remotes_estargz_as_gzip(esgz: Pushed, tmp_path: Path) -> None:
+    root, out = tmp_path / "root", tmp_path / "rootfs"
+    pulled = run_cli("pull", esgz.ref(), root=root)
+    assert pulled.returncode == 0, pulled.stderr
+    unpacked = run_cli("unpack", "--export", str(out), esgz.ref(), root=root)
+    assert unpacked.returncode == 0, unpacked.stderr
+    for path, want in esgz.source.files.items():
+        assert (out / path).read_bytes() == want, path
+    assert not (out / "etc/deleted.txt").exists()
+    assert os.readlink(out / "etc/link") == "hello.txt"
+    # what containerd's rootfs holds too: the landmark and the TOC entry (README)
+    assert (out / ".no.prefetch.landmark").read_bytes() == b"\x0f"
+    assert json.loads((out / "stargz.index.json").read_bytes())["version"] == 1
+
+
+def test_skopeos_zstd_chunked_diff_id_bug_is_caught(zchunked: Pushed, tmp_path: Path) -> None:
+    # skopeo 1.9 drops the tar's trailing padding but keeps the source DiffID in the
+    # config (reference 2.1): unpacking must refuse it, as containerd does, while a
+    # Range read (which needs no DiffID) still serves verified files.
+    root = tmp_path / "root"
+    assert run_cli("pull", zchunked.ref(), root=root).returncode == 0
+    unpacked = run_cli("unpack", "--export", str(tmp_path / "rootfs"), zchunked.ref(), root=root)
+    assert unpacked.returncode == 8, unpacked.stderr
+    assert "DiffID" in unpacked.stderr
+    assert cli("estargz", "cat", zchunked.ref(), "etc/hello.txt").stdout == b"hello again\n"
