@@ -266,3 +266,26 @@ def test_skopeos_zstd_chunked_diff_id_bug_is_caught(zchunked: Pushed, tmp_path: 
     assert unpacked.returncode == 8, unpacked.stderr
     assert "DiffID" in unpacked.stderr
     assert cli("estargz", "cat", zchunked.ref(), "etc/hello.txt").stdout == b"hello again\n"
+
+
+def test_the_ranged_layer_api(esgz: Pushed) -> None:
+    """The library API issue 15's lazy mounts build on, as the README shows it."""
+    from imgpipe.formats.reference import parse_transport
+    from imgpipe.image import Image, RangedLayer, load, range_reader
+    from imgpipe.transports import open_source
+
+    with open_source(parse_transport(esgz.ref())) as src:
+        image = load(src, src.resolve())
+        assert isinstance(image, Image)
+        layer = RangedLayer(image.layers()[0], range_reader(src))
+        assert layer.stat("/etc/hello.txt").size == 12
+        assert layer.fetcher.requests == 2  # footer and TOC
+        assert {e.name for e in layer.listdir("etc")} >= {"etc/hello.txt", "etc/link"}
+        assert layer.readlink("etc/link") == "hello.txt"
+        assert layer.read("etc/hello.txt", 6, 100) == b"world\n"
+        big = esgz.source.big
+        assert layer.read("big.bin", (4 << 20) - 3, 6) == big[(4 << 20) - 3 : (4 << 20) + 3]
+        requests = layer.fetcher.requests
+        assert layer.read("big.bin", 4 << 20, 10) == big[4 << 20 : (4 << 20) + 10]  # cached
+        assert layer.fetcher.requests == requests
+        assert layer.format == "estargz" and layer.diff_id() == image.config().diff_ids[0]
