@@ -3,7 +3,8 @@
 - eStargz by ``ctr-remote images convert --estargz --oci`` (stargz-snapshotter 0.12, in
   a private containerd 1.6), pushed with ``ctr images push``;
 - zstd:chunked by ``skopeo copy --dest-compress-format zstd:chunked`` (skopeo 1.9,
-  containers/storage 1.43).
+  containers/storage 1.43);
+- stargz-snapshotter's zstd variant by ``ctr-remote images convert --zstdchunked --oci``.
 
 Bytes are counted at tests/faultproxy.py in front of the registry; corruption is a byte
 flipped by that proxy in one answer (the stored blobs stay intact for the other tests).
@@ -73,6 +74,20 @@ def esgz(
 
 
 @pytest.fixture(scope="module")
+def szstd(esgz: Pushed, containerd: Containerd) -> Pushed:
+    """The same source by ``ctr-remote images convert --zstdchunked``: stargz-snapshotter's
+    zstd dialect (the eStargz TOC JSON, zstd-compressed in a skippable frame)."""
+    ctd = containerd.namespace("estargz-read")
+    dst = esgz.registry.ref("esr-szstd", "ctr-remote")
+    ctd.ctr_remote(
+        "images", "convert", "--zstdchunked", "--oci", esgz.registry.ref("esr-src", "1"), dst
+    )
+    ctd.push(dst)
+    layers = _layers(esgz.registry, "esr-szstd", "ctr-remote")
+    return Pushed(esgz.registry, "esr-szstd", "ctr-remote", esgz.source, layers)
+
+
+@pytest.fixture(scope="module")
 def zchunked(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Pushed:
     """Another source image (other bytes: nothing for skopeo to reuse) as zstd:chunked."""
     src = make_source(tmp_path_factory.mktemp("zc-src"), big=BIG, seed=2)
@@ -95,7 +110,7 @@ def _listing(pushed: Pushed) -> dict[tuple[int, str], dict[str, Any]]:
     return {(e["layer"], e["name"]): e for e in json.loads(out.stdout)}
 
 
-@pytest.mark.parametrize("which", ["esgz", "zchunked"])
+@pytest.mark.parametrize("which", ["esgz", "zchunked", "szstd"])
 def test_ls_lists_every_entry(which: str, request: pytest.FixtureRequest) -> None:
     pushed: Pushed = request.getfixturevalue(which)
     entries = _listing(pushed)
@@ -109,7 +124,7 @@ def test_ls_lists_every_entry(which: str, request: pytest.FixtureRequest) -> Non
     assert big["size"] == BIG and big["chunks"] > 1
     assert entries[(0, "etc/empty")].get("size", 0) == 0
     assert (1, "etc/.wh.deleted.txt") in entries and (1, "top.txt") in entries
-    if which == "esgz":
+    if which != "zchunked":
         assert (0, ".no.prefetch.landmark") in entries  # ctr-remote's landmark
     text = cli("estargz", "ls", "--layer", "0", pushed.ref())
     assert text.returncode == 0, text.stderr
@@ -117,7 +132,7 @@ def test_ls_lists_every_entry(which: str, request: pytest.FixtureRequest) -> Non
     assert b"fetched" in text.stderr  # what it cost, on stderr
 
 
-@pytest.mark.parametrize("which", ["esgz", "zchunked"])
+@pytest.mark.parametrize("which", ["esgz", "zchunked", "szstd"])
 def test_cat_reads_the_merged_view(which: str, request: pytest.FixtureRequest) -> None:
     pushed: Pushed = request.getfixturevalue(which)
     for path, want in pushed.source.files.items():
@@ -135,7 +150,7 @@ def test_cat_reads_the_merged_view(which: str, request: pytest.FixtureRequest) -
     assert cli("estargz", "cat", pushed.ref(), "etc").returncode == 3  # a directory
 
 
-@pytest.mark.parametrize("which", ["esgz", "zchunked"])
+@pytest.mark.parametrize("which", ["esgz", "zchunked", "szstd"])
 def test_cat_of_a_small_file_fetches_under_one_percent(
     which: str, request: pytest.FixtureRequest, fault_proxy: Callable[[Registry], FaultProxy]
 ) -> None:
@@ -223,7 +238,7 @@ def test_an_oci_layout_is_read_by_seeking(esgz: Pushed, tmp_path: Path) -> None:
     assert out.stdout == esgz.source.files["top.txt"]
 
 
-@pytest.mark.parametrize("which", ["esgz", "zchunked"])
+@pytest.mark.parametrize("which", ["esgz", "zchunked", "szstd"])
 def test_cat_of_the_big_file_merges_adjacent_chunks(
     which: str, request: pytest.FixtureRequest, fault_proxy: Callable[[Registry], FaultProxy]
 ) -> None:
