@@ -304,3 +304,19 @@ def test_the_ranged_layer_api(esgz: Pushed) -> None:
         assert layer.read("big.bin", 4 << 20, 10) == big[4 << 20 : (4 << 20) + 10]  # cached
         assert layer.fetcher.requests == requests
         assert layer.format == "estargz" and layer.diff_id() == image.config().diff_ids[0]
+
+
+def test_a_dropped_connection_is_resumed_from_the_missing_chunk(
+    esgz: Pushed, fault_proxy: Callable[[Registry], FaultProxy]
+) -> None:
+    proxy = fault_proxy(esgz.registry)
+    # the third GET of layer 0 is the first run of big.bin's chunks (after the footer and
+    # the TOC, which are shorter than the cut and pass): it is cut after 6 MiB
+    proxy.add("truncate", esgz.blob_path(0), after=6 << 20, times=3)
+    out = cli("estargz", "cat", esgz.ref(proxy.host), "big.bin")
+    assert out.returncode == 0, out.stderr
+    assert hashlib.sha256(out.stdout).digest() == hashlib.sha256(esgz.source.big).digest()
+    gets = proxy.log(esgz.blob_path(0), method="GET")
+    starts = [int(g.headers["Range"].removeprefix("bytes=").split("-")[0]) for g in gets]
+    # the retry starts at the chunk the drop interrupted, not at the run's start
+    assert starts[2] < starts[3] < starts[2] + (6 << 20)

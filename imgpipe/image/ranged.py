@@ -39,6 +39,7 @@ from imgpipe.formats.errors import (
     InvalidArgument,
     NotFound,
     ResourceLimit,
+    Unavailable,
 )
 from imgpipe.formats.estargz import TOC, Chunk, Entry
 from imgpipe.formats.mediatype import MediaType
@@ -46,7 +47,7 @@ from imgpipe.formats.mediatype import MediaType
 from .model import Layer
 from .tocfetch import Fetcher, LoadedTOC, RangeReader, decode_prefix, load_toc
 
-__all__ = ["CACHE_BYTES", "MAX_CHUNK_SIZE", "MAX_SPAN", "RangedLayer"]
+__all__ = ["CACHE_BYTES", "MAX_CHUNK_SIZE", "MAX_RETRIES", "MAX_SPAN", "RangedLayer"]
 
 #: The largest chunk read into memory to be verified before it is served. eStargz
 #: writers chunk at 4 MiB by default and zstd:chunked's chunks are content-defined and
@@ -57,6 +58,9 @@ CACHE_BYTES: Final = 32 << 20
 #: Adjacent chunks a read needs are fetched together, up to this many compressed bytes
 #: in one request (one round trip per 16 MiB instead of one per chunk).
 MAX_SPAN: Final = 16 << 20
+#: Reconnections in a row without a new verified chunk before a read gives up (as a
+#: download's MAX_RESUMES); the chunks verified before the drop are kept.
+MAX_RETRIES: Final = 3
 _ZERO_BLOCK: Final = bytes(1 << 20)
 
 
@@ -214,8 +218,20 @@ class RangedLayer:
             else:
                 found[chunk.offset] = data
         for run in _runs(missing):
-            self._fetch_run(entry, run, found)
+            self._fetch_with_retries(entry, run, found)
         return [found[c.offset] for c in chunks]
+
+    def _fetch_with_retries(self, entry: Entry, run: list[Chunk], found: dict[int, bytes]) -> None:
+        failures = 0
+        while todo := [c for c in run if c.offset not in found]:
+            try:
+                self._fetch_run(entry, todo, found)
+            except Unavailable:
+                # a dropped connection: ask again for what is still missing
+                progress = len(todo) > len([c for c in run if c.offset not in found])
+                failures = 1 if progress else failures + 1
+                if failures > MAX_RETRIES:
+                    raise
 
     def _where(self, entry: Entry, chunk: Chunk) -> str:
         return f"{self.name}: {entry.name!r} at {chunk.file_offset}"
