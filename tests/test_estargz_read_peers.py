@@ -320,3 +320,22 @@ def test_a_dropped_connection_is_resumed_from_the_missing_chunk(
     starts = [int(g.headers["Range"].removeprefix("bytes=").split("-")[0]) for g in gets]
     # the retry starts at the chunk the drop interrupted, not at the run's start
     assert starts[2] < starts[3] < starts[2] + (6 << 20)
+
+
+@pytest.mark.parametrize("which", ["registry_token", "registry_basic_tls"])
+def test_range_reads_behind_token_and_basic_tls_auth(
+    which: str, esgz: Pushed, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    target: Registry = request.getfixturevalue(which)
+    layout = tmp_path / "layout"
+    esgz.registry.copy_out(esgz.repo, esgz.tag, layout, tag_in_layout="esgz")
+    target.push_layout(layout, "esgz", "esr/auth", "1")
+    flags: list[str] = []
+    if target.ca_file is not None:
+        flags += ["--tls-ca", str(target.ca_file)]
+    if which == "registry_basic_tls":
+        flags += ["--auth-file", str(target.auth_file(tmp_path))]  # pulls need credentials
+    ref = target.ref("esr/auth", "1")
+    out = cli("estargz", "cat", *flags, ref, "top.txt")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == esgz.source.files["top.txt"]
