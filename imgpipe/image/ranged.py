@@ -45,7 +45,15 @@ from imgpipe.formats.estargz import TOC, Chunk, Entry
 from imgpipe.formats.mediatype import MediaType
 
 from .model import Layer
-from .tocfetch import Fetcher, LoadedTOC, RangeReader, decode_prefix, load_toc
+from .tocfetch import (
+    Fetcher,
+    LoadedTOC,
+    RangeReader,
+    Window,
+    check_digest,
+    decode_prefix,
+    load_toc,
+)
 
 __all__ = ["CACHE_BYTES", "MAX_CHUNK_SIZE", "MAX_RETRIES", "MAX_SPAN", "RangedLayer"]
 
@@ -240,27 +248,19 @@ class RangedLayer:
         start, end = run[0].offset, run[-1].end
         with self.fetcher.open(self.descriptor, start, end - start) as stream:
             for chunk in run:
-                window = _Window(stream, chunk.end - chunk.offset)
+                window = Window(stream, chunk.end - chunk.offset, owns=False)
                 data = self._verified(window, chunk, self._where(entry, chunk))
                 window.drain()  # past the rest of the member: the next chunk starts there
                 found[chunk.offset] = data
                 self._remember(chunk.offset, data)
 
-    def _verified(self, window: _Window, chunk: Chunk, where: str) -> bytes:
+    def _verified(self, window: Window, chunk: Chunk, where: str) -> bytes:
         data = decode_prefix(window, self.format, chunk.size, where)
         if len(data) != chunk.size:
             raise CorruptLayer(
                 f"{where}: the chunk decompresses to {len(data)} bytes, not {chunk.size}"
             )
-        d = Digester(chunk.digest.algorithm)
-        d.update(data)
-        got = d.digest()
-        if got != chunk.digest:
-            raise CorruptLayer(
-                f"{where}: the chunk hashes to {got}, not {chunk.digest} (corrupt chunk)",
-                expected=str(chunk.digest),
-                actual=str(got),
-            )
+        check_digest(data, chunk.digest, f"{where}: the chunk", "corrupt chunk")
         return data
 
     def _zeros(self, chunk: Chunk, where: str) -> bytes:
@@ -274,8 +274,7 @@ class RangedLayer:
                 n = min(left, len(_ZERO_BLOCK))
                 d.update(_ZERO_BLOCK[:n])
                 left -= n
-            if d.digest() != chunk.digest:
-                raise CorruptLayer(f"{where}: a zeros chunk whose digest is not of zeros")
+            check_digest(d.digest(), chunk.digest, f"{where}: a zeros chunk")
             with self._lock:
                 self._zeros_ok.add(key)
         return bytes(chunk.size)
@@ -303,34 +302,6 @@ def _runs(chunks: list[Chunk]) -> list[list[Chunk]]:
         else:
             runs.append([chunk])
     return runs
-
-
-class _Window(io.RawIOBase):
-    """The next ``length`` bytes of a stream it does not own (one chunk of a run)."""
-
-    def __init__(self, raw: io.RawIOBase, length: int) -> None:
-        self._raw = raw
-        self._left = length
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        if self._left <= 0:
-            return 0
-        data = self._raw.read(min(len(b), self._left)) or b""
-        n = len(data)
-        b[:n] = data
-        self._left -= n
-        return n
-
-    def drain(self) -> None:
-        """Read what is left of the window (the bytes a decoder did not need)."""
-        while self._left > 0 and self.read(min(self._left, 1 << 20)):
-            pass
-
-    def close(self) -> None:
-        super().close()  # the run's stream stays open for the next chunk
 
 
 class _FileStream(io.RawIOBase):
@@ -373,11 +344,6 @@ class _FileStream(io.RawIOBase):
         if self._checked or self._digester is None or self._entry.digest is None:
             return
         self._checked = True
-        got = self._digester.digest()
-        if got != self._entry.digest:
-            raise CorruptLayer(
-                f"{self._layer.name}: {self._entry.name!r} hashes to {got}, not "
-                f"{self._entry.digest} (its chunks verify, the file does not)",
-                expected=str(self._entry.digest),
-                actual=str(got),
-            )
+        where = f"{self._layer.name}: {self._entry.name!r}"
+        note = "its chunks verify, the file does not"
+        check_digest(self._digester.digest(), self._entry.digest, where, note)

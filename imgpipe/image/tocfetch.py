@@ -67,6 +67,8 @@ __all__ = [
     "LoadedTOC",
     "RangeReader",
     "SeekableRanges",
+    "Window",
+    "check_digest",
     "layer_format",
     "load_toc",
     "range_reader",
@@ -90,25 +92,32 @@ class RangeReader(Protocol):
         ...
 
 
-class _Limited(io.RawIOBase):
-    """The next ``length`` bytes of ``raw``, which it closes."""
+class Window(io.RawIOBase):
+    """The next ``length`` bytes of ``raw``; closing it closes ``raw`` only if ``owns``
+    (a chunk's window on a run's stream leaves the stream to the next chunk)."""
 
-    def __init__(self, raw: BinaryIO, length: int) -> None:
+    def __init__(self, raw: BinaryIO | io.RawIOBase, length: int, *, owns: bool = True) -> None:
         self._raw = raw
         self._left = length
+        self._owns = owns
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self._raw.read(min(len(b), self._left)) if self._left > 0 else b""
+        data = (self._raw.read(min(len(b), self._left)) or b"") if self._left > 0 else b""
         n = len(data)
         b[:n] = data
         self._left -= n
         return n
 
+    def drain(self) -> None:
+        """Read what is left of the window (the bytes a decoder did not need)."""
+        while self._left > 0 and self.read(min(self._left, 1 << 20)):
+            pass
+
     def close(self) -> None:
-        if not self.closed:
+        if not self.closed and self._owns:
             self._raw.close()
         super().close()
 
@@ -125,7 +134,7 @@ class SeekableRanges:
             f.close()
             raise RangeNotSupported(f"blob {desc.digest}: its source cannot read a part of it")
         f.seek(offset)
-        return io.BufferedReader(_Limited(f, length))
+        return io.BufferedReader(Window(f, length))
 
 
 def range_reader(reader: BlobReader) -> RangeReader:
@@ -236,18 +245,21 @@ def _annotated_digest(notes: Mapping[str, str], keys: tuple[str, ...], what: str
     return None
 
 
-def _check(data: bytes, want: Digest | None, what: str, label: str) -> None:
-    if want is None:
-        return
-    d = Digester(want.algorithm)
-    d.update(data)
-    got = d.digest()
+def check_digest(got: Digest | bytes, want: Digest, subject: str, note: str = "") -> None:
+    """CorruptLayer ``SUBJECT hashes to GOT, not WANT (NOTE)`` unless ``got`` (a digest,
+    or the bytes to hash) is ``want``."""
+    if isinstance(got, bytes):
+        d = Digester(want.algorithm)
+        d.update(got)
+        got = d.digest()
     if got != want:
-        raise CorruptLayer(
-            f"{what}: the {label} hashes to {got}, not {want} (corrupt TOC)",
-            expected=str(want),
-            actual=str(got),
-        )
+        message = f"{subject} hashes to {got}, not {want}" + (f" ({note})" if note else "")
+        raise CorruptLayer(message, expected=str(want), actual=str(got))
+
+
+def _check(data: bytes, want: Digest | None, what: str, label: str) -> None:
+    if want is not None:
+        check_digest(data, want, f"{what}: the {label}", "corrupt TOC")
 
 
 @dataclass(frozen=True, slots=True)
