@@ -28,8 +28,9 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
+import functools
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -192,6 +193,8 @@ def clean_name(raw: str, *, what: str = "name") -> str:
 
 def _int(obj: Mapping[str, Any], key: str, where: str) -> int:
     value = obj.get(key, 0)
+    if type(value) is int and value >= 0:
+        return value  # the common case, first (a TOC has ~10 numbers per entry)
     if isinstance(value, bool) or not isinstance(value, int):
         raise MalformedDocument(f"{where}: {key} must be an integer")
     if value < 0:
@@ -206,12 +209,27 @@ def _str(obj: Mapping[str, Any], key: str, where: str) -> str:
     return value
 
 
+# A TOC repeats itself (a one-chunk file's chunkDigest is its digest, most files share a
+# few modification times): parsed values are kept, pure functions of their text.
+@functools.lru_cache(maxsize=4096)
+def _parse_digest(text: str) -> Digest:
+    return Digest.parse(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_time(text: str) -> datetime | None:
+    when = datetime.fromisoformat(text)
+    if when.tzinfo is None:
+        raise ValueError("no time zone")
+    return None if when == _ZERO_TIME else when
+
+
 def _digest(obj: Mapping[str, Any], key: str, where: str) -> Digest | None:
     text = _str(obj, key, where)
     if not text:
         return None
     try:
-        return Digest.parse(text)
+        return _parse_digest(text)
     except InvalidDigest as e:
         raise MalformedDocument(f"{where}: {key}: {e}") from None
 
@@ -221,12 +239,9 @@ def _mtime(obj: Mapping[str, Any], where: str) -> datetime | None:
     if not text:
         return None
     try:
-        when = datetime.fromisoformat(text)
+        return _parse_time(text)
     except ValueError:
-        raise MalformedDocument(f"{where}: modtime {text!r} is not RFC 3339") from None
-    if when.tzinfo is None:
-        raise MalformedDocument(f"{where}: modtime {text!r} has no time zone")
-    return None if when == _ZERO_TIME else when
+        raise MalformedDocument(f"{where}: modtime {text!r} is not RFC 3339 with a zone") from None
 
 
 def _xattrs(obj: Mapping[str, Any], where: str) -> dict[str, bytes]:
@@ -449,14 +464,16 @@ class _Parser:
                     )
                 end = c.explicit_end
             c.end = end
-        out = []
         for entry in self.entries:
             raw = self.chunks.get(entry.name) if entry.type == "reg" else None
-            made = tuple(
-                Chunk(c.file_offset, c.size, c.offset, c.end, c.digest, c.zeros) for c in raw or ()
-            )
-            out.append(replace(entry, chunks=made) if made else entry)
-        return out
+            if raw:
+                made = tuple(
+                    Chunk(c.file_offset, c.size, c.offset, c.end, c.digest, c.zeros) for c in raw
+                )
+                # The Entry is not shared yet: its chunks are set once, here, and it is
+                # frozen from then on (dataclasses.replace would copy every entry again).
+                object.__setattr__(entry, "chunks", made)
+        return self.entries
 
 
 def parse_toc(
