@@ -155,13 +155,12 @@ class Containerd:
     def pull(
         self, ref: str, *, plain_http: bool = True, unpack: bool = True, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        """``ctr images pull`` (and unpack into overlayfs unless ``unpack=False``)."""
-        args = ["images", "pull"]
+        """``ctr images pull``: the image recorded and unpacked into overlayfs; with
+        ``unpack=False`` ``ctr content fetch``: its blobs only, no image record (ctr 1.6's
+        pull always unpacks)."""
+        args = ["images", "pull"] if unpack else ["content", "fetch"]
         if plain_http:
             args.append("--plain-http")
-        if not unpack:
-            # ctr 1.6 unpacks by default; fetch alone does not
-            args[1] = "fetch"
         return self.ctr(*args, ref, check=check)
 
     def push(self, ref: str, local: str = "", *, plain_http: bool = True) -> None:
