@@ -31,6 +31,7 @@ from .footer import (
     parse_zstd_footer,
     skippable_header,
 )
+from .parse import parse_toc
 from .toc import (
     LANDMARK_NO_PREFETCH,
     LANDMARK_PREFETCH,
@@ -42,7 +43,6 @@ from .toc import (
     Chunk,
     Entry,
     clean_name,
-    parse_toc,
 )
 
 __all__ = [
