@@ -107,10 +107,13 @@ class Entry:
         end = min(offset + size, self.size)
         if offset >= end:
             return ()
-        starts = [c.file_offset for c in self.chunks]
-        first = max(bisect.bisect_right(starts, offset) - 1, 0)
-        last = bisect.bisect_left(starts, end)
+        first = max(bisect.bisect_right(self.chunks, offset, key=_start) - 1, 0)
+        last = bisect.bisect_left(self.chunks, end, key=_start)
         return self.chunks[first:last]
+
+
+def _start(chunk: Chunk) -> int:
+    return chunk.file_offset
 
 
 class TOC:

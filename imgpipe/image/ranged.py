@@ -91,7 +91,8 @@ class RangedLayer:
         self.fetcher = Fetcher(ranges)
         self.name = name or f"layer {layer.descriptor.digest}"
         self._loaded: LoadedTOC | None = None
-        self._lock = threading.Lock()
+        self._toc_lock = threading.Lock()  # held while the TOC is fetched, once
+        self._lock = threading.Lock()  # the chunk cache
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self._cached = 0
         self._cache_bytes = cache_bytes
@@ -127,7 +128,10 @@ class RangedLayer:
 
     def loaded(self) -> LoadedTOC:
         """The verified TOC with its format and digest (fetched on the first call)."""
-        with self._lock:
+        loaded = self._loaded
+        if loaded is not None:
+            return loaded
+        with self._toc_lock:
             if self._loaded is None:
                 self._loaded = load_toc(self.fetcher, self.descriptor, what=self.name)
             return self._loaded
