@@ -339,3 +339,13 @@ def test_range_reads_behind_token_and_basic_tls_auth(
     out = cli("estargz", "cat", *flags, ref, "top.txt")
     assert out.returncode == 0, out.stderr
     assert out.stdout == esgz.source.files["top.txt"]
+
+
+def test_a_blob_shorter_than_its_descriptor_is_a_size_mismatch(
+    esgz: Pushed, fault_proxy: Callable[[Registry], FaultProxy]
+) -> None:
+    proxy = fault_proxy(esgz.registry)
+    proxy.fail(esgz.blob_path(1), status=416, method="GET")  # what a truncated blob answers
+    out = cli("estargz", "ls", "--layer", "1", esgz.ref(proxy.host))
+    assert out.returncode == 9, out.stderr
+    assert b"HTTP 416" in out.stderr

@@ -89,9 +89,9 @@ def open_range(repo: Repository, desc: Descriptor, offset: int, length: int) -> 
 
     RangeNotSupported when the registry answers with the whole blob (200) or with another
     range than the one asked for; SizeMismatch when it says the blob has another size
-    than ``desc``; the registry's own errors as :func:`error_for` words them (NotFound,
-    Unauthorized, Unavailable...). Descriptor ``urls`` are not used: a lazy read asks
-    the registry that holds the manifest.
+    than ``desc`` (or cannot serve the range, 416); the registry's own errors as
+    :func:`error_for` words them (NotFound, Unauthorized, Unavailable...). Descriptor
+    ``urls`` are not used: a lazy read asks the registry that holds the manifest.
     """
     if offset < 0 or length <= 0 or offset + length > desc.size:
         raise InvalidArgument(
@@ -108,6 +108,13 @@ def open_range(repo: Repository, desc: Descriptor, offset: int, length: int) -> 
             raise RangeNotSupported(
                 f"{shown}: the registry ignores HTTP Range (it answered 200 with the whole "
                 f"blob, {desc.size} bytes); nothing was downloaded"
+            )
+        if resp.status == 416:
+            resp.close()
+            raise SizeMismatch(
+                f"{shown}: the registry cannot serve bytes {offset}-{last} (HTTP 416): its "
+                f"blob is shorter than the {desc.size} bytes the manifest says",
+                expected=desc.size,
             )
         if resp.status != 206:
             raise error_for(resp, shown)
