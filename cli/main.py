@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from . import (
     cmd_content,
     cmd_convert,
+    cmd_estargz,
     cmd_images,
     cmd_login,
     cmd_run,
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd_run.register(sub)
     cmd_convert.register(sub)
     cmd_unpack.register(sub)
+    cmd_estargz.register(sub)
     return parser
 
 

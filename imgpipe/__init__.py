@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from imgpipe.errors import (
         AlreadyExists,
         Conflict,
+        CorruptLayer,
         DigestMismatch,
         FailedPrecondition,
         ImgpipeError,
@@ -44,12 +45,14 @@ if TYPE_CHECKING:
         InvalidReference,
         MalformedDocument,
         NotFound,
+        RangeNotSupported,
         ResourceLimit,
         SizeMismatch,
         Unauthorized,
         Unavailable,
         Unsupported,
     )
+    from imgpipe.estargz import estargz_cat, estargz_list
     from imgpipe.events import Event, EventKind, Observer
     from imgpipe.pipeline import (
         Context,
@@ -138,6 +141,7 @@ _WHERE = {
     "parse_env_file": "imgpipe.task.spec",
     **dict.fromkeys(("ContainerStatus", "list_containers"), "imgpipe.containers"),
     "content_get": "imgpipe.blobs",
+    **dict.fromkeys(("estargz_cat", "estargz_list"), "imgpipe.estargz"),
     **dict.fromkeys(("snapshot_remove", "snapshots_list"), "imgpipe.snapshot_admin"),
     "default_registry_config": "imgpipe.config",
     **dict.fromkeys(("login", "logout", "registry_host"), "imgpipe.remote.login"),
@@ -190,6 +194,7 @@ __all__ = [
     "ConvertOptions",
     "ConvertReport",
     "Converter",
+    "CorruptLayer",
     "DigestMismatch",
     "Event",
     "EventKind",
@@ -206,6 +211,7 @@ __all__ = [
     "NotFound",
     "Observer",
     "Pipeline",
+    "RangeNotSupported",
     "ResourceLimit",
     "SizeMismatch",
     "Stage",
@@ -224,6 +230,8 @@ __all__ = [
     "convert",
     "default_registry_config",
     "default_root",
+    "estargz_cat",
+    "estargz_list",
     "export_rootfs",
     "gc",
     "images",

@@ -195,6 +195,11 @@ PUBLIC_API = {
     "parse_volume",
     "pull_unpack",
     "registry_host",
+    # lazy reads (issue 14): estargz ls|cat and their errors
+    "CorruptLayer",
+    "RangeNotSupported",
+    "estargz_cat",
+    "estargz_list",
 }
 
 

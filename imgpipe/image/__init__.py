@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from .lazy import MAX_INDEX_DEPTH, BlobImage, BlobIndex, BlobLayer, load, wrap
     from .model import Image, Index, Layer
     from .plan import ImagePlan
+    from .ranged import RangedLayer
+    from .tocfetch import Fetcher, LoadedTOC, RangeReader, SeekableRanges, load_toc, range_reader
     from .walk import walk_image
 
 #: Public name -> the module of this package that defines it.
@@ -44,6 +46,11 @@ _WHERE = {
     ),
     **dict.fromkeys(("Image", "Index", "Layer"), "model"),
     "ImagePlan": "plan",
+    "RangedLayer": "ranged",
+    **dict.fromkeys(
+        ("Fetcher", "LoadedTOC", "RangeReader", "SeekableRanges", "load_toc", "range_reader"),
+        "tocfetch",
+    ),
     "walk_image": "walk",
 }
 
@@ -63,14 +70,21 @@ __all__ = [
     "BlobIndex",
     "BlobLayer",
     "BlobReader",
+    "Fetcher",
     "Image",
     "ImagePlan",
     "Index",
     "Layer",
+    "LoadedTOC",
+    "RangeReader",
+    "RangedLayer",
+    "SeekableRanges",
     "check_layer_keys",
     "layer_name",
     "load",
+    "load_toc",
     "open_verified",
+    "range_reader",
     "read_document",
     "select",
     "walk_image",
