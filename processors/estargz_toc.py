@@ -25,6 +25,18 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
+# the footers, sizes and names the reader parses, shared so that both sides agree
+from imgpipe.formats.estargz.footer import (
+    ESTARGZ_FOOTER_SIZE,
+    ZSTD_FOOTER_SIZE,
+    ZSTD_MAGIC,
+    estargz_footer,
+    skippable_header,
+)
+from imgpipe.formats.estargz.toc import LANDMARK_NO_PREFETCH as NO_PREFETCH_LANDMARK
+from imgpipe.formats.estargz.toc import LANDMARK_PREFETCH as PREFETCH_LANDMARK
+from imgpipe.formats.estargz.toc import TOC_NAME
+
 __all__ = [
     "ESTARGZ_FOOTER_SIZE",
     "LANDMARK_CONTENTS",
@@ -41,15 +53,9 @@ __all__ = [
     "zstd_footer",
 ]
 
-TOC_NAME: Final = "stargz.index.json"
-PREFETCH_LANDMARK: Final = ".prefetch.landmark"
-NO_PREFETCH_LANDMARK: Final = ".no.prefetch.landmark"
 #: A landmark file's only byte (stargz-snapshotter's ``landmarkContents``).
 LANDMARK_CONTENTS: Final = b"\x0f"
-ESTARGZ_FOOTER_SIZE: Final = 51
-ZSTD_FOOTER_SIZE: Final = 40
-_SKIPPABLE_MAGIC: Final = b"\x50\x2a\x4d\x18"
-_ZSTD_CHUNKED_MAGIC: Final = b"GnUlInUx"
+#: The TOC type in the zstd:chunked footer and position annotation ("CRFS").
 _MANIFEST_TYPE_CRFS: Final = 1
 
 #: TOCEntry's JSON keys in the Go struct's field order (the order MarshalIndent writes).
@@ -65,7 +71,7 @@ ENTRY_KEYS: Final = (
     "userName",
     "groupName",
     "offset",
-    "endOffset",  # containers/storage's; only zstd:chunked entries carry it
+    "endOffset",  # containers/storage's; only zstd:chunked file entries carry it
     "devMajor",
     "devMinor",
     "xattrs",
@@ -166,24 +172,13 @@ def ustar_header(name: str, size: int) -> bytes:
     return bytes(block)
 
 
-def estargz_footer(toc_offset: int) -> bytes:
-    """The 51-byte eStargz footer: an empty gzip member whose extra field names the TOC."""
-    extra = b"SG" + struct.pack("<H", 22) + b"%016xSTARGZ" % toc_offset
-    header = b"\x1f\x8b\x08\x04\x00\x00\x00\x00\x00\xff" + struct.pack("<H", len(extra)) + extra
-    # an empty stored deflate block (BFINAL, LEN 0, NLEN 0xffff), CRC-32 0, ISIZE 0
-    out = header + b"\x01\x00\x00\xff\xff" + b"\x00" * 8
-    assert len(out) == ESTARGZ_FOOTER_SIZE
-    return out
-
-
 def skippable_frame(data: bytes) -> bytes:
     """A zstd skippable frame (magic 0x184D2A50) holding ``data``."""
-    return _SKIPPABLE_MAGIC + struct.pack("<I", len(data)) + data
+    return skippable_header(len(data)) + data
 
 
 def zstd_footer(toc_offset: int, compressed: int, uncompressed: int) -> bytes:
     """The 40-byte zstd:chunked footer (put it in a skippable frame)."""
     return (
-        struct.pack("<QQQQ", toc_offset, compressed, uncompressed, _MANIFEST_TYPE_CRFS)
-        + _ZSTD_CHUNKED_MAGIC
+        struct.pack("<QQQQ", toc_offset, compressed, uncompressed, _MANIFEST_TYPE_CRFS) + ZSTD_MAGIC
     )

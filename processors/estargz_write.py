@@ -52,6 +52,8 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, Final, Literal
 
 from imgpipe.formats.errors import InvalidArgument, ResourceLimit
+from imgpipe.formats.estargz import annotations as _ann
+from imgpipe.formats.estargz.toc import MAX_ENTRIES
 
 from .base import CHUNK_SIZE, ZSTD_LEVEL, ChunkReader
 from .estargz_members import Members, gzip_compressor, zstd_compressor
@@ -92,16 +94,20 @@ ESTARGZ_GZIP_LEVEL: Final = 9
 #: containers/storage 1.43 refuses a TOC over 50 MiB ("manifest too big"); so do we.
 MAX_TOC_SIZE: Final = 50 << 20
 
-TOC_DIGEST_ANNOTATION: Final = "containerd.io/snapshot/stargz/toc.digest"
-UNCOMPRESSED_SIZE_ANNOTATION: Final = "io.containers.estargz.uncompressed-size"
-MANIFEST_CHECKSUM_ANNOTATION: Final = "io.containers.zstd-chunked.manifest-checksum"
-MANIFEST_POSITION_ANNOTATION: Final = "io.containers.zstd-chunked.manifest-position"
-#: Every layer annotation these formats define: false on a layer re-encoded any other way.
+# the reader's names (imgpipe.formats.estargz), under the names the conversion uses
+TOC_DIGEST_ANNOTATION: Final = _ann.ANNOTATION_TOC_DIGEST
+UNCOMPRESSED_SIZE_ANNOTATION: Final = _ann.ANNOTATION_UNCOMPRESSED_SIZE
+MANIFEST_CHECKSUM_ANNOTATION: Final = _ann.ANNOTATION_ZSTD_CHECKSUM
+MANIFEST_POSITION_ANNOTATION: Final = _ann.ANNOTATION_ZSTD_POSITION
+#: Every layer annotation these formats define (c/storage 1.44+ spellings too): false on
+#: a layer re-encoded any other way.
 ANNOTATIONS: Final = (
     TOC_DIGEST_ANNOTATION,
     UNCOMPRESSED_SIZE_ANNOTATION,
     MANIFEST_CHECKSUM_ANNOTATION,
     MANIFEST_POSITION_ANNOTATION,
+    _ann.ANNOTATION_ZSTD_CHECKSUM_NEW,
+    _ann.ANNOTATION_ZSTD_POSITION_NEW,
 )
 
 _EOA: Final = b"\0" * 1024
@@ -288,7 +294,7 @@ class EstargzEncoder(ChunkReader):
         current = toc
         while written < entry.size:
             n = min(chunk_size, entry.size - written)
-            current["_member"] = m.cut()
+            current["_member"] = toc["_last_member"] = m.cut()
             current["chunkOffset"] = written
             if n == chunk_size:
                 current["chunkSize"] = n  # the last chunk too, when it is a full one
@@ -328,8 +334,11 @@ class EstargzEncoder(ChunkReader):
             member = e.pop("_member", None)
             if member is not None:
                 e["offset"] = offsets[member]
-                if zstd:
-                    e["endOffset"] = offsets[member + 1]
+            final = e.pop("_last_member", None)
+            if zstd and final is not None:
+                # containers/storage's endOffset: on the file's entry, where its last
+                # chunk's member ends (chunk entries carry none)
+                e["endOffset"] = offsets[final + 1]
             out.append(e)
         return out
 
@@ -339,7 +348,12 @@ class EstargzEncoder(ChunkReader):
         offsets = [0]
         for size in m.sizes:
             offsets.append(offsets[-1] + size)
-        doc = toc_json(self._entries(offsets))
+        entries = self._entries(offsets)
+        if len(entries) > MAX_ENTRIES:
+            raise ResourceLimit(
+                f"the layer has {len(entries)} TOC entries, over the {MAX_ENTRIES} readers accept"
+            )
+        doc = toc_json(entries)
         if len(doc) > MAX_TOC_SIZE:
             raise ResourceLimit(
                 f"the layer's TOC is {len(doc)} bytes, over the {MAX_TOC_SIZE} readers accept"

@@ -26,18 +26,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> SourceImage:
     return make_source(tmp_path_factory.mktemp("ours-src"), big=9 << 20, seed=3)
 
 
-# estargz-write's zstd:chunked TOC gives a chunked file's first entry the end of its first
-# chunk as endOffset; containers/storage 1.43 (what skopeo writes, and reads) means the end
-# of the file's last chunk, and the reader refuses the contradiction (exit 4). Strict: it
-# turns into a failure once the writer matches c/storage, so this mark is removed then.
-_ZSTD_ENDOFFSET = pytest.mark.xfail(
-    strict=True, reason="writer's endOffset of a chunked file is its first chunk's end"
-)
-
-
-@pytest.mark.parametrize(
-    "flag", ["--estargz", pytest.param("--zstdchunked", marks=_ZSTD_ENDOFFSET)]
-)
+@pytest.mark.parametrize("flag", ["--estargz", "--zstdchunked"])
 def test_our_conversions_read_by_range(flag: str, source: SourceImage, tmp_path: Path) -> None:
     dst = f"oci:{tmp_path / 'dst'}:lazy"
     converted = run_cli("convert", flag, f"oci:{source.layout}:{source.tag}", dst)
