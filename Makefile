@@ -9,8 +9,11 @@ STAMP  := $(VENV)/.installed
 # busybox-static; skopeo and umoci read our images in the interop tests; docker-registry
 # (with htpasswd from apache2-utils) is the real registry the tests start; pigz and zstd
 # are peers in the processor tests and benchmarks; btrfs-progs makes the loop-backed btrfs
-# the snapshot tests use; runc runs the containers; zsh runs the completion script's test.
-APT_PACKAGES := busybox-static skopeo umoci docker-registry apache2-utils pigz zstd btrfs-progs runc zsh
+# the snapshot tests use; runc runs the containers; zsh runs the completion script's test;
+# containerd (ctr) and stargz-snapshotter (ctr-remote) are the peers that read and write
+# eStargz and zstd:chunked layers.
+APT_PACKAGES := busybox-static skopeo umoci docker-registry apache2-utils pigz zstd btrfs-progs runc \
+	zsh containerd stargz-snapshotter
 
 DEMO_DIR := out/demo
 

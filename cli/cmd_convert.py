@@ -16,6 +16,44 @@ _LOCATIONS = (
 )
 
 
+_NO_SEEKABLE: dict[str, Any] = {
+    "seekable": None,
+    "estargz_chunk_size": None,
+    "estargz_level": None,
+    "estargz_record_in": None,
+}
+
+
+def _record_file(path: str) -> list[str]:
+    """The paths of a record file: one a line, or JSON lines with a "path" (ctr-remote
+    optimize --record-out); first occurrence kept, in order."""
+    import json
+
+    from imgpipe.errors import InvalidArgument, NotFound
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise NotFound(f"--estargz-record-in {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InvalidArgument(f"--estargz-record-in {path}: {e}") from None
+    paths: dict[str, None] = {}
+    for n, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text:
+            continue
+        if text.startswith("{"):
+            try:
+                text = json.loads(text)["path"]
+            except (ValueError, KeyError, TypeError):
+                raise InvalidArgument(
+                    f"--estargz-record-in {path}:{n}: a JSON line without a \"path\""
+                ) from None
+        paths.setdefault(str(text), None)
+    return list(paths)
+
+
 def _layer_list(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
@@ -72,6 +110,20 @@ def _compression(p: argparse.ArgumentParser) -> None:
         const="none",
         help="uncompressed layers",
     )
+    g.add_argument(
+        "--estargz",
+        dest="seekable",
+        action="store_const",
+        const="estargz",
+        help="eStargz layers (gzip, seekable by file: lazy pulling; implies --oci)",
+    )
+    g.add_argument(
+        "--zstdchunked",
+        dest="seekable",
+        action="store_const",
+        const="zstdchunked",
+        help="zstd:chunked layers (partial pulls by podman/CRI-O; implies --oci)",
+    )
     p.add_argument(
         "--level",
         type=int,
@@ -89,6 +141,24 @@ def _compression(p: argparse.ArgumentParser) -> None:
         "--oci",
         action="store_true",
         help="Docker media types become OCI (manifest, config and layers)",
+    )
+    p.add_argument(
+        "--estargz-chunk-size",
+        type=int,
+        metavar="BYTES",
+        help="chunk size of --estargz / --zstdchunked layers (default 4 MiB; 0 = default)",
+    )
+    p.add_argument(
+        "--estargz-level",
+        type=int,
+        metavar="N",
+        help="gzip level of --estargz layers, 0-9 (default 9, as ctr-remote)",
+    )
+    p.add_argument(
+        "--estargz-record-in",
+        metavar="FILE",
+        help="put these files first in --estargz layers, prefetched by lazy pullers: one "
+        "path a line, or ctr-remote optimize's --record-out JSON lines",
     )
 
 
@@ -140,7 +210,7 @@ def register(sub: Any) -> None:
         p, "--key", help="key for layers that are already encrypted (they are re-encrypted)"
     )
     _common(p)
-    p.set_defaults(compression=None, level=None, zstd_threads=0, oci=False)
+    p.set_defaults(compression=None, level=None, zstd_threads=0, oci=False, **_NO_SEEKABLE)
 
     p = flags.verb(
         sub,
@@ -158,6 +228,7 @@ def register(sub: Any) -> None:
         oci=False,
         encrypt_recipient=[],
         encrypt_layers=None,
+        **_NO_SEEKABLE,
     )
 
 
@@ -167,7 +238,9 @@ def convert(args: argparse.Namespace) -> int:
     Convert the image SRC into DST: layers are recompressed, encrypted or decrypted as asked
     (layers already in the target form are copied byte for byte), manifests and the index
     rewritten, the config kept. Registry to registry streams layer by layer and needs no
-    local store.
+    local store. --estargz and --zstdchunked rewrite every layer in a seekable format
+    (OCI media types, TOC annotations; eStargz changes the tar, so the config gets the new
+    DiffIDs).
     """
     import json
 
@@ -180,8 +253,20 @@ def convert(args: argparse.Namespace) -> int:
         return usage_error("--platform and --all-platforms exclude each other")
     if args.jobs is not None and args.jobs < 1:
         return usage_error("--jobs must be at least 1")
-    if args.level is not None and args.compression not in ("gzip", "zstd"):
-        return usage_error("--level needs --gzip or --zstd")
+    level_ok = args.compression in ("gzip", "zstd") or args.seekable == "zstdchunked"
+    if args.level is not None and not level_ok:
+        return usage_error("--level needs --gzip, --zstd or --zstdchunked")
+    if args.seekable is None and (
+        args.estargz_chunk_size is not None
+        or args.estargz_level is not None
+        or args.estargz_record_in
+    ):
+        return usage_error("--estargz-* options need --estargz (the chunk size: or --zstdchunked)")
+    estargz_only = args.estargz_level is not None or args.estargz_record_in
+    if args.seekable == "zstdchunked" and estargz_only:
+        return usage_error("--estargz-level and --estargz-record-in need --estargz")
+    if args.estargz_chunk_size is not None and args.estargz_chunk_size < 0:
+        return usage_error("--estargz-chunk-size must be 0 (the default) or more")
     if args.zstd_threads and args.compression != "zstd":
         return usage_error("--zstd-threads needs --zstd")
     if args.encrypt_layers is not None and not args.encrypt_recipient:
@@ -195,6 +280,13 @@ def convert(args: argparse.Namespace) -> int:
     }
     if args.jobs is not None:
         kw["jobs"] = args.jobs
+    if args.seekable is not None:
+        kw["seekable"] = args.seekable
+        kw["estargz_level"] = args.estargz_level
+        if args.estargz_chunk_size:  # 0 means the default, as with ctr-remote
+            kw["chunk_size"] = args.estargz_chunk_size
+        if args.estargz_record_in:
+            kw["prioritized"] = _record_file(args.estargz_record_in)
     spec = imgpipe.ConvertOptions(
         recipients=args.encrypt_recipient,
         encrypt_layers=layers,

@@ -22,6 +22,7 @@ from . import (
     cmd_containers,
     cmd_content,
     cmd_convert,
+    cmd_estargz,
     cmd_help,
     cmd_images,
     cmd_leases,
@@ -91,6 +92,7 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     cmd_containers.register(sub)
     cmd_convert.register(sub)
     cmd_unpack.register(sub)
+    cmd_estargz.register(sub)
     cmd_help.register(sub)
     finish(parser, json_errors=json_errors)
     return parser

@@ -19,8 +19,10 @@ means the same thing, the class also subclasses it, so ``except LookupError`` or
     ├── FailedPrecondition                   state does not allow the operation
     │   └── IntegrityError                   bytes are not what was promised
     │       ├── DigestMismatch               hash differs from the expected digest
+    │       │   └── CorruptLayer             a lazily read layer's footer, TOC or chunk is bad
     │       └── SizeMismatch                 byte count differs from the expected size
     ├── Unsupported                          a known format we refuse (schema1) or lack
+    │   └── RangeNotSupported                a server ignores HTTP Range (a lazy read cannot work)
     ├── Unauthorized (PermissionError)       credentials missing or refused
     ├── Unavailable (ConnectionError)        a server or resource cannot be reached now
     ├── ResourceLimit                        a configured bound was exceeded (sizes, ratios)
@@ -39,6 +41,7 @@ from __future__ import annotations
 __all__ = [
     "AlreadyExists",
     "Conflict",
+    "CorruptLayer",
     "DigestMismatch",
     "FailedPrecondition",
     "ImgpipeError",
@@ -49,6 +52,7 @@ __all__ = [
     "MalformedDocument",
     "NoSpace",
     "NotFound",
+    "RangeNotSupported",
     "ReadOnlyStore",
     "ResourceLimit",
     "SizeMismatch",
@@ -108,6 +112,12 @@ class DigestMismatch(IntegrityError):
         self.actual = actual
 
 
+class CorruptLayer(DigestMismatch):
+    """A layer read by Range (eStargz, zstd:chunked) contradicts what it promises: its
+    footer does not parse, its TOC or a chunk does not hash to its digest or does not
+    decompress. A DigestMismatch, because the blob cannot be the one its digest names."""
+
+
 class SizeMismatch(IntegrityError):
     """The byte count differs from the size expected."""
 
@@ -119,6 +129,11 @@ class SizeMismatch(IntegrityError):
 
 class Unsupported(ImgpipeError):
     """A format or feature imgpipe knows about but does not (or will not) handle."""
+
+
+class RangeNotSupported(Unsupported):
+    """A server answered a Range request with the whole blob (or refused it): reading
+    part of a blob is impossible there. Lazy readers report it rather than download all."""
 
 
 class Unauthorized(ImgpipeError, PermissionError):

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from imgpipe.errors import (
         AlreadyExists,
         Conflict,
+        CorruptLayer,
         DigestMismatch,
         FailedPrecondition,
         ImgpipeError,
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
         MalformedDocument,
         NoSpace,
         NotFound,
+        RangeNotSupported,
         ReadOnlyStore,
         ResourceLimit,
         SizeMismatch,
@@ -60,6 +62,7 @@ if TYPE_CHECKING:
         Unavailable,
         Unsupported,
     )
+    from imgpipe.estargz import estargz_cat, estargz_list
     from imgpipe.events import Event, EventKind, Observer
     from imgpipe.pipeline import (
         Context,
@@ -164,6 +167,7 @@ _WHERE = {
     "parse_env_file": "imgpipe.task.spec",
     **dict.fromkeys(("ContainerStatus", "list_containers"), "imgpipe.containers"),
     "content_get": "imgpipe.blobs",
+    **dict.fromkeys(("estargz_cat", "estargz_list"), "imgpipe.estargz"),
     **dict.fromkeys(("snapshot_remove", "snapshots_list"), "imgpipe.snapshot_admin"),
     "default_registry_config": "imgpipe.config",
     "pass_host_env": "imgpipe.task.spec",
@@ -217,6 +221,7 @@ __all__ = [
     "ConvertOptions",
     "ConvertReport",
     "Converter",
+    "CorruptLayer",
     "DigestMismatch",
     "Event",
     "EventKind",
@@ -238,6 +243,7 @@ __all__ = [
     "NotFound",
     "Observer",
     "Pipeline",
+    "RangeNotSupported",
     "ReadOnlyStore",
     "RemovedImages",
     "ResourceLimit",
@@ -262,6 +268,8 @@ __all__ = [
     "convert",
     "default_registry_config",
     "default_root",
+    "estargz_cat",
+    "estargz_list",
     "export_rootfs",
     "gc",
     "images",

@@ -17,8 +17,9 @@ if str(REPO) not in sys.path:
 
 from imgpipe.store import Store  # noqa: E402
 
-# The real registry (Debian's docker-registry) and the servers around it.
-pytest_plugins = ["registry_fixtures"]
+# The real registry (Debian's docker-registry) and the servers around it; a private
+# containerd (Debian's 1.6) with ctr and ctr-remote.
+pytest_plugins = ["registry_fixtures", "containerd_fixture"]
 
 IMGPIPE = Path(sys.executable).parent / "imgpipe"
 

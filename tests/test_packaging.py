@@ -217,6 +217,11 @@ PUBLIC_API = {
     "content_ingests",
     "lease_remove",
     "leases",
+    # lazy reads (issue 14): estargz ls|cat and their errors
+    "CorruptLayer",
+    "RangeNotSupported",
+    "estargz_cat",
+    "estargz_list",
 }
 
 

@@ -17,9 +17,14 @@ What a conversion does (containerd's converter and imgcrypt are the models):
   already in the target form passes through byte for byte, never recompressed. A
   recompressed layer is decoded to its tar on the way, and the tar's digest is checked
   against the config's DiffID before the destination commits the layer;
+* **seekable layers** (``seekable="estargz"`` or ``"zstdchunked"``): every layer
+  rewritten by :mod:`imgpipe.processors.estargz_write` with its TOC annotations
+  (``toc.digest``, ``uncompressed-size``, zstd:chunked's manifest checksum/position);
+  a layer re-encoded any other way loses them;
 * **manifests**: new layer descriptors (digest, size, media type; ocicrypt annotations
-  added on encrypt and removed on decrypt). The config blob is never rewritten: only
-  compression and encryption change, so its DiffIDs stay valid. zstd and encrypted
+  added on encrypt and removed on decrypt). The config blob is rewritten only when a
+  layer's tar changed (eStargz adds landmark and TOC entries): the same JSON with the new
+  ``rootfs.diff_ids``; compression and encryption alone leave the DiffIDs valid. zstd and encrypted
   layers exist only in OCI manifests, so a Docker manifest that gets one becomes OCI, as
   with ``oci=True`` (Docker -> OCI media types for the manifest, config and layers; the
   config's bytes stay). A manifest whose descriptors did not change keeps its bytes;

@@ -25,6 +25,7 @@ from imgpipe.image.keys import in_layer
 from imgpipe.pipeline import Event, EventKind, Observer
 from imgpipe.pipeline.context import Context, Stage
 from imgpipe.pipeline.scheduler import ProgressReader, run_concurrently
+from imgpipe.processors.estargz_write import ANNOTATIONS as SEEKABLE_ANNOTATIONS
 
 from .destinations import PushRejected, RegistryDestination
 from .flow import Ends, Mapped, MappedLayer, Planned, Result
@@ -50,10 +51,15 @@ _ENC_ANNOTATION_PREFIX: Final = "org.opencontainers.image.enc."
 
 @dataclass
 class CacheEntry:
+    """A converted layer's result: ``diff_id`` is the output's, ``source_diff_id`` the
+    tar read from the source (they differ for eStargz), ``annotations`` the new ones."""
+
     digest: Digest
     size: int
     diff_id: str
     places: set[tuple[str, str]] = field(default_factory=set)
+    source_diff_id: str = ""
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
 
 class BlobWork:
@@ -98,13 +104,18 @@ class BlobWork:
         if key is not None:
             with self.stage.cache_lock:
                 hit = self.stage.cache.get(key)
-            if hit is not None and plan.diff_id is not None and hit.diff_id != str(plan.diff_id):
+            if (
+                hit is not None
+                and plan.diff_id is not None
+                and (hit.source_diff_id or hit.diff_id) != str(plan.diff_id)
+            ):
                 # The same blob, but this image's config promises another tar: convert it
                 # again so the DiffID check runs (and fails) as it would on a fresh run.
                 hit = None
             if hit is not None:
-                out = self._descriptor(plan, hit.digest, hit.size, {})
-                if found := self._found(plan, out, sorted(hit.places), start, hit.diff_id):
+                out = self._descriptor(plan, hit.digest, hit.size, hit.annotations)
+                places = sorted(hit.places)
+                if found := self._found(plan, out, places, start, hit.diff_id, hit.source_diff_id):
                     return found
         emit(Event(EventKind.BLOB_START, src.digest, src.media_type, src.size, "converting"))
         for attempt in range(LAYER_ATTEMPTS):
@@ -118,8 +129,9 @@ class BlobWork:
             try:
                 with stream:
                     digest, size = self.dest.write_converted(stream, str(plan.target_type))  # type: ignore[arg-type]
-                    annotations = stream.annotations() if plan.encrypt else {}
+                    annotations = stream.annotations()
                     diff_id = stream.diff_id
+                    source_diff_id = stream.source_diff_id
             except PushRejected as e:
                 if attempt + 1 < LAYER_ATTEMPTS and isinstance(e.__cause__, Unavailable):
                     continue  # 5xx or a dropped connection: the layer is produced again
@@ -131,13 +143,26 @@ class BlobWork:
         if key is not None:
             with self.stage.cache_lock:
                 entry = self.stage.cache.setdefault(
-                    key, CacheEntry(digest, size, str(diff_id or ""))
+                    key,
+                    CacheEntry(
+                        digest,
+                        size,
+                        str(diff_id or ""),
+                        source_diff_id=str(source_diff_id or ""),
+                        annotations=annotations,
+                    ),
                 )
                 if isinstance(self.dest, RegistryDestination):
                     entry.places.add((self.dest.ref.domain, self.dest.ref.path))
         emit(Event(EventKind.BLOB_DONE, out.digest, out.media_type, out.size, "done"))
         layer = self._layer(plan, out, diff_id)
-        return Result(layer, "converted", time.monotonic() - start, str(diff_id or ""))
+        return Result(
+            layer,
+            "converted",
+            time.monotonic() - start,
+            str(diff_id or ""),
+            str(source_diff_id or ""),
+        )
 
     def _progress(self, plan: LayerPlan, src: Descriptor) -> ProgressReader:
         """The source layer's bytes, with progress, stopping once the run is cancelled."""
@@ -153,13 +178,14 @@ class BlobWork:
         reader = self.source if out.digest == plan.source.digest else self.dest
         return MappedLayer(reader, out, plan.layer, diff_id, self.stage.registry)
 
-    def _found(
+    def _found(  # noqa: PLR0917 (the two DiffIDs travel together)
         self,
         plan: LayerPlan,
         out: Descriptor,
         places: Sequence[tuple[str, str] | None],
         start: float,
         diff_id: str = "",
+        source_diff_id: str = "",
     ) -> Result | None:
         """``out`` found in the destination (HEAD) or mounted there from one of ``places``
         (registry, repository); None when it has to be written."""
@@ -172,12 +198,16 @@ class BlobWork:
             action, detail = "mounted", f"mounted from {origin}"
         self.emit(Event(EventKind.BLOB_EXISTS, out.digest, out.media_type, out.size, detail))
         checked = Digest.parse(diff_id) if diff_id else None
-        return Result(self._layer(plan, out, checked), action, time.monotonic() - start, diff_id)
+        layer = self._layer(plan, out, checked)
+        return Result(layer, action, time.monotonic() - start, diff_id, source_diff_id)
 
     def _descriptor(
         self, plan: LayerPlan, digest: Digest, size: int, added: Mapping[str, str]
     ) -> Descriptor:
         annotations = dict(plan.source.annotations)
+        if plan.recompress:
+            # what the source's eStargz / zstd:chunked TOC said is false of new bytes
+            annotations = {k: v for k, v in annotations.items() if k not in SEEKABLE_ANNOTATIONS}
         if plan.decrypt or plan.encrypt:
             annotations = {
                 k: v for k, v in annotations.items() if not k.startswith(_ENC_ANNOTATION_PREFIX)

@@ -30,7 +30,7 @@ from .destinations import Destination, RegistryDestination, SinkDestination, Sto
 from .documents import Write
 from .flow import Request
 from .locate import Location, locate
-from .options import DEFAULT_JOBS, ConvertOptions
+from .options import DEFAULT_CHUNK_SIZE, DEFAULT_JOBS, ConvertOptions
 from .plan import Resolve
 from .report import ConvertReport
 from .sources import RegistrySourceEnd, Source, StoreSource, TransportSourceEnd
@@ -250,6 +250,10 @@ def convert(
     decrypt_keys: Sequence[Any] = (),
     platforms: Sequence[Platform | str] = (),
     jobs: int = DEFAULT_JOBS,
+    seekable: str | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    estargz_level: int | None = None,
+    prioritized: Sequence[str] = (),
     store: Store | None = None,
     root: Root = None,
     observer: Observer | None = None,
@@ -271,6 +275,10 @@ def convert(
         decrypt_keys=decrypt_keys,
         platforms=platforms,
         jobs=jobs,
+        seekable=seekable,
+        chunk_size=chunk_size,
+        estargz_level=estargz_level,
+        prioritized=prioritized,
     )
     if converter is not None:
         return converter.convert(source, destination, spec, observer=observer)

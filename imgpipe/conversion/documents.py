@@ -2,11 +2,15 @@
 
 A manifest or index whose descriptors did not change keeps its bytes; one that changed
 is the original JSON with the new descriptors merged in (unknown fields kept), written
-compactly in the order read, so the same input gives the same digests.
+compactly in the order read, so the same input gives the same digests. The config is
+kept too, unless a layer's tar changed (eStargz adds landmark and TOC entries): then it
+is the original JSON with the new ``rootfs.diff_ids``, as containerd's converter writes
+it, and the manifest points at that.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from collections.abc import Mapping
@@ -21,7 +25,8 @@ from imgpipe.pipeline.context import Context, Stage
 
 from .destinations import Destination
 from .flow import Mapped, Result
-from .plan import BlobKey, ManifestNode, Node, blob_key
+from .layers import LayerPlan
+from .plan import BlobKey, ManifestNode, Node, blob_key, config_rewritten
 from .report import BlobInfo, ConvertReport, LayerReport, ManifestReport
 
 __all__ = ["DocumentWriter", "Write"]
@@ -84,12 +89,16 @@ class DocumentWriter:
 
     def _write_manifest(self, node: ManifestNode) -> Descriptor:
         m = node.manifest
-        cfg_result = self.results[("config", str(m.config.digest), node.config_type.base)]
+        if not config_rewritten(node):
+            # the source config was copied: the lookup asserts it was written
+            assert ("config", str(m.config.digest), node.config_type.base) in self.results
         config = replace(m.config, media_type=node.config_type)
         layers: list[Descriptor] = []
+        done: list[Result] = []
         for i, plan in enumerate(node.layers):
             res = self.results[blob_key(plan)]
             layers.append(res.desc)
+            done.append(res)
             self.layer_reports.append(
                 LayerReport(
                     manifest=str(m.digest),
@@ -99,9 +108,13 @@ class DocumentWriter:
                     action=res.action,
                     seconds=res.seconds,
                     diff_id=res.diff_id,
+                    source_diff_id=_changed(res),
+                    seekable=_seekable(plan),
                 )
             )
-        del cfg_result  # the config is the same blob; the lookup asserts it was written
+        config, rewritten = self._config(node, config, done)
+        if config_rewritten(node) and not rewritten:
+            raise AssertionError(f"manifest {m.digest}: an eStargz layer kept its DiffID")
         media_type = OCI_MANIFEST if node.oci else m.media_type
         unchanged = media_type == m.media_type and config == m.config and layers == list(m.layers)
         if unchanged:
@@ -123,9 +136,40 @@ class DocumentWriter:
                 str(platform) if platform is not None else "",
                 BlobInfo.of(node.desc),
                 BlobInfo.of(out),
+                config=BlobInfo.of(config) if rewritten else None,
             )
         )
         return out
+
+    def _config(
+        self, node: ManifestNode, config: Descriptor, results: list[Result]
+    ) -> tuple[Descriptor, bool]:
+        """``config``, or a new config with the new DiffIDs when a layer's tar changed."""
+        changed = {i: r.diff_id for i, r in enumerate(results) if _changed(r)}
+        if not changed or not node.manifest.config.media_type.is_config():
+            return config, False
+        obj = json.loads(node.image.config().raw)  # read (verified) once by the plan
+        diff_ids = list(obj["rootfs"]["diff_ids"])
+        for i, diff_id in changed.items():
+            diff_ids[i] = diff_id
+        obj["rootfs"]["diff_ids"] = diff_ids
+        raw = _json_bytes(obj)
+        out = replace(config, digest=Digest.from_bytes(raw), size=len(raw))
+        if not self.dest.has_blob(out):  # a re-run finds it (and the store protects it)
+            self.dest.copy_blob(out, io.BytesIO(raw))  # a blob, not a manifest
+        return out, True
+
+
+def _changed(res: Result) -> str:
+    """The source tar's DiffID when the layer's tar changed (the config must follow)."""
+    if res.source_diff_id and res.diff_id and res.diff_id != res.source_diff_id:
+        return res.source_diff_id
+    return ""
+
+
+def _seekable(plan: LayerPlan) -> str:
+    """The seekable format the layer was written in, or ""."""
+    return plan.seekable.format if plan.recompress and plan.seekable is not None else ""
 
 
 class Write(Stage[Mapped, ConvertReport]):

@@ -87,8 +87,8 @@ class MappedLayer(BlobLayer):
     descriptor. Its bytes are read back from ``reader`` (the source when they passed
     through unchanged, else the destination), verified, only if a later stage asks.
 
-    ``diff_id()`` is the one the conversion checked, else the source layer's: only
-    compression and encryption change, never the tar.
+    ``diff_id()`` is the one the conversion computed, else the source layer's: only
+    compression and encryption change the bytes without a new DiffID.
     """
 
     def __init__(
@@ -110,12 +110,14 @@ class MappedLayer(BlobLayer):
 @dataclass
 class Result:
     """What became of one blob: the Layer it is now, how, how long; the DiffID when the
-    layer was decoded (and checked)."""
+    layer was decoded (and checked), and the source's tar DiffID when the layer's tar
+    was rewritten (eStargz: then the two differ and the config gets the new one)."""
 
     layer: MappedLayer
     action: Action
     seconds: float
     diff_id: str = ""
+    source_diff_id: str = ""
 
     @property
     def desc(self) -> Descriptor:

@@ -11,6 +11,11 @@ processors, in the only order that keeps DiffIDs valid::
 
     source blob (verified) -> [decrypt] -> [decompress -> DiffID tee -> compress] -> [encrypt]
 
+A seekable plan (eStargz, zstd:chunked: ``plan.seekable``) always decodes the layer and
+writes it with :class:`~imgpipe.processors.estargz_write.EstargzEncoder` in place of the
+compressor: the tee still checks the source's tar against the config, and the encoder
+gives the new layer's DiffID (eStargz adds landmark and TOC entries) and annotations.
+
 Each bracket runs only when the plan needs it: recompressing never decrypts a layer that
 stays encrypted with the same key (it cannot: the key changes), and encrypting alone
 never touches the compressed bytes, so the DiffID stays valid by construction. When the
@@ -39,6 +44,7 @@ from imgpipe.formats.mediatype import (
 )
 from imgpipe.image import Layer
 from imgpipe.processors import ProcessorParams, ProcessorRegistry, open_chain
+from imgpipe.processors.estargz_write import EstargzEncoder, EstargzParams
 from imgpipe.processors.streams import PassThrough
 
 __all__ = [
@@ -106,6 +112,7 @@ class LayerPlan:
     and encode as ``compression`` (hashing the tar against ``diff_id`` when given).
     ``encrypt``: encrypt the result for ``params.recipients``. None of the three: the
     bytes pass through unchanged (``passthrough``), only the media type may change.
+    ``seekable``: with ``recompress``, write the layer as eStargz / zstd:chunked.
     """
 
     layer: Layer
@@ -115,6 +122,7 @@ class LayerPlan:
     compression: Compression = ""
     encrypt: bool = False
     diff_id: Digest | None = None
+    seekable: EstargzParams | None = None
 
     @property
     def source(self) -> Descriptor:
@@ -131,6 +139,8 @@ class LayerPlan:
         if self.encrypt or (self.compression == "zstd" and params.zstd_threads != 0):
             return None
         level = {"gzip": params.gzip_level, "zstd": params.zstd_level}.get(self.compression, 0)
+        if self.seekable is not None:
+            return (str(self.source.digest), self.target_type.base, repr(self.seekable))
         return (str(self.source.digest), self.target_type.base, str(level))
 
 
@@ -184,24 +194,40 @@ class Recording(PassThrough):
 
 class Converted(Recording):
     """The converted layer's bytes. After EOF: ``annotations()`` for its descriptor (the
-    ocicrypt keys when encrypted) and ``diff_id`` when the layer was decoded.
+    ocicrypt keys when encrypted, the TOC's when seekable) and ``diff_id`` when the layer
+    was decoded: the new layer's (``source_diff_id`` is the tar read from the source).
 
     ``error`` is the first exception reading raised (a corrupt source, a failed DiffID
     check): the caller tells apart a destination that failed from a source that did.
     Closing closes the whole chain and the source stream.
     """
 
-    def __init__(self, last: BinaryIO, encrypted: Any, tee: _DiffIDTee | None) -> None:
+    def __init__(
+        self,
+        last: BinaryIO,
+        encrypted: Any,
+        tee: _DiffIDTee | None,
+        seekable: EstargzEncoder | None = None,
+    ) -> None:
         super().__init__(last)
         self._encrypted = encrypted
         self._tee = tee
+        self._seekable = seekable
+
+    @property
+    def source_diff_id(self) -> Digest | None:
+        return self._tee.diff_id if self._tee is not None else None
 
     @property
     def diff_id(self) -> Digest | None:
-        return self._tee.diff_id if self._tee is not None else None
+        if self._seekable is not None and self._seekable.diff_id:
+            return Digest.parse(self._seekable.diff_id)
+        return self.source_diff_id
 
     def annotations(self) -> dict[str, str]:
-        # Only encryption adds annotations (decoders and compressors add none).
+        # Encryption and the seekable formats add annotations (plain codecs add none).
+        if self._seekable is not None:
+            return self._seekable.annotations()
         return dict(self._encrypted.annotations()) if self._encrypted is not None else {}
 
 
@@ -226,6 +252,7 @@ def open_converted(
     mt = desc.media_type
     encrypted: Any = None
     tee: _DiffIDTee | None = None
+    seekable: EstargzEncoder | None = None
     try:
         if plan.decrypt:
             chain = [registry.find(mt, "decode")]
@@ -240,7 +267,10 @@ def open_converted(
                 ReadAhead(tee, depth=READ_AHEAD_DEPTH, name="convert-read-ahead"),
                 OCI_LAYER,
             )
-            if plan.compression:
+            if plan.seekable is not None:
+                current = seekable = EstargzEncoder(current, plan.seekable)
+                mt = plan.target_type
+            elif plan.compression:
                 goal = _layer_type("oci", False, plan.compression)
                 step_desc = replace(desc, media_type=mt)
                 current = open_chain(current, step_desc, registry.encoder_chain(mt, goal), params)
@@ -259,4 +289,4 @@ def open_converted(
     except BaseException:
         current.close()
         raise
-    return Converted(current, encrypted, tee)
+    return Converted(current, encrypted, tee, seekable)

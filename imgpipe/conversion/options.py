@@ -9,14 +9,22 @@ from typing import Any, Final
 from imgpipe.formats.errors import InvalidArgument
 from imgpipe.formats.platform import Platform
 from imgpipe.processors import GZIP_LEVEL, ZSTD_LEVEL, ZSTD_THREADS, ProcessorParams
+from imgpipe.processors.estargz_write import (
+    DEFAULT_CHUNK_SIZE,
+    ESTARGZ_GZIP_LEVEL,
+    FORMATS,
+    EstargzParams,
+)
 
-__all__ = ["COMPRESSIONS", "DEFAULT_JOBS", "ConvertOptions"]
+__all__ = ["COMPRESSIONS", "DEFAULT_JOBS", "SEEKABLE_FORMATS", "ConvertOptions"]
 
 #: Layers converted at once. Compression is CPU-bound and releases the GIL (zlib-ng,
 #: zstd, hashing, AES), so about one per core plus one waiting on the network.
 DEFAULT_JOBS: Final = 3
 #: The compressions a conversion can ask for; "none" writes uncompressed tars.
 COMPRESSIONS: Final = ("gzip", "zstd", "none")
+#: The seekable layer formats (processors.estargz_write): eStargz (gzip) and zstd:chunked.
+SEEKABLE_FORMATS: Final = FORMATS
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,11 @@ class ConvertOptions:
     indexes to encrypt (negative counts from the top; None = all). ``decrypt_keys``:
     ``"FILE[:PASSWORD]"`` strings or loaded DecryptKeys. ``platforms``: keep only these
     manifests of an index (empty = all). ``jobs``: layers converted at once.
+    ``seekable``: "estargz" or "zstdchunked" rewrites every layer in that format (the
+    compression follows: gzip, zstd; ``level`` is the zstd level of zstd:chunked), with
+    ``chunk_size`` bytes per chunk, ``estargz_level`` (gzip, default 9) and
+    ``prioritized`` paths first (eStargz only, ctr-remote's ``--estargz-record-in``);
+    manifests become OCI (only OCI descriptors carry the layers' annotations).
     Raises InvalidArgument for values out of range; NotFound / InvalidArgument when a
     key file is missing or unreadable.
     """
@@ -44,13 +57,22 @@ class ConvertOptions:
     decrypt_keys: Sequence[Any] = ()
     platforms: Sequence[Platform | str] = ()
     jobs: int = DEFAULT_JOBS
+    seekable: str | None = None
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    estargz_level: int | None = None
+    prioritized: Sequence[str] = ()
 
     def __post_init__(self) -> None:
+        self._check_seekable()
         if self.compression is not None and self.compression not in COMPRESSIONS:
             raise InvalidArgument(
                 f"compression {self.compression!r}: want one of {', '.join(COMPRESSIONS)}"
             )
-        if self.level is not None and self.compression not in ("gzip", "zstd"):
+        if (
+            self.level is not None
+            and self.compression not in ("gzip", "zstd")
+            and self.seekable != "zstdchunked"
+        ):
             raise InvalidArgument("a compression level needs gzip or zstd compression")
         if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1:
             raise InvalidArgument(f"jobs must be an integer of at least 1, not {self.jobs!r}")
@@ -58,11 +80,48 @@ class ConvertOptions:
             raise InvalidArgument("encrypt_layers needs recipients to encrypt for")
         set_ = object.__setattr__
         set_(self, "platforms", tuple(_platform(p) for p in self.platforms))
+        set_(self, "prioritized", tuple(self.prioritized))
         set_(self, "recipients", tuple(_recipient(r) for r in self.recipients))
         set_(self, "decrypt_keys", tuple(_key(k) for k in self.decrypt_keys))
         if self.encrypt_layers is not None:
             set_(self, "encrypt_layers", tuple(int(i) for i in self.encrypt_layers))
         self.params()  # level and thread checks, once, here
+
+    def _check_seekable(self) -> None:
+        if self.seekable is None:
+            if self.estargz_level is not None or self.prioritized:
+                raise InvalidArgument("eStargz options need the estargz format")
+            if self.chunk_size != DEFAULT_CHUNK_SIZE:
+                raise InvalidArgument("a chunk size needs the estargz or zstdchunked format")
+            return
+        if self.seekable not in SEEKABLE_FORMATS:
+            raise InvalidArgument(
+                f"format {self.seekable!r}: want one of {', '.join(SEEKABLE_FORMATS)}"
+            )
+        if self.compression is not None:
+            raise InvalidArgument(f"{self.seekable} sets the compression: do not ask for one")
+        if self.recipients:
+            raise InvalidArgument(f"{self.seekable} layers cannot be encrypted (the TOC would be)")
+        if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int):
+            raise InvalidArgument(f"chunk size {self.chunk_size!r}: want a number of bytes")
+        if self.chunk_size < 1:
+            raise InvalidArgument(f"chunk size {self.chunk_size}: must be at least 1 byte")
+        if self.seekable != "estargz" and (self.estargz_level is not None or self.prioritized):
+            raise InvalidArgument("an eStargz level and prioritized files need estargz")
+        if self.estargz_level is not None and not 0 <= self.estargz_level <= 9:
+            raise InvalidArgument(f"eStargz gzip level {self.estargz_level}: must be 0-9")
+
+    def seekable_params(self) -> EstargzParams | None:
+        """The writer's parameters when ``seekable`` is set, else None."""
+        if self.seekable is None:
+            return None
+        return EstargzParams(
+            format=self.seekable,  # type: ignore[arg-type]
+            chunk_size=self.chunk_size,
+            gzip_level=self.estargz_level if self.estargz_level is not None else ESTARGZ_GZIP_LEVEL,
+            zstd_level=self.level if self.level is not None else ZSTD_LEVEL,
+            prioritized=tuple(self.prioritized),
+        )
 
     def params(self) -> ProcessorParams:
         """The processor parameters these options mean."""

@@ -30,6 +30,7 @@ from imgpipe.image import BlobImage, BlobIndex, BlobLayer, check_layer_keys, loa
 from imgpipe.image.keys import in_layer
 from imgpipe.pipeline import Event, EventKind
 from imgpipe.pipeline.context import Context, Stage
+from imgpipe.processors.estargz_write import MANIFEST_CHECKSUM_ANNOTATION, TOC_DIGEST_ANNOTATION
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -41,12 +42,23 @@ from .layers import LayerKind, LayerPlan
 from .options import ConvertOptions
 from .sources import Source
 
-__all__ = ["BlobKey", "IndexNode", "ManifestNode", "Node", "Planner", "Resolve", "blob_key"]
+__all__ = [
+    "BlobKey",
+    "IndexNode",
+    "ManifestNode",
+    "Node",
+    "Planner",
+    "Resolve",
+    "blob_key",
+    "config_rewritten",
+]
 
 BlobKey = tuple[Any, ...]
 
 #: ConvertOptions.compression -> the layer's compression ("none" writes plain tars).
 _COMPRESSIONS: Final[dict[str, Compression]] = {"gzip": "gzip", "zstd": "zstd", "none": ""}
+#: ConvertOptions.seekable -> the compression that format uses.
+_SEEKABLE_COMPRESSIONS: Final[dict[str, Compression]] = {"estargz": "gzip", "zstdchunked": "zstd"}
 
 
 @dataclass
@@ -83,6 +95,16 @@ def blob_key(plan: LayerPlan) -> BlobKey:
         plan.recompress,
         plan.compression,
         plan.encrypt,
+        plan.seekable,
+    )
+
+
+def config_rewritten(node: ManifestNode) -> bool:
+    """Whether ``node``'s config gets new DiffIDs: eStargz always changes the tar of a
+    layer it writes (landmark and TOC entries), zstd:chunked keeps it byte for byte."""
+    return node.manifest.config.media_type.is_config() and any(
+        p.recompress and p.seekable is not None and p.seekable.format == "estargz"
+        for p in node.layers
     )
 
 
@@ -95,6 +117,7 @@ class Planner:
         self.source = source
         self.spec = spec
         self.registry = registry
+        self.seekable = spec.seekable_params()
 
     def plan(self, desc: Descriptor) -> Node:
         """The plan of the image ``desc`` names (its documents read, verified)."""
@@ -147,14 +170,16 @@ class Planner:
             # unwrap only, before any byte moves: a wrong key fails fast
             check_layer_keys(m.layers, spec.decrypt_keys)
         kinds = [self._layer_kind(i, layer, m, selected) for i, layer in enumerate(m.layers)]
+        # only OCI descriptors carry the annotations eStargz and zstd:chunked layers need
         oci = (
             spec.oci
+            or spec.seekable is not None
             or not m.media_type.is_docker()
             or any(out is not None and out.needs_oci() for _, out, _, _ in kinds)
         )
         need_diff_ids = any(
-            k_in is not None and k_out is not None and k_in.compression != k_out.compression
-            for k_in, k_out, _, _ in kinds
+            k_in is not None and k_out is not None and self._recompress(layer, k_in, k_out)
+            for layer, (k_in, k_out, _, _) in zip(m.layers, kinds, strict=True)
         )
         diff_ids: tuple[Digest, ...] = ()
         if need_diff_ids and m.config.media_type.is_config():
@@ -169,7 +194,7 @@ class Planner:
             if k_in is None or k_out is None:
                 plans.append(LayerPlan(layer, layer.media_type))  # untouched
                 continue
-            recompress = k_in.compression != k_out.compression
+            recompress = self._recompress(layer.descriptor, k_in, k_out)
             plans.append(
                 LayerPlan(
                     layer,
@@ -179,12 +204,24 @@ class Planner:
                     compression=k_out.compression,
                     encrypt=encrypt,
                     diff_id=diff_ids[i] if recompress and diff_ids else None,
+                    seekable=self.seekable,
                 )
             )
         config_type = m.config.media_type
         if oci and config_type.base == DOCKER_CONFIG:
             config_type = OCI_CONFIG
         return ManifestNode(desc, m, oci, config_type, plans, image)
+
+    def _recompress(self, layer: Descriptor, k_in: LayerKind, k_out: LayerKind) -> bool:
+        """Whether the layer is decoded and written anew: a seekable format rewrites every
+        layer it gets (the tar changes); otherwise a change of compression does, and so
+        does an explicit ``compression`` of an eStargz / zstd:chunked layer (that is how
+        one converts back to a plain stream; the tar, so the DiffID, stays)."""
+        if self.seekable is not None or k_in.compression != k_out.compression:
+            return True
+        return self.spec.compression is not None and any(
+            k in layer.annotations for k in (TOC_DIGEST_ANNOTATION, MANIFEST_CHECKSUM_ANNOTATION)
+        )
 
     def _layer_kind(
         self, i: int, layer: Descriptor, m: Manifest, selected: set[int] | None
@@ -198,11 +235,13 @@ class Planner:
         comp = k_in.compression
         if spec.compression is not None:
             comp = _COMPRESSIONS[spec.compression]
+        if spec.seekable is not None:
+            comp = _SEEKABLE_COMPRESSIONS[spec.seekable]
         decrypt = False
         if k_in.encrypted:
             if spec.decrypt_keys:
                 decrypt = True  # the keys were checked for the whole manifest
-            elif want_enc or comp != k_in.compression:
+            elif want_enc or comp != k_in.compression or spec.seekable is not None:
                 from imgpipe.processors.ocicrypt import NoDecryptionKey  # noqa: PLC0415
 
                 why = "re-encrypt" if want_enc else "recompress"
@@ -225,11 +264,14 @@ class Planner:
                 yield from self.tasks(child)
             return
         cfg = node.manifest.config
-        config = BlobLayer(self.source, cfg)  # a blob like a layer, copied as it is
-        yield (
-            ("config", str(cfg.digest), node.config_type.base),
-            LayerPlan(config, node.config_type),
-        )
+        if config_rewritten(node):
+            pass  # Write writes the new config; the source's would be left unreferenced
+        else:
+            config = BlobLayer(self.source, cfg)  # a blob like a layer, copied as it is
+            yield (
+                ("config", str(cfg.digest), node.config_type.base),
+                LayerPlan(config, node.config_type),
+            )
         for plan in node.layers:
             yield blob_key(plan), plan
 

@@ -35,7 +35,9 @@ class LayerReport:
 
     ``action``: "converted" (through processors), "copied" (bytes unchanged, uploaded),
     "exists" (the destination had it) or "mounted" (from another repository).
-    ``diff_id`` is set when the layer was decoded (and then checked against the config).
+    ``diff_id`` is set when the layer was decoded (and then checked against the config);
+    ``source_diff_id`` when the layer's tar changed (eStargz): it was the source's DiffID,
+    ``diff_id`` is the new one, in the rewritten config. ``seekable``: the format written.
     """
 
     manifest: str
@@ -45,6 +47,8 @@ class LayerReport:
     action: Action
     seconds: float
     diff_id: str = ""
+    source_diff_id: str = ""
+    seekable: str = ""
 
     def to_json(self) -> dict[str, Any]:
         out = {
@@ -57,23 +61,33 @@ class LayerReport:
         }
         if self.diff_id:
             out["diffID"] = self.diff_id
+        if self.source_diff_id:
+            out["sourceDiffID"] = self.source_diff_id
+            out["diffIDChanged"] = True
+        if self.seekable:
+            out["format"] = self.seekable
         return out
 
 
 @dataclass(frozen=True, slots=True)
 class ManifestReport:
-    """One image manifest, before and after; ``platform`` from the index entry, if any."""
+    """One image manifest, before and after; ``platform`` from the index entry, if any;
+    ``config``: the new config when it was rewritten (new DiffIDs)."""
 
     platform: str
     before: BlobInfo
     after: BlobInfo
+    config: BlobInfo | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "platform": self.platform,
             "before": self.before.to_json(),
             "after": self.after.to_json(),
         }
+        if self.config is not None:
+            out["config"] = self.config.to_json()
+        return out
 
 
 @dataclass(frozen=True)

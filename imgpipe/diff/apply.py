@@ -168,7 +168,9 @@ def apply_layer(
     state = ApplyState(root, options)
     entries = 0
     try:
-        for tar, member in tar_entries(reader, options.max_entries):
+        # a layer without end-of-archive blocks is accepted only when its DiffID is checked
+        eof_ends = expected_diff_id is not None
+        for tar, member in tar_entries(reader, options.max_entries, eof_ends=eof_ends):
             entries += 1
             _entry(state, tar, member)
         reader.drain()

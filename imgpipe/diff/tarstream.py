@@ -137,15 +137,20 @@ class _BoundedTarInfo(tarfile.TarInfo):
         return super()._proc_member(tarfile_)  # type: ignore[misc]
 
 
-def _check_end(reader: TarSource, tar: tarfile.TarFile) -> None:
+def _check_end(reader: TarSource, tar: tarfile.TarFile, eof_ends: bool) -> None:
     """After tarfile's last member: the end-of-archive marker must be there.
 
     tarfile returns None alike for a zero block, a clean EOF, a short block and a header
     that does not parse; only the zero block is a real end. (Go's reader also accepts
-    a single zero block; POSIX writers put two.)
+    a single zero block; POSIX writers put two.) With ``eof_ends``, a clean EOF right
+    after an entry ends the archive too, as in Go's reader (containerd applies such
+    layers; stargz-snapshotter's zstd:chunked has no end-of-archive blocks): only for
+    callers that check the DiffID, which no layer cut short passes.
     """
     offset = tar.offset
     block = reader.block_at(offset)
+    if eof_ends and not block and offset > 0:
+        return
     if len(block) < _BLOCK:
         raise MalformedDocument(
             f"tar ends at offset {offset + len(block)} without the end-of-archive blocks "
@@ -156,11 +161,12 @@ def _check_end(reader: TarSource, tar: tarfile.TarFile) -> None:
 
 
 def tar_entries(
-    reader: TarSource, max_entries: int
+    reader: TarSource, max_entries: int, *, eof_ends: bool = False
 ) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
     """Each entry of the tar in ``reader`` with the TarFile to read its data from, then a
-    check of the end-of-archive marker. MalformedDocument for a tar that does not parse
-    or is cut short, ResourceLimit past ``max_entries``."""
+    check of the end-of-archive marker (see ``_check_end`` for ``eof_ends``).
+    MalformedDocument for a tar that does not parse or is cut short, ResourceLimit past
+    ``max_entries``."""
     try:
         tar = tarfile.open(  # noqa: SIM115 - in a try for its error; closed by `with` below
             fileobj=cast(IO[bytes], reader),
@@ -187,4 +193,4 @@ def tar_entries(
             if entries > max_entries:
                 raise ResourceLimit(f"layer has more than {max_entries} entries")
             yield tar, member
-        _check_end(reader, tar)
+        _check_end(reader, tar, eof_ends)

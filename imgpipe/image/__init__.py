@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from .lazy import MAX_INDEX_DEPTH, BlobImage, BlobIndex, BlobLayer, load, wrap
     from .model import Image, Index, Layer
     from .plan import ImagePlan
+    from .ranged import RangedLayer
+    from .tocfetch import Fetcher, LoadedTOC, RangeReader, SeekableRanges, load_toc, range_reader
     from .validate import check_config, check_plan_configs, read_config
     from .walk import walk_image
 
@@ -46,6 +48,11 @@ _WHERE = {
     **dict.fromkeys(("Image", "Index", "Layer"), "model"),
     "ImagePlan": "plan",
     **dict.fromkeys(("check_config", "check_plan_configs", "read_config"), "validate"),
+    "RangedLayer": "ranged",
+    **dict.fromkeys(
+        ("Fetcher", "LoadedTOC", "RangeReader", "SeekableRanges", "load_toc", "range_reader"),
+        "tocfetch",
+    ),
     "walk_image": "walk",
 }
 
@@ -65,16 +72,23 @@ __all__ = [
     "BlobIndex",
     "BlobLayer",
     "BlobReader",
+    "Fetcher",
     "Image",
     "ImagePlan",
     "Index",
     "Layer",
+    "LoadedTOC",
+    "RangeReader",
+    "RangedLayer",
+    "SeekableRanges",
     "check_config",
     "check_layer_keys",
     "check_plan_configs",
     "layer_name",
     "load",
+    "load_toc",
     "open_verified",
+    "range_reader",
     "read_config",
     "read_document",
     "select",

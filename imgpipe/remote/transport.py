@@ -82,6 +82,13 @@ class RegistrySource(_Connected):
             return self._repo.open_document(desc)
         return as_binary(self._repo.open_blob(desc))
 
+    def open_range(self, desc: Descriptor, offset: int, length: int) -> BinaryIO:
+        """Bytes ``[offset, offset + length)`` of a blob, unverified, by HTTP Range only
+        (RangeNotSupported if the registry ignores it; see :func:`.ranges.open_range`)."""
+        from .ranges import open_range  # noqa: PLC0415 (only lazy readers need it)
+
+        return as_binary(open_range(self._repo, desc, offset, length))
+
 
 class RegistrySink(_Connected):
     """Push an image to a registry repository. Use as a context manager.
