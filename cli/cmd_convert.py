@@ -48,7 +48,7 @@ def _record_file(path: str) -> list[str]:
                 text = json.loads(text)["path"]
             except (ValueError, KeyError, TypeError):
                 raise InvalidArgument(
-                    f"--estargz-record-in {path}:{n}: a JSON line without a \"path\""
+                    f'--estargz-record-in {path}:{n}: a JSON line without a "path"'
                 ) from None
         paths.setdefault(str(text), None)
     return list(paths)

@@ -51,8 +51,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Final, Literal
 
+import imgpipe.formats.estargz.annotations as _ann
 from imgpipe.formats.errors import InvalidArgument, ResourceLimit
-from imgpipe.formats.estargz import annotations as _ann
 from imgpipe.formats.estargz.toc import MAX_ENTRIES
 
 from .base import CHUNK_SIZE, ZSTD_LEVEL, ChunkReader

@@ -23,6 +23,7 @@ from imgpipe.formats.platform import Platform
 from imgpipe.formats.reference import TransportRef
 from imgpipe.pipeline import Context, Event, EventKind, Observer, Pipeline, Root
 from imgpipe.processors import ZSTD_THREADS
+from imgpipe.processors.estargz_write import DEFAULT_CHUNK_SIZE
 from imgpipe.transports import TransportOptions, open_sink, open_source
 
 from .blobs import CacheEntry, MapLayers
@@ -30,7 +31,7 @@ from .destinations import Destination, RegistryDestination, SinkDestination, Sto
 from .documents import Write
 from .flow import Request
 from .locate import Location, locate
-from .options import DEFAULT_CHUNK_SIZE, DEFAULT_JOBS, ConvertOptions
+from .options import DEFAULT_JOBS, ConvertOptions
 from .plan import Resolve
 from .report import ConvertReport
 from .sources import RegistrySourceEnd, Source, StoreSource, TransportSourceEnd
