@@ -47,20 +47,12 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 LAYER = "application/vnd.oci.image.layer.v1.tar"
 
-# The convert verbs, whether or not cli/main.py registers them yet: the shim adds them
-# to the parser when they are missing, and is a plain `imgpipe` otherwise.
+# `imgpipe` itself, run as `python -c` (so a test can run it under another interpreter
+# or user, with a preamble of its own).
 CLI_SHIM = """
-import argparse, sys
-from imgpipe.cli import cmd_convert, main as m
-build = m.build_parser
-def build_parser():
-    p = build()
-    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
-    if "convert" not in sub.choices:
-        cmd_convert.register(sub)
-    return p
-m.build_parser = build_parser
-sys.exit(m.main(sys.argv[1:]))
+import sys
+from imgpipe.cli.main import main
+sys.exit(main(sys.argv[1:]))
 """
 
 
