@@ -36,7 +36,16 @@ _BELOW_STAGES = _LEAVES | _ROLES | _ENDS | {"image", "decode"}
 _BELOW_VERBS = _BELOW_STAGES | {"pipeline"}
 
 #: the verbs, which only the public namespace imports all of
-_VERBS = {"api", "blobs", "unpacking", "task", "containers", "snapshot_admin", "conversion"}
+_VERBS = {
+    "api",
+    "blobs",
+    "unpacking",
+    "task",
+    "containers",
+    "snapshot_admin",
+    "conversion",
+    "sync",
+}
 
 #: part -> the parts it may import (besides itself)
 ALLOWED: dict[str, set[str]] = {
@@ -70,6 +79,7 @@ ALLOWED: dict[str, set[str]] = {
     "containers": _BELOW_VERBS | {"task"},
     "snapshot_admin": _BELOW_VERBS | {"unpacking", "task"},  # in use: mounts, containers
     "conversion": _BELOW_VERBS,
+    "sync": _BELOW_VERBS | {"conversion"},  # a catalogue: many conversions
     # the public namespace re-exports every verb, lazily
     "namespace": _BELOW_VERBS | _VERBS,
     # the command: only through the public API

@@ -105,6 +105,11 @@ class Converter:
                 self._client = RegistryClient(self.options)
             return self._client
 
+    def registry_client(self) -> RegistryClient:
+        """The registry client every conversion of this Converter uses (created now if
+        none was yet): a sync checks its images with it, on the same connections."""
+        return self._registry_client()
+
     def store(self) -> Store:
         """The local store (opened now if this Converter was given only a root)."""
         with self._lock:
@@ -162,7 +167,7 @@ class Converter:
             [
                 Resolve(spec, registry, self),
                 MapLayers(spec, registry, self._cache, self._cache_lock),
-                Write(),
+                Write(dict(spec.annotations)),
             ]
         )
 

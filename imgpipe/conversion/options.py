@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -31,6 +31,9 @@ class ConvertOptions:
     indexes to encrypt (negative counts from the top; None = all). ``decrypt_keys``:
     ``"FILE[:PASSWORD]"`` strings or loaded DecryptKeys. ``platforms``: keep only these
     manifests of an index (empty = all). ``jobs``: layers converted at once.
+    ``annotations``: added to the destination's root document when it is an OCI manifest
+    or index (Docker documents have no annotations); ``imgpipe sync`` records the source
+    digest and the options' fingerprint there, so a re-run can skip the image.
     Raises InvalidArgument for values out of range; NotFound / InvalidArgument when a
     key file is missing or unreadable.
     """
@@ -44,6 +47,7 @@ class ConvertOptions:
     decrypt_keys: Sequence[Any] = ()
     platforms: Sequence[Platform | str] = ()
     jobs: int = DEFAULT_JOBS
+    annotations: Mapping[str, str] | Sequence[tuple[str, str]] = ()
 
     def __post_init__(self) -> None:
         if self.compression is not None and self.compression not in COMPRESSIONS:
@@ -60,6 +64,11 @@ class ConvertOptions:
         set_(self, "platforms", tuple(_platform(p) for p in self.platforms))
         set_(self, "recipients", tuple(_recipient(r) for r in self.recipients))
         set_(self, "decrypt_keys", tuple(_key(k) for k in self.decrypt_keys))
+        # sorted pairs: hashable, and the same annotations always write the same bytes
+        pairs = (
+            self.annotations.items() if isinstance(self.annotations, Mapping) else self.annotations
+        )
+        set_(self, "annotations", tuple(sorted((str(k), str(v)) for k, v in pairs)))
         if self.encrypt_layers is not None:
             set_(self, "encrypt_layers", tuple(int(i) for i in self.encrypt_layers))
         self.params()  # level and thread checks, once, here
