@@ -18,7 +18,9 @@ from . import (
     cmd_convert,
     cmd_images,
     cmd_login,
+    cmd_report,
     cmd_run,
+    cmd_sync,
     cmd_transfer,
     cmd_unpack,
 )
@@ -72,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmd_run.register(sub)
     cmd_convert.register(sub)
     cmd_unpack.register(sub)
+    cmd_sync.register(sub)
+    cmd_report.register(sub)
     return parser
 
 

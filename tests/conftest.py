@@ -18,7 +18,7 @@ if str(REPO) not in sys.path:
 from imgpipe.store import Store  # noqa: E402
 
 # The real registry (Debian's docker-registry) and the servers around it.
-pytest_plugins = ["registry_fixtures"]
+pytest_plugins = ["registry_fixtures", "sync_catalogue"]
 
 IMGPIPE = Path(sys.executable).parent / "imgpipe"
 

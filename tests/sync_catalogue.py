@@ -14,8 +14,12 @@ import http.client
 import io
 import json
 import tarfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
+
+import pytest
 
 DOCKER = {
     "manifest": "application/vnd.docker.distribution.manifest.v2+json",
@@ -157,7 +161,45 @@ def make_catalogue(host: str, *, repos: int, tags: int, prefix: str = "cat") -> 
 
 def manifest(host: str, repo: str, ref: str) -> tuple[str, dict[str, object]]:
     """(digest, parsed manifest) of ``repo:ref``."""
-    accept = ", ".join([OCI["manifest"], DOCKER["manifest"], "application/vnd.oci.image.index.v1+json"])
-    status, headers, body = _request(host, "GET", f"/v2/{repo}/manifests/{ref}", headers={"Accept": accept})
+    accept = ", ".join(
+        [OCI["manifest"], DOCKER["manifest"], "application/vnd.oci.image.index.v1+json"]
+    )
+    status, headers, body = _request(
+        host, "GET", f"/v2/{repo}/manifests/{ref}", headers={"Accept": accept}
+    )
     assert status == 200, (repo, ref, status)
     return headers["docker-content-digest"], json.loads(body)
+
+
+# -- the session's catalogue ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CatalogueRegistry:
+    """The sync tests' own registry (its ``_catalog`` is theirs alone) and what is in it:
+    ``cat`` (10 repositories x 10 tags, even ones Docker, odd ones OCI) and ``bad/app:v1``,
+    whose own layer is corrupt in the registry's storage."""
+
+    registry: Any
+    cat: Catalogue
+    bad_layer: str
+
+
+@pytest.fixture(scope="session")
+def sync_catalogue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CatalogueRegistry]:
+    from registry_fixtures import start_registry
+
+    reg = start_registry(tmp_path_factory.mktemp("registry-sync"))
+    try:
+        cat = make_catalogue(reg.host, repos=10, tags=10)
+        push_image(reg.host, "bad/app", "v1", oci=True)
+        _, doc = manifest(reg.host, "bad/app", "v1")
+        layers: Any = doc["layers"]
+        own = layers[-1]["digest"].split(":")[1]
+        data = reg.storage / "docker/registry/v2/blobs/sha256" / own[:2] / own / "data"
+        blob = bytearray(data.read_bytes())
+        blob[len(blob) // 2] ^= 0xFF  # the registry serves it as stored: a corrupt source
+        data.write_bytes(bytes(blob))
+        yield CatalogueRegistry(reg, cat, "sha256:" + own)
+    finally:
+        reg.stop()
