@@ -4,7 +4,9 @@ A tag is a version when it reads ``[v]MAJOR[.MINOR[.PATCH]][-PRE][+BUILD]`` (mis
 parts are 0, as regsync and skopeo's ``images-by-semver`` read tags); other tags never
 match a semver filter. A range is comparators (``>=``, ``>``, ``<=``, ``<``, ``=``,
 ``!=``, ``^``, ``~``) joined by spaces or commas (all must hold), alternatives joined by
-``||``. A pre-release sorts before its release (``1.2.0-rc1 < 1.2.0``).
+``||``. A pre-release sorts before its release (``1.2.0-rc1 < 1.2.0``), and, as npm's
+ranges do, matches only an alternative that names a pre-release of the same version
+(``>=1.2 <2`` does not take ``2.0.0-rc1``; ``>=2.0.0-rc0`` does).
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ class SemverRange:
     """A parsed range; :meth:`matches` a tag."""
 
     text: str
-    alternatives: tuple[tuple[Callable[[Version], bool], ...], ...]
+    alternatives: tuple[tuple[tuple[Callable[[Version], bool], Version], ...], ...]
 
     @classmethod
     def parse(cls, text: str, shown: str = "semver") -> SemverRange:
@@ -83,7 +85,7 @@ class SemverRange:
                 version = parse_version(m.group(2)) if m else None
                 if m is None or version is None:
                     raise InvalidArgument(f"{shown}: {text!r}: want comparators such as >=1.2 <2")
-                tests.append(_OPS[m.group(1) or "="](version))
+                tests.append((_OPS[m.group(1) or "="](version), version))
                 rest = rest[m.end() :].strip()
             if not tests:
                 raise InvalidArgument(f"{shown}: {text!r}: an empty alternative")
@@ -92,4 +94,10 @@ class SemverRange:
 
     def matches(self, tag: str) -> bool:
         v = parse_version(tag)
-        return v is not None and any(all(t(v) for t in alt) for alt in self.alternatives)
+        if v is None:
+            return False
+        return any(
+            all(test(v) for test, _ in alt)
+            and (v[3] == _RELEASE or any(c[:3] == v[:3] and c[3] != _RELEASE for _, c in alt))
+            for alt in self.alternatives
+        )
