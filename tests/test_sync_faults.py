@@ -3,8 +3,10 @@ a registry answering 429 with Retry-After, one image with a corrupt layer."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -207,3 +209,46 @@ def test_a_corrupt_layer_fails_that_image_only(sync_catalogue: CatalogueRegistry
     # nothing was tagged for the failed image
     status = sync_catalogue.registry.request("HEAD", "/v2/corrupt/bad/app/manifests/v1")[0]
     assert status == 404
+
+
+class Timing(FaultProxy):
+    """Notes when each request began and ended, by repository."""
+
+    def __init__(self, upstream_host: str) -> None:
+        super().__init__(upstream_host)
+        self.spans: list[tuple[float, float, str]] = []
+        self._mu = threading.Lock()
+
+    def _forward(self, h: BaseHTTPRequestHandler) -> None:
+        start = time.monotonic()
+        super()._forward(h)
+        m = re.match(r"/v2/(.+?)/(blobs|manifests|tags)/", h.path)
+        repo = m.group(1).removeprefix("ph/") if m else ""
+        with self._mu:
+            self.spans.append((start, time.monotonic(), repo))
+
+
+def test_per_host_concurrency_bounds_the_images_in_flight(sync_catalogue: CatalogueRegistry):
+    proxy = Timing(sync_catalogue.registry.host).start()
+    try:
+        repos = [f"cat/app0{i}" for i in range(5)]
+        plan = [
+            imgpipe.PlanItem.make(
+                f"{proxy.host}/{r}:v1.9.0", f"{proxy.host}/ph/{r}:v1.9.0", CONVERT
+            )
+            for r in repos
+        ]
+        results = list(
+            imgpipe.convert_many(
+                plan, executor=imgpipe_threads(4), max_in_flight=4, per_host={proxy.host: 1}
+            )
+        )
+    finally:
+        proxy.close()
+        close_converters()
+    assert {r.status for r in results} == {"converted"}
+    # one image at a time on that host: no two images' requests overlap
+    by_repo = {r: [(a, b) for a, b, x in proxy.spans if x == r] for r in repos}
+    windows = sorted((min(a for a, _ in s), max(b for _, b in s)) for s in by_repo.values())
+    for (_, end), (start, _) in itertools.pairwise(windows):
+        assert end <= start

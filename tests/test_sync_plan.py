@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import imgpipe
@@ -106,6 +106,7 @@ _names = st.lists(
 )
 
 
+@settings(max_examples=40, deadline=None)
 @given(_names, _names, st.integers(1, 7), st.sampled_from(["repo", "item"]))
 def test_shards_cover_the_plan_once_and_stay_put(old, new, n: int, by: str):
     plan = [_item(r, f"v{t}") for r, t in old]

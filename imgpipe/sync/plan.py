@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -44,6 +45,8 @@ __all__ = [
 #: The version of what a conversion writes; bumped when the same options would write
 #: other bytes, so every earlier result stops matching and is redone.
 FORMAT_VERSION: Final = 1
+#: tags/list requests at once while planning a registry entry
+LIST_THREADS: Final = 8
 
 
 def _sha256(data: bytes) -> str:
@@ -142,18 +145,22 @@ def _pairs(entry: Entry, client: RegistryClient) -> Iterator[tuple[str, str]]:
         yield str(ref), _target(entry.target, tag, whole=True)
         return
     if entry.type == "repository":
-        yield from _repo_pairs(entry, client, parse_reference(entry.source), entry.target)
+        ref = parse_reference(entry.source)
+        yield from _repo_pairs(entry, ref, list_tags(client, ref), entry.target)
         return
     host = entry.source
-    for path in list_repositories(client, host):
-        if entry.repos(path):
-            yield from _repo_pairs(entry, client, Reference(host, path), f"{entry.target}/{path}")
+    paths = [p for p in list_repositories(client, host) if entry.repos(p)]
+    # one tags/list per repository: a round trip each, so several at once
+    with ThreadPoolExecutor(LIST_THREADS, thread_name_prefix="imgpipe-list") as ex:
+        pages = ex.map(lambda p: list_tags(client, Reference(host, p)), paths)
+        for path, tags in zip(paths, pages, strict=True):
+            yield from _repo_pairs(entry, Reference(host, path), tags, f"{entry.target}/{path}")
 
 
 def _repo_pairs(
-    entry: Entry, client: RegistryClient, ref: Reference, target: str
+    entry: Entry, ref: Reference, tags: list[str], target: str
 ) -> Iterator[tuple[str, str]]:
-    for tag in list_tags(client, ref):
+    for tag in tags:
         if entry.tags(tag):
             yield str(ref.with_tag(tag)), _target(target, tag + entry.tag_suffix, whole=False)
 
