@@ -46,7 +46,7 @@ ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 
 def wall(argv: list[str], env: dict[str, str]) -> float:
     t0 = time.perf_counter()
-    r = subprocess.run(argv, env=env, capture_output=True, text=True)
+    r = subprocess.run(argv, check=False, env=env, capture_output=True, text=True)
     took = time.perf_counter() - t0
     if r.returncode != 0:
         raise SystemExit(f"{argv[:3]} failed ({r.returncode}): {r.stderr[-2000:]}")
@@ -56,7 +56,12 @@ def wall(argv: list[str], env: dict[str, str]) -> float:
 def layer_types(host: str, repo: str, tag: str) -> list[str]:
     conn = http.client.HTTPConnection(host, timeout=30)
     try:
-        accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
+        accept = ", ".join(
+            [
+                "application/vnd.oci.image.manifest.v1+json",
+                "application/vnd.docker.distribution.manifest.v2+json",
+            ]
+        )
         conn.request("GET", f"/v2/{repo}/manifests/{tag}", headers={"Accept": accept})
         resp = conn.getresponse()
         body = resp.read()
