@@ -219,17 +219,18 @@ def print_summary(args: argparse.Namespace, summary: Any) -> int:
     import json
 
     doc = summary.to_json()
-    if args.json:
-        print(json.dumps({"event": "result", **doc}), flush=True)
+    text = (
+        f"{doc['items']} images: {doc['converted']} converted, {doc['skipped']} skipped, "
+        f"{doc['failed']} failed" + (f", {doc['missing']} missing" if doc["missing"] else "")
+    )
+    if args.json:  # the final line of every --json verb: exitCode and message
+        print(json.dumps({"event": "result", **doc, "message": text}), flush=True)
     else:
-        print(
-            f"{doc['items']} images: {doc['converted']} converted, {doc['skipped']} skipped, "
-            f"{doc['failed']} failed" + (f", {doc['missing']} missing" if doc["missing"] else "")
-        )
+        print(text)
         for f in doc["failures"]:
             print(f"failed: {f['source']}: exit {f['exitCode']}: {f['error']}", file=sys.stderr)
         if doc["missing"]:
-            print(f"missing: {len(doc['missing'])} plan items in no report", file=sys.stderr)
+            print(f"missing: {doc['missing']} plan items in no report", file=sys.stderr)
     code: int = summary.exit_code
     return code
 

@@ -252,3 +252,29 @@ def test_per_host_concurrency_bounds_the_images_in_flight(sync_catalogue: Catalo
     windows = sorted((min(a for a, _ in s), max(b for _, b in s)) for s in by_repo.values())
     for (_, end), (start, _) in itertools.pairwise(windows):
         assert end <= start
+
+
+def test_a_broken_process_pool_fails_what_was_in_flight_as_retryable(
+    sync_catalogue: CatalogueRegistry,
+):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    host = sync_catalogue.registry.host
+    plan = items(host, "pool-kill", ("cat/app08",))
+    results: list[imgpipe.ItemResult] = []
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as ex:
+        for r in imgpipe.convert_many(plan, executor=ex, max_in_flight=4):
+            if not results:
+                os.kill(next(iter(ex._processes)), signal.SIGKILL)  # type: ignore[attr-defined]
+            results.append(r)
+    failed = [r for r in results if r.status == "failed"]
+    assert failed, "the pool broke with items in flight"
+    assert all(r.retryable and "executor broken" in r.error for r in failed)
+    # what did not finish (failed, or never submitted) runs again elsewhere
+    done = {r.id for r in results if r.status != "failed"}
+    rest = [i for i in plan if i.id not in done]
+    again = list(imgpipe.convert_many(rest, executor=imgpipe_threads(2)))
+    close_converters()
+    assert {r.status for r in again} <= {"converted", "skipped"}
+    check_converted(host, plan)

@@ -221,3 +221,31 @@ def test_executor_spellings(text: str, kind: str, workers: int):
     engine = imgpipe.parse_executor(text)
     assert (engine.kind, engine.workers) == (kind, workers)
     assert imgpipe.parse_executor("dask://sched:8786").address == "sched:8786"
+
+
+def test_report_merge_command_names_what_is_missing(tmp_path: Path):
+    import subprocess
+
+    from conftest import IMGPIPE
+
+    plan = [_item("a", "1"), _item("b", "1")]
+    with (tmp_path / "plan.jsonl").open("w") as f:
+        imgpipe.write_plan(plan, f)
+    r1 = _report(tmp_path, "r1", plan, [_done(plan[0])])
+    r = subprocess.run(
+        [str(IMGPIPE), "report", "merge", str(r1), "--plan", str(tmp_path / "plan.jsonl")],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 1
+    assert "2 images: 1 converted, 0 skipped, 0 failed, 1 missing" in r.stdout
+    assert "missing: 1 plan items in no report" in r.stderr
+    r = subprocess.run(
+        [str(IMGPIPE), "report", "merge", str(r1), "--json", "-o", str(tmp_path / "m.json")],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0
+    last = json.loads(r.stdout.splitlines()[-1])
+    assert (last["event"], last["exitCode"], last["converted"]) == ("result", 0, 1)
+    assert json.loads((tmp_path / "m.json").read_text())["items"] == 1
