@@ -11,9 +11,12 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from typing import Any
 
+import pytest
 from conftest import IMGPIPE
 from faultproxy import FaultProxy, _request_body
 from sync_catalogue import CatalogueRegistry, manifest
@@ -44,22 +47,30 @@ def check_converted(host: str, plan: list[imgpipe.PlanItem]) -> None:
         assert doc["annotations"][SOURCE_ANNOTATION] == src  # type: ignore[index]
 
 
-def test_a_killed_dask_worker_does_not_lose_images(sync_catalogue: CatalogueRegistry):
+@pytest.fixture(scope="module")
+def dask_client() -> Iterator[Any]:
+    """A LocalCluster of two worker processes (two threads each) and its client."""
     import distributed
 
-    host = sync_catalogue.registry.host
-    plan = items(host, "dask-kill", ("cat/app02", "cat/app03"))
     cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1"
+        n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None, host="127.0.0.1"
     )
     with cluster, distributed.Client(cluster) as client:
-        pids = client.run(os.getpid)
-        victim = next(iter(pids.values()))
-        results = []
-        for r in imgpipe.convert_many(plan, executor=client.get_executor(pure=False)):
-            if not results:
-                os.kill(victim, signal.SIGKILL)  # mid-run: the other items are in flight
-            results.append(r)
+        yield client
+
+
+def test_a_killed_dask_worker_does_not_lose_images(
+    sync_catalogue: CatalogueRegistry, dask_client: Any
+):
+    host = sync_catalogue.registry.host
+    plan = items(host, "dask-kill", ("cat/app02", "cat/app03"))
+    dask_client.wait_for_workers(2)
+    victim = next(iter(dask_client.run(os.getpid).values()))
+    results = []
+    for r in imgpipe.convert_many(plan, executor=dask_client.get_executor(pure=False)):
+        if not results:
+            os.kill(victim, signal.SIGKILL)  # mid-run: the other items are in flight
+        results.append(r)
     assert sorted(r.id for r in results) == sorted(i.id for i in plan)  # each once
     # an item whose worker died after it wrote the tag is run again and finds it done
     assert {r.status for r in results} <= {"converted", "skipped"}, [r.error for r in results]
@@ -278,3 +289,29 @@ def test_a_broken_process_pool_fails_what_was_in_flight_as_retryable(
     close_converters()
     assert {r.status for r in again} <= {"converted", "skipped"}
     check_converted(host, plan)
+
+
+def test_a_dask_semaphore_bounds_a_host_for_the_whole_cluster(
+    sync_catalogue: CatalogueRegistry, dask_client: Any
+):
+    from imgpipe.sync import WorkerSettings
+
+    proxy = Timing(sync_catalogue.registry.host).start()
+    repos = [f"cat/app0{i}" for i in range(4)]
+    plan = [
+        imgpipe.PlanItem.make(f"{proxy.host}/{r}:v1.8.0", f"{proxy.host}/ph/{r}:v1.8.0", CONVERT)
+        for r in repos
+    ]
+    # no bound in the driver: only the cluster's semaphore keeps the items apart
+    settings = WorkerSettings(cluster_limits=((proxy.host, 1),))
+    dask_client.wait_for_workers(2)
+    try:
+        ex = dask_client.get_executor(pure=False)
+        results = list(imgpipe.convert_many(plan, executor=ex, settings=settings))
+    finally:
+        proxy.close()
+    assert {r.status for r in results} == {"converted"}, [r.error for r in results]
+    by_repo = {r: [(a, b) for a, b, x in proxy.spans if x == r] for r in repos}
+    windows = sorted((min(a for a, _ in s), max(b for _, b in s)) for s in by_repo.values())
+    for (_, end), (start, _) in itertools.pairwise(windows):
+        assert end <= start

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
+from dataclasses import replace
 from pathlib import Path
 from typing import IO
 
@@ -68,6 +69,10 @@ def run_plan(
     )
     results: list[ItemResult] = []
     engine = parse_executor(executor) if isinstance(executor, str) else executor
+    if isinstance(engine, Engine) and engine.kind.startswith("dask") and per_host:
+        # the bound on the whole cluster, not only for this driver's items
+        base = settings or WorkerSettings()
+        settings = replace(base, cluster_limits=tuple(sorted(per_host.items())))
 
     def consume(ex: Executor | None, window: int | None) -> None:
         for r in convert_many(

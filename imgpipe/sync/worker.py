@@ -22,10 +22,11 @@ set of connection options (its connection pool, its token cache, its layer resul
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -72,6 +73,10 @@ class WorkerSettings:
     jobs: int = DEFAULT_JOBS
     skip: bool = True
     classify: Callable[[BaseException], int] = _unclassified
+    #: (host, K): on a Dask worker, at most K items touching host at once on the whole
+    #: cluster, whoever submitted them (a ``distributed.Semaphore`` per host, held by
+    #: the scheduler: several drivers, or shards, sharing one cluster share the bound)
+    cluster_limits: tuple[tuple[str, int], ...] = ()
 
 
 _converters: dict[TransportOptions, Converter] = {}
@@ -100,7 +105,8 @@ def run_item(item: PlanItem, settings: WorkerSettings) -> ItemResult:
     """Convert one plan item unless it is done already; see the module docstring."""
     started = time.monotonic()
     try:
-        return _run(item, settings, started)
+        with _host_leases(item, settings.cluster_limits):
+            return _run(item, settings, started)
     except ImgpipeError as e:
         message = " ".join(str(e).split()) or type(e).__name__
         return ItemResult.failure(
@@ -110,6 +116,22 @@ def run_item(item: PlanItem, settings: WorkerSettings) -> ItemResult:
             retryable=isinstance(e, Unavailable),
             seconds=time.monotonic() - started,
         )
+
+
+@contextlib.contextmanager
+def _host_leases(item: PlanItem, limits: tuple[tuple[str, int], ...]) -> Iterator[None]:
+    hosts = {parse_reference(item.source).domain, parse_reference(item.target).domain}
+    wanted = sorted((h, k) for h, k in limits if h in hosts)  # one order: no deadlock
+    if not wanted:
+        yield
+        return
+    import distributed  # noqa: PLC0415 (only on a Dask worker, which has it)
+
+    with contextlib.ExitStack() as stack:
+        for host, k in wanted:
+            sem = distributed.Semaphore(max_leases=k, name=f"imgpipe:host:{host}")
+            stack.enter_context(sem)
+        yield
 
 
 def convert_options(convert: Mapping[str, Any], **extra: Any) -> ConvertOptions:
