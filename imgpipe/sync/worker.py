@@ -23,6 +23,7 @@ set of connection options (its connection pool, its token cache, its layer resul
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import threading
 import time
@@ -125,12 +126,11 @@ def _host_leases(item: PlanItem, limits: tuple[tuple[str, int], ...]) -> Iterato
     if not wanted:
         yield
         return
-    import distributed  # noqa: PLC0415 (only on a Dask worker, which has it)
-
+    # only on a Dask worker, which has it; untyped, so held as Any
+    distributed: Any = importlib.import_module("distributed")
     with contextlib.ExitStack() as stack:
         for host, k in wanted:
-            sem = distributed.Semaphore(max_leases=k, name=f"imgpipe:host:{host}")
-            stack.enter_context(sem)
+            stack.enter_context(distributed.Semaphore(max_leases=k, name=f"imgpipe:host:{host}"))
         yield
 
 
