@@ -18,7 +18,7 @@ import imgpipe
 from imgpipe.formats.reference import Reference
 from imgpipe.sync import FINGERPRINT_ANNOTATION, SOURCE_ANNOTATION
 from imgpipe.sync.listing import list_repositories, list_tags
-from imgpipe.sync.worker import close_converters, converter_for
+from imgpipe.sync.worker import close_converters, registry_client
 
 ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 
@@ -58,7 +58,7 @@ def report_items(path: Path) -> dict[str, dict[str, object]]:
 
 def test_plan_lists_pages_filters_and_is_stable(sync_catalogue: CatalogueRegistry, tmp_path):
     host = sync_catalogue.registry.host
-    client = converter_for(imgpipe.TransportOptions()).registry_client()
+    client = registry_client(imgpipe.TransportOptions())
     # several _catalog pages through Link headers; tags/list ignores n on distribution 2.8
     assert list_repositories(client, host, page=3) == list_repositories(client, host)
     assert "bad/app" in list_repositories(client, host, page=3)

@@ -17,10 +17,9 @@ imgpipe installed.
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import re
 from collections.abc import Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -71,6 +70,9 @@ def open_executor(engine: Engine) -> Iterator[Executor]:
             yield ex
         return
     if engine.kind == "processes":
+        import multiprocessing  # noqa: PLC0415 (20 ms; only for processes:N)
+        from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
+
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(engine.workers, mp_context=ctx) as pex:
             yield pex

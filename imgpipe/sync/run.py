@@ -24,7 +24,7 @@ from .report import ReportWriter, Summary, finished_ids, read_report, summarize
 from .result import ItemResult
 from .shard import Shard
 from .spec import load_spec
-from .worker import WorkerSettings, close_converters, converter_for
+from .worker import WorkerSettings, close_converters, registry_client
 
 __all__ = ["run_plan", "sync_plan"]
 
@@ -32,8 +32,7 @@ __all__ = ["run_plan", "sync_plan"]
 def sync_plan(spec: str | Path, options: TransportOptions | None = None) -> list[PlanItem]:
     """The plan of the spec file ``spec``, listed from its registries."""
     parsed = load_spec(spec)
-    conv = converter_for(options or TransportOptions())
-    return expand(parsed, conv.registry_client())
+    return expand(parsed, registry_client(options or TransportOptions()))
 
 
 def run_plan(

@@ -29,13 +29,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from imgpipe.conversion import DEFAULT_JOBS, Converter, ConvertOptions
 from imgpipe.formats.digest import Digest
 from imgpipe.formats.errors import ImgpipeError, Unavailable
 from imgpipe.formats.manifest import MAX_DOCUMENT_SIZE
 from imgpipe.formats.reference import parse_reference
+from imgpipe.remote.client import RegistryClient
 from imgpipe.remote.http import read_limited
 from imgpipe.remote.options import TransportOptions
 from imgpipe.remote.resolve import MANIFEST_ACCEPT
@@ -45,11 +45,16 @@ from .plan import PlanItem
 from .result import ItemResult
 from .spec import CONVERT_KEYS
 
+if TYPE_CHECKING:
+    from imgpipe.conversion import Converter, ConvertOptions
+
 __all__ = [
     "FINGERPRINT_ANNOTATION",
     "SOURCE_ANNOTATION",
     "WorkerSettings",
-    "converter_for",
+    "close_converters",
+    "ends_for",
+    "registry_client",
     "run_item",
 ]
 
@@ -71,7 +76,7 @@ class WorkerSettings:
     pickles)."""
 
     options: TransportOptions = field(default_factory=TransportOptions)
-    jobs: int = DEFAULT_JOBS
+    jobs: int | None = None  # layers at once per image (None: the conversion's default)
     skip: bool = True
     classify: Callable[[BaseException], int] = _unclassified
     #: (host, K): on a Dask worker, at most K items touching host at once on the whole
@@ -80,26 +85,56 @@ class WorkerSettings:
     cluster_limits: tuple[tuple[str, int], ...] = ()
 
 
-_converters: dict[TransportOptions, Converter] = {}
-_converters_lock = threading.Lock()
+class _Ends:
+    """One process's registry client and Converter for one set of connection options:
+    kept for the process's life, so the pool, the tokens and the layer results serve
+    every item that lands there. The Converter (and the conversion code) is loaded only
+    when an item needs converting: a no-op re-run only checks."""
+
+    def __init__(self, options: TransportOptions) -> None:
+        self.options = options
+        self.client = RegistryClient(options)
+        self._converter: Converter | None = None
+        self._lock = threading.Lock()
+
+    def converter(self) -> Converter:
+        with self._lock:
+            if self._converter is None:
+                from imgpipe.conversion import Converter  # noqa: PLC0415 (see above)
+
+                self._converter = Converter(options=self.options, client=self.client)
+            return self._converter
+
+    def close(self) -> None:
+        if self._converter is not None:
+            self._converter.close()
+        self.client.close()
 
 
-def converter_for(options: TransportOptions) -> Converter:
-    """This process's Converter for ``options`` (made on first use, kept for the
-    process's life: its pool and layer results serve every item that lands here)."""
-    with _converters_lock:
-        conv = _converters.get(options)
-        if conv is None:
-            conv = _converters[options] = Converter(options=options)
-        return conv
+_ends: dict[TransportOptions, _Ends] = {}
+_ends_lock = threading.Lock()
+
+
+def ends_for(options: TransportOptions) -> _Ends:
+    """This process's client and Converter for ``options`` (made on first use)."""
+    with _ends_lock:
+        ends = _ends.get(options)
+        if ends is None:
+            ends = _ends[options] = _Ends(options)
+        return ends
+
+
+def registry_client(options: TransportOptions) -> RegistryClient:
+    """This process's registry client for ``options`` (planning lists with it)."""
+    return ends_for(options).client
 
 
 def close_converters() -> None:
-    """Close this process's Converters (a driver that ran items in-process)."""
-    with _converters_lock:
-        for conv in _converters.values():
-            conv.close()
-        _converters.clear()
+    """Close this process's clients and Converters (a driver that ran items itself)."""
+    with _ends_lock:
+        for ends in _ends.values():
+            ends.close()
+        _ends.clear()
 
 
 def run_item(item: PlanItem, settings: WorkerSettings) -> ItemResult:
@@ -136,16 +171,17 @@ def _host_leases(item: PlanItem, limits: tuple[tuple[str, int], ...]) -> Iterato
 
 def convert_options(convert: Mapping[str, Any], **extra: Any) -> ConvertOptions:
     """The ConvertOptions a plan item's ``convert`` mapping means."""
+    from imgpipe.conversion import ConvertOptions  # noqa: PLC0415 (see _Ends)
+
     return ConvertOptions(**{CONVERT_KEYS[k]: v for k, v in convert.items()}, **extra)
 
 
 def _run(item: PlanItem, settings: WorkerSettings, started: float) -> ItemResult:
-    conv = converter_for(settings.options)
-    client = conv.registry_client()
+    ends = ends_for(settings.options)
     src_ref = parse_reference(item.source)
-    source = client.repository(src_ref).resolve()
+    source = ends.client.repository(src_ref).resolve()
     copy = not item.convert
-    done_at = _destination(conv, item, str(source.digest), copy) if settings.skip else ""
+    done_at = _destination(ends.client, item, str(source.digest), copy) if settings.skip else ""
     if done_at:
         return ItemResult(
             item.id,
@@ -162,9 +198,10 @@ def _run(item: PlanItem, settings: WorkerSettings, started: float) -> ItemResult
         if copy
         else {SOURCE_ANNOTATION: str(source.digest), FINGERPRINT_ANNOTATION: item.fingerprint}
     )
-    spec = convert_options(item.convert, jobs=settings.jobs, annotations=annotations)
+    jobs = {"jobs": settings.jobs} if settings.jobs else {}
+    spec = convert_options(item.convert, annotations=annotations, **jobs)
     pinned = src_ref.with_digest(source.digest)
-    report = conv.convert(
+    report = ends.converter().convert(
         f"docker://{pinned.name}@{source.digest}", f"docker://{item.target}", spec
     )
     return ItemResult(
@@ -180,10 +217,10 @@ def _run(item: PlanItem, settings: WorkerSettings, started: float) -> ItemResult
     )
 
 
-def _destination(conv: Converter, item: PlanItem, source_digest: str, copy: bool) -> str:
+def _destination(client: RegistryClient, item: PlanItem, source_digest: str, copy: bool) -> str:
     """The destination's digest when it already holds this item's result, else ""."""
     ref = parse_reference(item.target)
-    repo = conv.registry_client().repository(ref, push=True)
+    repo = client.repository(ref, push=True)
     ep = repo.endpoints[-1]
     resp = repo.request("GET", f"manifests/{ref.tag}", ep=ep, headers={"Accept": MANIFEST_ACCEPT})
     if resp.status == 404:
