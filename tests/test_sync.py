@@ -160,7 +160,7 @@ def test_shards_merge_and_a_rerun_is_a_noop(
     print(f"no-op re-run of 90 images: {elapsed:.2f} s, {len(log)} requests")
 
 
-def one(item: imgpipe.PlanItem) -> imgpipe.ItemResult:
+def one_result(item: imgpipe.PlanItem) -> imgpipe.ItemResult:
     (result,) = imgpipe.convert_many([item])
     return result
 
@@ -173,16 +173,16 @@ def test_a_moved_source_tag_is_converted_again(sync_catalogue: CatalogueRegistry
     item = imgpipe.PlanItem.make(
         f"{host}/cat/moving:v1", f"{host}/mv/cat/moving:v1", {"compression": "zstd"}
     )
-    first = one(item)
+    first = one_result(item)
     assert first.status == "converted"
-    assert one(item).status == "skipped"
+    assert one_result(item).status == "skipped"
     push_image(host, "cat/moving", "v1", oci=True, salt="moved")
-    again = one(item)
+    again = one_result(item)
     assert again.status == "converted"
     assert again.source_digest != first.source_digest
     # other options: another fingerprint, converted again
     gz = imgpipe.PlanItem.make(item.source, item.target, {"compression": "gzip", "oci": True})
-    assert one(gz).status == "converted"
+    assert one_result(gz).status == "converted"
     close_converters()
 
 
@@ -192,3 +192,51 @@ def test_bad_executor_is_a_usage_error(bad: str, tmp_path):
     r = cli("convert", "--from-list", str(tmp_path / "p.jsonl"), "--executor", bad)
     assert r.returncode == 3, r.stderr
     assert "executor" in r.stderr
+
+
+def _public_key(path: Path) -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    path.write_bytes(
+        key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return f"jwe:{path}"
+
+
+def test_encryption_reruns_skip_until_a_recipient_is_added(
+    sync_catalogue: CatalogueRegistry, tmp_path
+):
+    host = sync_catalogue.registry.host
+    one = _public_key(tmp_path / "one.pem")
+    src, dst = f"{host}/cat/app08:v1.0.0", f"{host}/enc/cat/app08:v1.0.0"
+    item = imgpipe.PlanItem.make(src, dst, {"recipients": [one]})
+    first = one_result(item)
+    assert first.status == "converted", first.error
+    # encryption is not reproducible (fresh keys): only the annotations can tell it is done
+    assert one_result(item).status == "skipped"
+    two = imgpipe.PlanItem.make(src, dst, {"recipients": [one, _public_key(tmp_path / "two.pem")]})
+    again = one_result(two)
+    assert again.status == "converted"
+    assert again.destination_digest != first.destination_digest
+    _, doc = manifest(host, "enc/cat/app08", "v1.0.0")
+    assert all(x["mediaType"].endswith("+encrypted") for x in doc["layers"])  # type: ignore[union-attr]
+    close_converters()
+
+
+def test_listing_steps_the_page_size_down_when_refused(
+    sync_catalogue: CatalogueRegistry, fault_proxy
+):
+    proxy = fault_proxy(sync_catalogue.registry)
+    proxy.fail(r"_catalog\?n=1000$", status=400, times=1)  # PAGINATION_NUMBER_INVALID
+    proxy.fail(r"tags/list\?n=1000$", status=413, times=1)  # Quay's TOO_MANY_TAGS
+    client = registry_client(imgpipe.TransportOptions())
+    direct = list_repositories(client, sync_catalogue.registry.host)
+    assert list_repositories(client, proxy.host) == direct
+    assert list_tags(client, Reference(proxy.host, "cat/app01")) == [f"v1.{j}.0" for j in range(10)]
+    asked = [x.path for x in proxy.log()]
+    assert any("n=500" in p for p in asked), asked
+    close_converters()

@@ -315,3 +315,39 @@ def test_a_dask_semaphore_bounds_a_host_for_the_whole_cluster(
     windows = sorted((min(a for a, _ in s), max(b for _, b in s)) for s in by_repo.values())
     for (_, end), (start, _) in itertools.pairwise(windows):
         assert end <= start
+
+
+def test_the_command_runs_on_a_dask_scheduler_by_address(
+    sync_catalogue: CatalogueRegistry, dask_client: Any, tmp_path: Path
+):
+    host = sync_catalogue.registry.host
+    plan_file = tmp_path / "plan.txt"  # plain SRC DST lines, options from the command line
+    plan_file.write_text(
+        "".join(f"{host}/cat/app09:v1.{t}.0 {host}/bydask/cat/app09:v1.{t}.0\n" for t in range(4))
+    )
+    address = dask_client.scheduler.address.removeprefix("tcp://")
+    r = subprocess.run(
+        [
+            str(IMGPIPE),
+            "convert",
+            "--from-list",
+            str(plan_file),
+            "--zstd",
+            "--oci",
+            "--executor",
+            f"dask://{address}",
+            "--per-host-concurrency",
+            f"{host}=2",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [e["event"] for e in events] == ["image"] * 4 + ["result"]
+    assert {e["status"] for e in events[:4]} == {"converted"}
+    assert (events[-1]["exitCode"], events[-1]["converted"]) == (0, 4)
+    _, doc = manifest(host, "bydask/cat/app09", "v1.3.0")
+    assert {x["mediaType"] for x in doc["layers"]} == {ZSTD}  # type: ignore[union-attr]
