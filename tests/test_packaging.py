@@ -195,6 +195,19 @@ PUBLIC_API = {
     "parse_volume",
     "pull_unpack",
     "registry_host",
+    # a catalogue (issue 16): imgpipe sync, convert --from-list, report merge
+    "ItemResult",
+    "PlanItem",
+    "WorkerSettings",
+    "convert_many",
+    "merge_reports",
+    "parse_executor",
+    "parse_shard",
+    "read_plan",
+    "read_report",
+    "run_plan",
+    "sync_plan",
+    "write_plan",
 }
 
 
