@@ -67,8 +67,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     """Flags every spelling has: platforms, jobs, report, connection, output."""
     from .output import add_output_flags
 
-    p.add_argument("source", metavar="SRC")
-    p.add_argument("dest", metavar="DST")
+    p.add_argument("source", metavar="SRC", nargs="?")
+    p.add_argument("dest", metavar="DST", nargs="?")
     p.add_argument(
         "--platform",
         action="append",
@@ -181,6 +181,10 @@ def register(sub: Any) -> None:
     )
     flags.decrypt_keys(p, help="private key to decrypt encrypted layers with (repeatable)")
     _common(p)
+    from .cmd_sync import run_flags
+
+    p.add_argument("--from-list", metavar="FILE", help="convert every image a plan names")
+    run_flags(p, report=False)
 
     p = flags.verb(
         sub,
@@ -249,6 +253,12 @@ def convert(args: argparse.Namespace) -> int:
     from .main import usage_error
     from .output import close_observer, make_observer, print_result
 
+    if getattr(args, "from_list", None):
+        from .cmd_sync import from_list
+
+        return from_list(args)
+    if args.source is None or args.dest is None:
+        return usage_error("convert needs SRC and DST (or --from-list FILE)")
     if args.platform and args.all_platforms:
         return usage_error("--platform and --all-platforms exclude each other")
     if args.jobs is not None and args.jobs < 1:

@@ -27,7 +27,9 @@ from . import (
     cmd_images,
     cmd_leases,
     cmd_login,
+    cmd_report,
     cmd_run,
+    cmd_sync,
     cmd_transfer,
     cmd_unpack,
     interrupts,
@@ -93,6 +95,8 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     cmd_convert.register(sub)
     cmd_unpack.register(sub)
     cmd_estargz.register(sub)
+    cmd_sync.register(sub)
+    cmd_report.register(sub)
     cmd_help.register(sub)
     finish(parser, json_errors=json_errors)
     return parser

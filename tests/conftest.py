@@ -18,8 +18,8 @@ if str(REPO) not in sys.path:
 from imgpipe.store import Store  # noqa: E402
 
 # The real registry (Debian's docker-registry) and the servers around it; a private
-# containerd (Debian's 1.6) with ctr and ctr-remote.
-pytest_plugins = ["registry_fixtures", "containerd_fixture"]
+# containerd (Debian's 1.6) with ctr and ctr-remote; the generated sync catalogue.
+pytest_plugins = ["registry_fixtures", "containerd_fixture", "sync_catalogue"]
 
 IMGPIPE = Path(sys.executable).parent / "imgpipe"
 

@@ -45,6 +45,7 @@ _VERBS = {
     "snapshot_admin",
     "conversion",
     "estargz",
+    "sync",
 }
 
 #: part -> the parts it may import (besides itself)
@@ -80,6 +81,7 @@ ALLOWED: dict[str, set[str]] = {
     "snapshot_admin": _BELOW_VERBS | {"unpacking", "task"},  # in use: mounts, containers
     "conversion": _BELOW_VERBS,
     "estargz": _BELOW_VERBS,  # estargz ls|cat: Resolve, then Range reads of the layers
+    "sync": _BELOW_VERBS | {"conversion"},  # a catalogue: many conversions
     # the public namespace re-exports every verb, lazily
     "namespace": _BELOW_VERBS | _VERBS,
     # the command: only through the public API

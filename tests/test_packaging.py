@@ -222,6 +222,19 @@ PUBLIC_API = {
     "RangeNotSupported",
     "estargz_cat",
     "estargz_list",
+    # a catalogue (issue 16): imgpipe sync, convert --from-list, report merge
+    "ItemResult",
+    "PlanItem",
+    "WorkerSettings",
+    "convert_many",
+    "merge_reports",
+    "parse_executor",
+    "parse_shard",
+    "read_plan",
+    "read_report",
+    "run_plan",
+    "sync_plan",
+    "write_plan",
 }
 
 

@@ -51,7 +51,9 @@ class Converter:
     serves every call); ``store`` (or ``root``) is the local store for ``local:`` and
     bare local names, opened only when a conversion involves it (registry to registry
     never creates a root). ``registry`` chooses the stream processors (default:
-    configured, entry points, built-ins). Thread-safe for concurrent ``convert`` calls
+    configured, entry points, built-ins). ``client``: a RegistryClient to use instead
+    of making one (its owner closes it; a sync shares one between its checks and its
+    conversions). Thread-safe for concurrent ``convert`` calls
     as long as they do not write the same destination. Close it (or use ``with``).
     """
 
@@ -62,13 +64,15 @@ class Converter:
         store: Store | None = None,
         root: Root = None,
         registry: ProcessorRegistry | None = None,
+        client: RegistryClient | None = None,
     ) -> None:
         self.options = with_defaults(options)
         self._store = store
         self._own_store = False
         self._root = root
         self._registry = registry
-        self._client: RegistryClient | None = None
+        self._client: RegistryClient | None = client
+        self._own_client = client is None
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, ...], CacheEntry] = {}
         self._cache_lock = threading.Lock()
@@ -81,9 +85,9 @@ class Converter:
 
     def close(self) -> None:
         """Close the registry connections and the store if this Converter opened it."""
-        if self._client is not None:
+        if self._client is not None and self._own_client:
             self._client.close()
-            self._client = None
+        self._client, self._own_client = None, True
         if self._own_store and self._store is not None:
             self._store.close()
             self._store = None
@@ -163,7 +167,7 @@ class Converter:
             [
                 Resolve(spec, registry, self),
                 MapLayers(spec, registry, self._cache, self._cache_lock),
-                Write(),
+                Write(dict(spec.annotations)),
             ]
         )
 

@@ -44,23 +44,36 @@ def _merge_desc(orig: Mapping[str, Any], new: Descriptor) -> dict[str, Any]:
     return out
 
 
+def _annotated(obj: dict[str, Any], annotations: Mapping[str, str]) -> dict[str, Any]:
+    """``obj`` with ``annotations`` merged over its own (ours win: they say what we did)."""
+    return {**obj, "annotations": {**obj.get("annotations", {}), **annotations}}
+
+
 class DocumentWriter:
     """Writes a planned tree's documents into ``dest`` from the blobs' ``results``;
-    collects the report's manifest and layer entries on the way."""
+    collects the report's manifest and layer entries on the way. ``annotations`` go on
+    the root document when it is OCI (a Docker document has no such field)."""
 
-    def __init__(self, dest: Destination, results: Mapping[BlobKey, Result]) -> None:
+    def __init__(
+        self,
+        dest: Destination,
+        results: Mapping[BlobKey, Result],
+        annotations: Mapping[str, str] | None = None,
+    ) -> None:
         self.dest = dest
         self.results = results
+        self.annotations = dict(annotations or {})
         self.layer_reports: list[LayerReport] = []
         self.manifest_reports: list[ManifestReport] = []
 
-    def write(self, node: Node) -> Descriptor:
+    def write(self, node: Node, *, root: bool = True) -> Descriptor:
         """Write ``node``'s documents children first; its new descriptor."""
+        extra = self.annotations if root else {}
         if isinstance(node, ManifestNode):
-            return self._write_manifest(node)
+            return self._write_manifest(node, extra)
         entries: list[Descriptor] = []
         for entry, child in node.children:
-            out = self.write(child)
+            out = self.write(child, root=False)
             entries.append(
                 replace(entry, media_type=out.media_type, digest=out.digest, size=out.size)
             )
@@ -68,7 +81,8 @@ class DocumentWriter:
         media_type = OCI_INDEX if node.oci else idx.media_type
         kept = [e for e, _ in node.children]
         unchanged = media_type == idx.media_type and entries == list(idx.manifests)
-        if unchanged and kept == list(idx.manifests):
+        extra = extra if media_type == OCI_INDEX else {}
+        if unchanged and kept == list(idx.manifests) and not extra:
             raw = idx.raw
         else:
             obj = json.loads(idx.raw)
@@ -81,13 +95,13 @@ class DocumentWriter:
             ]
             if "mediaType" in obj or media_type != idx.media_type:
                 obj["mediaType"] = str(media_type)
-            raw = _json_bytes(obj)
+            raw = _json_bytes(_annotated(obj, extra) if extra else obj)
         out = Descriptor(media_type=media_type, digest=Digest.from_bytes(raw), size=len(raw))
         self.dest.write_document(out, raw, index_child_labels(entries))
         node.out, node.raw = out, raw
         return out
 
-    def _write_manifest(self, node: ManifestNode) -> Descriptor:
+    def _write_manifest(self, node: ManifestNode, extra: Mapping[str, str]) -> Descriptor:
         m = node.manifest
         if not config_rewritten(node):
             # the source config was copied: the lookup asserts it was written
@@ -117,7 +131,8 @@ class DocumentWriter:
             raise AssertionError(f"manifest {m.digest}: an eStargz layer kept its DiffID")
         media_type = OCI_MANIFEST if node.oci else m.media_type
         unchanged = media_type == m.media_type and config == m.config and layers == list(m.layers)
-        if unchanged:
+        extra = extra if media_type == OCI_MANIFEST else {}
+        if unchanged and not extra:
             raw = m.raw
         else:
             obj = json.loads(m.raw)
@@ -126,7 +141,7 @@ class DocumentWriter:
             obj["layers"] = [
                 _merge_desc(o, new) for o, new in zip(obj["layers"], layers, strict=True)
             ]
-            raw = _json_bytes(obj)
+            raw = _json_bytes(_annotated(obj, extra) if extra else obj)
         out = Descriptor(media_type=media_type, digest=Digest.from_bytes(raw), size=len(raw))
         self.dest.write_document(out, raw, manifest_child_labels(config, layers))
         node.out, node.raw = out, raw
@@ -178,9 +193,12 @@ class Write(Stage[Mapped, ConvertReport]):
 
     name = "write"
 
+    def __init__(self, annotations: Mapping[str, str] | None = None) -> None:
+        self.annotations = dict(annotations or {})
+
     def run(self, item: Mapped, ctx: Context) -> ConvertReport:
         ends = item.planned.ends
-        writer = DocumentWriter(ends.dest, item.results)
+        writer = DocumentWriter(ends.dest, item.results, self.annotations)
         root_out = writer.write(item.planned.tree)
         ends.dest.write_root(root_out)
         return ConvertReport(

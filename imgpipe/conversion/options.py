@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -44,6 +44,9 @@ class ConvertOptions:
     ``chunk_size`` bytes per chunk, ``estargz_level`` (gzip, default 9) and
     ``prioritized`` paths first (eStargz only, ctr-remote's ``--estargz-record-in``);
     manifests become OCI (only OCI descriptors carry the layers' annotations).
+    ``annotations``: added to the destination's root document when it is an OCI manifest
+    or index (Docker documents have no annotations); ``imgpipe sync`` records the source
+    digest and the options' fingerprint there, so a re-run can skip the image.
     Raises InvalidArgument for values out of range; NotFound / InvalidArgument when a
     key file is missing or unreadable.
     """
@@ -61,6 +64,7 @@ class ConvertOptions:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     estargz_level: int | None = None
     prioritized: Sequence[str] = ()
+    annotations: Mapping[str, str] | Sequence[tuple[str, str]] = ()
 
     def __post_init__(self) -> None:
         self._check_seekable()
@@ -83,6 +87,11 @@ class ConvertOptions:
         set_(self, "prioritized", tuple(self.prioritized))
         set_(self, "recipients", tuple(_recipient(r) for r in self.recipients))
         set_(self, "decrypt_keys", tuple(_key(k) for k in self.decrypt_keys))
+        # sorted pairs: hashable, and the same annotations always write the same bytes
+        pairs = (
+            self.annotations.items() if isinstance(self.annotations, Mapping) else self.annotations
+        )
+        set_(self, "annotations", tuple(sorted((str(k), str(v)) for k, v in pairs)))
         if self.encrypt_layers is not None:
             set_(self, "encrypt_layers", tuple(int(i) for i in self.encrypt_layers))
         self.params()  # level and thread checks, once, here

@@ -24,6 +24,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
+from email.utils import parsedate_to_datetime
 from typing import Final
 from urllib.parse import urljoin, urlsplit
 
@@ -218,11 +219,15 @@ def speaks_tls(host: str, *, timeout: float = TLS_PROBE_TIMEOUT) -> bool:
 
 
 def _retry_after(resp: urllib3.BaseHTTPResponse) -> float | None:
-    value = resp.headers.get("Retry-After", "")
+    value = resp.headers.get("Retry-After", "").strip()
     try:
-        return min(max(float(value), 0.0), RETRY_AFTER_MAX)
+        seconds = float(value)
     except ValueError:
-        return None  # an HTTP-date: use our own backoff rather than parse clocks
+        try:  # an HTTP-date (RFC 9110 10.2.3)
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError):
+            return None
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX)
 
 
 class HttpClient:
@@ -249,6 +254,9 @@ class HttpClient:
         self._pm = urllib3.PoolManager(num_pools=32, maxsize=8, blocksize=IO_BLOCK_SIZE)
         self._contexts: dict[str, ssl.SSLContext] = {}
         self._lock = threading.Lock()
+        # host -> monotonic time before which no request goes there: a 429's Retry-After
+        # holds every thread of this client, not only the one that was told
+        self._not_before: dict[str, float] = {}
 
     def close(self) -> None:
         self._pm.clear()
@@ -332,8 +340,10 @@ class HttpClient:
         hdrs = {"User-Agent": self.user_agent, **(headers or {})}
         replayable = body is None or isinstance(body, bytes | bytearray)
         attempts = self.max_attempts if replayable and not once else 1
+        host = urlsplit(url).netloc
         for attempt in range(attempts):
             last = attempt == attempts - 1
+            self._wait_for(host)
             try:
                 resp = self._send_following(
                     method, url, headers=hdrs, body=body, ca=ca, follow=follow_redirects
@@ -346,6 +356,8 @@ class HttpClient:
                     raise
                 self._backoff(attempt, None)
                 continue
+            if resp.status == 429:
+                self._hold(host, _retry_after(resp))
             if not last and is_retryable(status=resp.status):
                 wait = _retry_after(resp)
                 _discard(resp)
@@ -353,6 +365,19 @@ class HttpClient:
                 continue
             return resp
         raise AssertionError("unreachable")
+
+    def _hold(self, host: str, seconds: float | None) -> None:
+        """No request to ``host`` for ``seconds`` (a rate limit: BACKOFF_MAX if unsaid)."""
+        until = time.monotonic() + (BACKOFF_MAX if seconds is None else seconds)
+        with self._lock:
+            self._not_before[host] = max(self._not_before.get(host, 0.0), until)
+
+    def _wait_for(self, host: str) -> None:
+        with self._lock:
+            until = self._not_before.get(host, 0.0)
+        delay = until - time.monotonic()
+        if delay > 0:
+            self._sleep(delay)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> None:
         delay = retry_after if retry_after is not None else BACKOFF_INITIAL * (2**attempt)
