@@ -65,6 +65,7 @@ class Fault:
     times: int | None = 1
     after: int = 0  # truncate/stall: body bytes to send first; corrupt: offset of the byte
     status: int = 500
+    code: str = "UNKNOWN"  # status: the registry error code in the answer's body
     body: bytes = b""
     fired: int = 0
 
@@ -138,9 +139,18 @@ class FaultProxy:
         """Send ``after`` bytes of the first matching GET, then hold until :meth:`release`."""
         return self.add("stall", pattern, after=after, times=1)
 
-    def fail(self, pattern: str, *, status: int = 500, times: int = 1, method: str = "*") -> Fault:
-        """Answer the first ``times`` matching requests with ``status``."""
-        return self.add("status", pattern, status=status, times=times, method=method)
+    def fail(
+        self,
+        pattern: str,
+        *,
+        status: int = 500,
+        times: int = 1,
+        method: str = "*",
+        code: str = "UNKNOWN",
+    ) -> Fault:
+        """Answer the first ``times`` matching requests with ``status`` and a registry
+        error body carrying ``code``."""
+        return self.add("status", pattern, status=status, times=times, method=method, code=code)
 
     def replace_body(self, pattern: str, body: bytes, *, times: int | None = None) -> Fault:
         """Serve ``body`` instead of the upstream's for matching GETs."""
@@ -263,7 +273,7 @@ class FaultProxy:
             for _ in body_iter:  # drain what the client sent, to keep the connection usable
                 pass
             self._log(method, path, logged, fault.status)
-            payload = b'{"errors":[{"code":"UNKNOWN","message":"injected fault"}]}'
+            payload = b'{"errors":[{"code":"%s","message":"injected fault"}]}' % fault.code.encode()
             h.send_response(fault.status)
             h.send_header("Content-Type", "application/json")
             h.send_header("Content-Length", str(len(payload)))

@@ -394,3 +394,29 @@ def test_schema1_is_refused_with_a_clear_message(store: Store) -> None:
         srv.shutdown()
         srv.server_close()
         t.join()
+
+
+def test_a_manifest_put_the_registry_calls_digest_invalid_is_retried(
+    seeded: Registry,
+    fixture_dir: Path,
+    store: Store,
+    fault_proxy: Callable[[Registry], FaultProxy],
+) -> None:
+    """distribution's filesystem driver rewrites a blob's link in place, so a manifest
+    PUT racing another push of the same blob may be refused as DIGEST_INVALID although
+    its bytes are right: pushed again (twice at most), it lands; a third refusal stands."""
+    imgpipe.pull(f"oci:{fixture_dir / 'busybox'}:busybox", name="bb", store=store)
+    digest = root_digest(fixture_dir / "busybox")
+    proxy = fault_proxy(seeded)
+    proxy.fail("/manifests/", method="PUT", status=400, code="DIGEST_INVALID", times=2)
+    out = imgpipe.push("bb", proxy.ref("race/bb", "1"), store=store)
+    assert out.digest == digest
+    puts = proxy.log("/manifests/", method="PUT")
+    assert [p.status for p in puts[:3]] == [400, 400, 201]  # the first document, thrice
+    assert seeded.manifest_digest("race/bb", "1") == str(digest)
+
+    proxy.reset_counters()
+    proxy.fail("/manifests/", method="PUT", status=400, code="DIGEST_INVALID", times=3)
+    with pytest.raises(imgpipe.DigestMismatch, match="DIGEST_INVALID"):
+        imgpipe.push("bb", proxy.ref("race/bb", "2"), store=store)
+    assert len(proxy.log("/manifests/", method="PUT")) == 3

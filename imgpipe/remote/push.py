@@ -9,6 +9,7 @@ followed only to the registry's own host.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, BinaryIO, Final
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
@@ -58,6 +59,9 @@ UPLOAD_READ_SIZE: Final = 1 << 20
 #: is rewound and a new upload session started: sessions cannot be resumed portably).
 UPLOAD_ATTEMPTS: Final = 3
 _OCTET: Final = {"Content-Type": "application/octet-stream"}
+#: Seconds before the second and third PUT of a manifest the registry called
+#: DIGEST_INVALID (see put_manifest).
+_DIGEST_INVALID_RETRIES: Final = (0.2, 1.0)
 
 
 class _Borrowed(PassThrough):
@@ -329,15 +333,26 @@ def put_manifest(repo: Repository, reference: str, raw: bytes, media_type: str) 
     """
     digest = Digest.from_bytes(raw)
     shown = repo.what(("@" if ":" in reference else ":") + reference)
-    resp = repo.request(
-        "PUT",
-        f"manifests/{quote(reference, safe=':')}",
-        ep=_push_endpoint(repo),
-        headers={"Content-Type": media_type, "Content-Length": str(len(raw))},
-        body=raw,
-    )
-    if resp.status not in (200, 201, 202):
-        raise error_for(resp, shown)
+    for delay in (*_DIGEST_INVALID_RETRIES, None):
+        resp = repo.request(
+            "PUT",
+            f"manifests/{quote(reference, safe=':')}",
+            ep=_push_endpoint(repo),
+            headers={"Content-Type": media_type, "Content-Length": str(len(raw))},
+            body=raw,
+        )
+        if resp.status in (200, 201, 202):
+            break
+        err = error_for(resp, shown)
+        ours = ":" not in reference or reference == str(digest)
+        if not isinstance(err, DigestMismatch) or not ours or delay is None:
+            raise err
+        # The bytes hash to the digest we name, so DIGEST_INVALID is the registry's race:
+        # distribution's filesystem driver rewrites a blob's link file in place (truncate,
+        # write) when another push in the repository commits the same blob, and the
+        # manifest's check of its references reads it empty ("invalid checksum digest
+        # format"). Concurrent conversions into one repository meet it; a retry passes.
+        time.sleep(delay)
     claimed = resp.headers.get("Docker-Content-Digest", "")
     read_limited(resp, MAX_ERROR_BODY)
     if claimed and parse_digest(claimed, shown) != digest:
