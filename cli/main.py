@@ -43,17 +43,14 @@ class UsageError(Exception):
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from imgpipe import __version__
 
-    try:
-        return version("imgpipe")
-    except PackageNotFoundError:
-        return "0.0.0"
+    return __version__
 
 
 class _VersionAction(argparse.Action):
-    """``--version``, looked up only when asked: reading the installed metadata costs
-    ~17 ms, which every other command would pay if the parser computed it up front."""
+    """``--version``: prints ``imgpipe.__version__`` (a constant of imgpipe/_version.py,
+    not the installed metadata, whose reader costs ~20 ms of imports) and exits."""
 
     def __call__(
         self,

@@ -221,12 +221,7 @@ _WHERE = {
 
 def __getattr__(name: str) -> Any:
     if name == "__version__":
-        from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
-
-        try:
-            value: Any = version("imgpipe")
-        except PackageNotFoundError:  # a source tree that was never installed
-            value = "0.0.0"
+        value: Any = import_module("imgpipe._version").__version__
     elif name in _WHERE:
         value = getattr(import_module(_WHERE[name]), name)
     elif name in (errors := import_module("imgpipe.errors")).__all__:

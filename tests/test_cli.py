@@ -81,6 +81,38 @@ def test_the_parser_loads_no_implementation() -> None:
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.parametrize(
+    ("argv", "allowed"),
+    [
+        (["--version"], set()),
+        (["images"], {"sqlite3"}),  # the listing reads metadata.db, nothing more
+    ],
+)
+def test_start_up_loads_only_what_the_verb_uses(
+    argv: list[str], allowed: set[str], tmp_path: Path
+) -> None:
+    """`imgpipe --version` and `imgpipe images` load no registry client (urllib3, ssl),
+    no terminal display (rich), no installed-metadata reader and, for --version, no
+    SQLite: each costs milliseconds on every command."""
+    import ast
+    import subprocess
+    import sys
+
+    watched = ("urllib3", "ssl", "rich", "sqlite3", "importlib.metadata")
+    code = (
+        "import sys\n"
+        "from imgpipe.cli.main import main\n"
+        "try:\n"
+        f"    main({['--root', str(tmp_path / 'root'), *argv]!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"print(sorted(m for m in {watched!r} if m in sys.modules), file=sys.stderr)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    loaded = set(ast.literal_eval(out.stderr.strip().splitlines()[-1]))
+    assert loaded <= allowed, out.stderr
+
+
 def test_global_options_before_or_after_the_verb(fixture_dir: Path, tmp_path: Path) -> None:
     """docker's habits: `pull -q REF`, `pull --root R REF`, `pull REF --debug`,
     `images -q`, `--json images` all mean what they mean before the verb."""
