@@ -95,6 +95,12 @@ def images(args: argparse.Namespace) -> int:
             ]
         )
         return 0
+    if args.quiet:
+        # docker's `images -q`: the IDs only (the digest's first 12 hex digits, which
+        # inspect and rmi take), one per name, for `imgpipe rmi $(imgpipe images -q)`
+        for rec, _ in rows:
+            print(rec.target.digest.short())
+        return 0
     print_table(
         [
             (

@@ -43,6 +43,7 @@ EXAMPLES: Final[dict[str, tuple[tuple[str, str], ...]]] = {
     "images": (
         ("images", "a table: name, digest, type, size"),
         ("images --json", "one JSON array (docs/json.md)"),
+        ("images -q", "the image IDs only, as docker's (inspect and rmi take them)"),
     ),
     "inspect": (
         ("inspect alpine", "index, manifests, config and layers of a stored image"),
