@@ -155,27 +155,28 @@ def run(args: argparse.Namespace) -> int:
         from .output import make_observer
 
         observer = make_observer(args, until_recorded=True)
-    kw: dict[str, Any] = {}
+    kw: dict[str, Any] = {
+        "settings": settings,
+        "name": args.name,
+        "remove": args.rm,
+        "interactive": args.interactive,
+        "snapshotter": args.snapshotter,
+        "platform": args.platform,
+        "decrypt_keys": tuple(args.decrypt_key),
+        "runtime": args.runtime,
+        "root": args.root,
+        "observer": observer,
+        "options": _options_if_given(args),
+    }
     if args.stop_timeout is not None:
         kw["stop_timeout"] = args.stop_timeout
-    if args.detach:
-        return _run_detached(args, settings, observer, kw)
     try:
-        return imgpipe.run(
-            args.image,
-            settings=settings,
-            name=args.name,
-            remove=args.rm,
-            interactive=args.interactive,
-            snapshotter=args.snapshotter,
-            platform=args.platform,
-            decrypt_keys=tuple(args.decrypt_key),
-            runtime=args.runtime,
-            root=args.root,
-            observer=observer,
-            options=_options_if_given(args),
-            **kw,
-        )
+        if not args.detach:
+            code: int = imgpipe.run(args.image, **kw)
+            return code
+        # `run -d`: the container runs under its monitor; its name is printed below the
+        # progress display, once that is closed
+        name = imgpipe.run_detached(args.image, **kw)
     except (imgpipe.CommandNotFound, imgpipe.CommandNotExecutable) as e:
         return _not_runnable(e)
     finally:
@@ -183,6 +184,8 @@ def run(args: argparse.Namespace) -> int:
             from .output import close_observer
 
             close_observer(observer)
+    print(name)
+    return 0
 
 
 def _options_if_given(args: argparse.Namespace) -> imgpipe.TransportOptions | None:
@@ -193,41 +196,6 @@ def _options_if_given(args: argparse.Namespace) -> imgpipe.TransportOptions | No
     if not flags.connection_given(args) and imgpipe.default_registry_config() is None:
         return None
     return flags.transport_options(args)
-
-
-def _run_detached(
-    args: argparse.Namespace,
-    settings: imgpipe.ContainerSettings,
-    observer: imgpipe.Observer | None,
-    kw: dict[str, Any],
-) -> int:
-    import imgpipe
-
-    try:
-        name = imgpipe.run_detached(
-            args.image,
-            settings=settings,
-            name=args.name,
-            remove=args.rm,
-            interactive=args.interactive,
-            snapshotter=args.snapshotter,
-            platform=args.platform,
-            decrypt_keys=tuple(args.decrypt_key),
-            runtime=args.runtime,
-            root=args.root,
-            observer=observer,
-            options=_options_if_given(args),
-            **kw,
-        )
-    except (imgpipe.CommandNotFound, imgpipe.CommandNotExecutable) as e:
-        return _not_runnable(e)
-    finally:
-        if observer is not None:
-            from .output import close_observer
-
-            close_observer(observer)
-    print(name)
-    return 0
 
 
 def _not_runnable(e: Exception) -> int:
