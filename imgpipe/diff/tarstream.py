@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import errno
 import os
+import queue
 import tarfile
+import threading
 from collections.abc import Iterator
 from typing import IO, Any, BinaryIO, Final, cast
 
@@ -38,10 +40,56 @@ _EXTENDED_HEADER_TYPES: Final = frozenset(
 )
 
 
+#: Chunks waiting for the hashing thread at most (each up to CHUNK bytes).
+_HASH_QUEUE: Final = 8
+
+
+class _Hasher:
+    """The DiffID's sha256, on a thread of its own from the second chunk on.
+
+    hashlib releases the GIL while it hashes a large buffer, so the applier's thread
+    (which holds it for tar parsing and file creation) pays a queue put per MiB instead
+    of ~1.5 ms of hashing: on 2 cores the hash runs beside it (135 MB: ~0.2 s off the
+    critical path). The bytes are hashed in order, each once. A one-chunk layer never
+    starts the thread."""
+
+    def __init__(self) -> None:
+        self._digester = Digester("sha256")
+        self._chunks = 0
+        self._queue: queue.Queue[bytes | None] = queue.Queue(_HASH_QUEUE)
+        self._thread: threading.Thread | None = None
+
+    def update(self, data: bytes) -> None:
+        self._chunks += 1
+        if self._chunks == 1:
+            self._digester.update(data)
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="diffid", daemon=True)
+            self._thread.start()
+        self._queue.put(data)
+
+    def _run(self) -> None:
+        while (data := self._queue.get()) is not None:
+            self._digester.update(data)
+
+    def close(self) -> None:
+        """Wait for what is queued to be hashed (idempotent)."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def digest(self) -> Digest:
+        self.close()
+        return self._digester.digest()
+
+
 class TarSource:
     """The layer stream as tarfile sees it: buffered, hashed, forward-only.
 
-    Every byte fetched from the raw stream is hashed and counted once. tarfile's ``r:``
+    Every byte fetched from the raw stream is hashed (:class:`_Hasher`) and counted
+    once; :meth:`close` when done, whatever happened. tarfile's ``r:``
     mode reads exactly what it needs (512-byte headers, then data) and seeks only
     forward; a backward seek is allowed within the current and the previous buffer,
     which also lets us look again at the block where tarfile stopped (the
@@ -51,7 +99,7 @@ class TarSource:
 
     def __init__(self, raw: BinaryIO) -> None:
         self._raw = raw
-        self._digester = Digester("sha256")
+        self._digester = _Hasher()
         self.fetched = 0  # bytes taken from raw (and hashed)
         self._buf = b""  # the most recent chunk from raw ...
         self._buf_start = 0  # ... and its offset in the stream
@@ -120,6 +168,10 @@ class TarSource:
 
     def digest(self) -> Digest:
         return self._digester.digest()
+
+    def close(self) -> None:
+        """Stop the hashing thread (the digest stays available; idempotent)."""
+        self._digester.close()
 
 
 class _BoundedTarInfo(tarfile.TarInfo):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import stat
 import tarfile
-from typing import Final
+from typing import Any, Final
 
 from imgpipe.formats.errors import MalformedDocument
 from imgpipe.fs import (
@@ -55,12 +55,19 @@ def write_entry(
     kind: bytes,
     meta: Meta,
     times: tuple[int, int],
-    exists: bool,
-) -> os.stat_result:
+    exists: bool = False,
+) -> os.stat_result | None:
     """Create ``comps[-1]`` in ``pfd`` as the entry says (``exists``: a directory over a
-    directory, which merges) and return its stat. Directory times are set at the end of
-    the layer (:class:`~imgpipe.diff.state.DirTimes`): children change them. ``kind`` is
-    the entry's type, REGTYPE for every regular and sparse file."""
+    directory, which merges) and return its stat when the layer keeps track of the
+    inodes it made (:attr:`ApplyState.track_made`; always for a directory), else None.
+    FileExistsError, before anything changed, when the name exists (and ``exists`` is
+    false). Directory times are set at the end of the layer
+    (:class:`~imgpipe.diff.state.DirTimes`): children change them. ``kind`` is the
+    entry's type, REGTYPE for every regular and sparse file.
+
+    A regular file costs ``openat`` (O_EXCL), ``write``, ``fchown``, ``fchmod``,
+    ``futimens`` and ``close``: nothing is looked at first, and no stat after unless
+    the inode is tracked."""
     base = comps[-1]
     if kind == tarfile.REGTYPE:
         fd = os.open(base, _NEW_FILE, 0o600, dir_fd=pfd)
@@ -68,7 +75,7 @@ def write_entry(
             _copy_data(tar, member, fd)
             meta_fd(fd, member, meta, same_owner=state.same_owner, warn=state.warn)
             os.utime(fd, ns=times)
-            return os.fstat(fd)
+            return os.fstat(fd) if state.track_made else None
         finally:
             os.close(fd)
     if kind == tarfile.DIRTYPE:
@@ -95,7 +102,7 @@ def write_entry(
         pfd, base, member, meta, same_owner=state.same_owner, warn=state.warn, symlink=symlink
     )
     os.utime(base, ns=times, dir_fd=pfd, follow_symlinks=False)
-    return os.stat(base, dir_fd=pfd, follow_symlinks=False)
+    return os.stat(base, dir_fd=pfd, follow_symlinks=False) if state.track_made else None
 
 
 def links_to_itself(state: ApplyState, member: tarfile.TarInfo, old: os.stat_result) -> bool:
@@ -112,9 +119,18 @@ def links_to_itself(state: ApplyState, member: tarfile.TarInfo, old: os.stat_res
 
 
 def _copy_data(tar: tarfile.TarFile, member: tarfile.TarInfo, fd: int) -> None:
-    src = tar.extractfile(member)
-    if src is None:  # pragma: no cover - regular members always have a reader
-        raise MalformedDocument(f"{member.name!r}: no data")
+    src: Any
+    if member.issparse():
+        src = tar.extractfile(member)  # tarfile maps the holes
+        if src is None:  # pragma: no cover - regular members always have a reader
+            raise MalformedDocument(f"{member.name!r}: no data")
+    else:
+        # Straight from the layer stream (a TarSource): tarfile's ExFileObject, a
+        # buffered reader over a section reader, costs more than most files' data.
+        # tarfile seeks to the next header itself.
+        src = tar.fileobj
+        assert src is not None
+        src.seek(member.offset_data)
     remaining = member.size
     try:
         while remaining > 0:
