@@ -137,6 +137,18 @@ class TarSource:
             size -= len(piece)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    def read1(self, size: int) -> bytes | memoryview:
+        """Up to ``size`` bytes from one chunk (short at a chunk's end; empty at EOF),
+        without copying a large piece: what the applier writes file data from."""
+        lo = self._pos - self._buf_start
+        if lo < 0 or lo >= len(self._buf):
+            return self.read(min(size, _BLOCK))  # a look back, or the next chunk
+        n = min(size, len(self._buf) - lo)
+        self._pos += n
+        if n < _BLOCK:
+            return self._buf[lo : lo + n]
+        return memoryview(self._buf)[lo : lo + n]
+
     def tell(self) -> int:
         return self._pos
 

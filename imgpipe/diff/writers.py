@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import stat
 import tarfile
-from typing import Any, Final
+from typing import Final
 
 from imgpipe.formats.errors import MalformedDocument
 from imgpipe.fs import (
@@ -34,6 +34,7 @@ from imgpipe.fs import (
 
 from .metadata import Meta, copy_meta_fd, meta_fd, meta_name
 from .state import ApplyState, DirTimes
+from .tarstream import TarSource
 
 __all__ = ["links_to_itself", "write_entry"]
 
@@ -119,22 +120,29 @@ def links_to_itself(state: ApplyState, member: tarfile.TarInfo, old: os.stat_res
 
 
 def _copy_data(tar: tarfile.TarFile, member: tarfile.TarInfo, fd: int) -> None:
-    src: Any
-    if member.issparse():
-        src = tar.extractfile(member)  # tarfile maps the holes
-        if src is None:  # pragma: no cover - regular members always have a reader
-            raise MalformedDocument(f"{member.name!r}: no data")
-    else:
-        # Straight from the layer stream (a TarSource): tarfile's ExFileObject, a
-        # buffered reader over a section reader, costs more than most files' data.
-        # tarfile seeks to the next header itself.
-        src = tar.fileobj
-        assert src is not None
-        src.seek(member.offset_data)
     remaining = member.size
+    if not member.issparse() and isinstance(tar.fileobj, TarSource):
+        # Straight from the layer stream, a chunk's piece at a time: tarfile's
+        # ExFileObject (a buffered reader over a section reader, per file) costs more
+        # than most files' data, and joining pieces copies big ones. tarfile seeks to
+        # the next header itself.
+        src = tar.fileobj
+        src.seek(member.offset_data)
+        while remaining > 0:
+            piece = src.read1(min(CHUNK, remaining))
+            if not piece:
+                raise MalformedDocument(f"{member.name!r}: tar ends inside the file data")
+            n = os.write(fd, piece)
+            if n < len(piece):  # a short write: rare, finished the long way
+                write_all(fd, memoryview(piece)[n:])
+            remaining -= len(piece)
+        return
+    data = tar.extractfile(member)  # tarfile maps a sparse file's holes
+    if data is None:  # pragma: no cover - regular members always have a reader
+        raise MalformedDocument(f"{member.name!r}: no data")
     try:
         while remaining > 0:
-            chunk = src.read(min(CHUNK, remaining))
+            chunk = data.read(min(CHUNK, remaining))
             if not chunk:
                 raise MalformedDocument(f"{member.name!r}: tar ends inside the file data")
             write_all(fd, chunk)
