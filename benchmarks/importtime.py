@@ -200,6 +200,7 @@ def main() -> int:
     ap.add_argument("--dir", type=Path, default=None, help="work directory (default: /tmp)")
     ap.add_argument("--top", type=int, default=5, help="packages named per verb")
     ap.add_argument("--no-registry", action="store_true", help="skip the registry verbs")
+    ap.add_argument("--only", default="", help="comma-separated substrings: verbs to keep")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="imgpipe-importtime-", dir=args.dir))
     registry = None
@@ -218,6 +219,9 @@ def main() -> int:
             )
             env = _env(work, {k: penv[k] for k in ("HOME", "TMPDIR", "XDG_RUNTIME_DIR")})
         vs = verbs(work, env, host)
+        if args.only:
+            keep = args.only.split(",")
+            vs = [v for v in vs if any(k in v.name for k in keep)]
         measure(vs, env, args.runs)
         load = os.getloadavg()
         print(
