@@ -10,6 +10,8 @@ job (process start-up included) into an empty directory on DIR's file system:
 
 * ``cli`` (default): ``imgpipe --root R -q pull --unpack REF --snapshotter S``, the
   command a user runs (every blob verified, DiffIDs checked, snapshots committed);
+  ``--imgpipe NAME=COMMAND`` (repeatable) runs other commands in its place, e.g. two
+  trees of imgpipe compared in one run;
 * ``peer`` (default): ``skopeo copy docker://REF oci:DIR:TAG`` (its blob-info cache
   removed first), then GNU ``tar -xzf`` of each layer blob in the manifest's order into
   one directory (``--same-owner -p`` as root): no whiteouts, no DiffID check, a floor;
@@ -116,6 +118,14 @@ def main() -> int:
     ap.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp dir)")
     ap.add_argument("--snapshotters", default="overlay", help="comma-separated (overlay,native)")
     ap.add_argument("--modes", default=DEFAULT_MODES, help=f"comma-separated of {','.join(MODES)}")
+    ap.add_argument(
+        "--imgpipe",
+        action="append",
+        default=[],
+        metavar="NAME=COMMAND",
+        help="the cli mode's command (repeatable: trees compared in one run; default: "
+        "this venv's imgpipe)",
+    )
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     ap.add_argument("--make-layout", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -146,10 +156,24 @@ def main() -> int:
         registry, host = pull_bench.start_registry(work)
         ref = f"{host}/{REPO}:{unpack_bench.TAG}"
         env, policy = pull_bench.push_with_skopeo(work, src, unpack_bench.TAG, ref)
-        imgpipe = str(Path(sys.executable).parent / "imgpipe")
-        cases = [(sn, m) for sn in args.snapshotters.split(",") for m in modes if m != PEER]
+        # byte code cached, as an installed package has it (compiling costs every start)
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+        binaries = dict(b.split("=", 1) for b in args.imgpipe) or {
+            "cli": str(Path(sys.executable).parent / "imgpipe")
+        }
+        lib_modes = [m for m in modes if m not in (PEER, "cli")]
+        cases = [
+            (sn, m)
+            for sn in args.snapshotters.split(",")
+            for m in ([*binaries] if "cli" in modes else []) + lib_modes
+        ]
         if PEER in modes:
             cases.append(("-", PEER))
+        for name, binary in binaries.items():  # warm-up: byte code, page cache
+            warm = work / f"warm-{name}"
+            _wait([binary, "--root", str(warm), "-q", "pull", "--unpack", ref], env)
+            shutil.rmtree(warm)
         results: dict[tuple[str, str], list[tuple[float, float, int]]] = {c: [] for c in cases}
         counted: dict[str, int] = {}
         for i in range(args.runs):
@@ -160,9 +184,9 @@ def main() -> int:
                     results[(sn, mode)].append(peer(ref, out, env, policy))
                     counted.setdefault("peer files", _files(out / "tree"))
                 else:
-                    if mode == "cli":
-                        argv = [imgpipe, "--root", str(out), "-q", "pull", "--unpack", ref,
-                                "--snapshotter", sn]  # fmt: skip
+                    if mode in binaries:
+                        argv = [binaries[mode], "--root", str(out), "-q", "pull", "--unpack",
+                                ref, "--snapshotter", sn]  # fmt: skip
                     else:
                         argv = [sys.executable, __file__, "--child", mode, ref, str(out), sn]
                     results[(sn, mode)].append(pull_bench.timed(argv, env))
@@ -188,6 +212,8 @@ def main() -> int:
             walls = [w for w, _, _ in rs]
             med = statistics.median(walls)
             name = "skopeo copy + tar -xzf" if mode == PEER else f"imgpipe {mode} ({sn})"
+            if mode in binaries and mode != "cli":
+                name = f"imgpipe pull --unpack: {mode} ({sn})"
             ratio = f"{med / med_peer:.2f}" if med_peer else "-"
             print(
                 f"| {name} | {med:.3f} | {min(walls):.3f} | {max(walls):.3f} "
