@@ -1,6 +1,7 @@
 """What each verb imports before it works: ``python -X importtime`` totals per verb.
 
     .venv/bin/python benchmarks/importtime.py [--runs 5] [--dir DIR] [--top 5] [--no-registry]
+                                              [--only run,images]
 
 Each verb is the installed ``imgpipe`` entry point run as a whole process, once plain
 (wall time) and once under ``python -X importtime`` (the import tree), alternating verb
@@ -16,6 +17,7 @@ the number of modules, how much of the total is the interpreter's own start-up
 (``site`` and what it loads, e.g. setuptools' editable finder, which a wheel install does
 not pay), and the heaviest packages by own time in the median run. ``-X importtime``
 inflates every import a little: compare the totals with one another, not with the wall.
+The load average is printed with the table (the machine may be shared).
 """
 
 from __future__ import annotations
