@@ -11,14 +11,21 @@ not the unpack). Then alternates, in one run:
   resolution, spec, ``runc create``/``start``, wait, ``runc delete``, unmount, snapshot
   removal;
 - the floor: ``runc run`` of a bundle prepared once (a plain directory rootfs and the
-  very config.json imgpipe wrote), i.e. the runtime's own cost for the same container.
+  very config.json imgpipe wrote), i.e. the runtime's own cost for the same container;
+- two rows that split the overhead: ``runc create/start/delete`` (the three calls
+  imgpipe makes, as containerd's shim does, on the same bundle) and ``python + runc
+  create/start/delete`` (the same interpreter, importing only what driving runc needs:
+  json, sqlite3, subprocess, ctypes, as a subreaper), the floor of this design before
+  any imgpipe code runs.
 
 Byte-code caching: the interpreter is run with ``PYTHONPYCACHEPREFIX`` in the work
 directory and ``PYTHONDONTWRITEBYTECODE`` unset, after a warm-up run, as an installed
 package has its ``.pyc`` files (compiling on every start would add ~40 ms).
 
-Reports median, min and max wall time of each, and the median overhead of imgpipe over
-the floor, in milliseconds; ``imgpipe --version`` is timed too (the CLI's start-up).
+Reports median, min and max wall time and the median CPU time (user+sys of the
+command and the processes it waited for, from ``wait4``) of each, the machine's load
+average before and after, and the median overhead of imgpipe over the floor, in
+milliseconds; ``imgpipe --version`` is timed too (the CLI's start-up).
 containerd's ``ctr run --rm ... /bin/true`` took 135 ms on this machine (issue 6).
 """
 
@@ -42,15 +49,43 @@ IMGPIPE = Path(sys.executable).parent / "imgpipe"
 CTR_RUN_MS = 135  # issue 6: containerd's `ctr run --rm` here, for scale
 
 
-def _timed(argv: Sequence[str | os.PathLike[str]], env: dict[str, str]) -> float:
+#: What `python + runc create/start/delete` runs: the interpreter, the imports driving
+#: runc takes, a subreaper, three runc calls and the wait for the container's init.
+_DRIVER = """
+import ctypes, json, os, sqlite3, subprocess, sys
+runc, bundle, cid = sys.argv[1:4]
+assert ctypes.CDLL(None).prctl(36, 1, 0, 0, 0) == 0
+rt = [*runc.split(), "--log", os.path.join(bundle, "log.json"), "--log-format", "json"]
+pid_file = os.path.join(bundle, "init.pid")
+subprocess.run([*rt, "create", "--bundle", bundle, "--pid-file", pid_file, cid],
+               check=True, stdin=subprocess.DEVNULL)
+pid = int(open(pid_file).read())
+subprocess.run([*rt, "start", cid], check=True)
+os.waitpid(pid, 0)
+subprocess.run([*rt, "delete", "--force", cid], check=True)
+"""
+
+
+def _timed(argv: Sequence[str | os.PathLike[str]], env: dict[str, str]) -> tuple[float, float]:
+    """Wall and CPU seconds (user+sys, with the children it waited for) of a command."""
     t = time.perf_counter()
-    subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    _, status, rusage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(map(str, argv))}: exit {os.waitstatus_to_exitcode(status)}")
+    return wall, rusage.ru_utime + rusage.ru_stime
 
 
-def _stats(name: str, xs: list[float]) -> str:
-    ms = [x * 1000 for x in xs]
-    return f"| {name} | {statistics.median(ms):.1f} | {min(ms):.1f} | {max(ms):.1f} |"
+def _stats(name: str, xs: list[tuple[float, float]]) -> str:
+    ms = [w * 1000 for w, _ in xs]
+    cpu = statistics.median(c * 1000 for _, c in xs)
+    return f"| {name} | {statistics.median(ms):.1f} | {min(ms):.1f} | {max(ms):.1f} | {cpu:.1f} |"
+
+
+def _run_three(runc: list[str], bundle: Path) -> list[str]:
+    return ["sh", "-c", 'r="$1"; b="$2"; $r create --bundle "$b" c3 </dev/null && '
+            '$r start c3 && $r delete --force c3', "-", " ".join(runc), str(bundle)]  # fmt: skip
 
 
 def bench(work: Path, runs: int) -> str:
@@ -88,29 +123,39 @@ def bench(work: Path, runs: int) -> str:
     subprocess.run([*imgpipe, "rm", "spec"], check=True, env=env, stdout=subprocess.DEVNULL)
     runc = ["runc", "--root", str(work / "runc")]
 
-    ours, floor, version = [], [], []
-    run_cmd = [*imgpipe, "run", "--rm", "busybox", "/bin/true"]
-    floor_cmd = [*runc, "run", "--bundle", str(bundle), "floor"]
-    for argv in (run_cmd, floor_cmd, [*imgpipe, "--version"]):  # warm-up (.pyc, caches)
+    commands = {
+        "imgpipe run --rm busybox /bin/true": [*imgpipe, "run", "--rm", "busybox", "/bin/true"],
+        "runc run (prepared bundle, the floor)": [*runc, "run", "--bundle", str(bundle), "floor"],
+        "runc create/start/delete (same bundle)": _run_three(runc, bundle),
+        "python + runc create/start/delete": [
+            sys.executable, "-c", _DRIVER, " ".join(runc), str(bundle), "drv",
+        ],
+        "python -c pass (the interpreter)": [sys.executable, "-c", "pass"],
+        "imgpipe --version (CLI start-up)": [*imgpipe, "--version"],
+    }  # fmt: skip
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in commands}
+    for argv in commands.values():  # warm-up (.pyc, caches)
         _timed(argv, env)
-    for _ in range(runs):
-        ours.append(_timed(run_cmd, env))
-        floor.append(_timed(floor_cmd, env))
-        version.append(_timed([*imgpipe, "--version"], env))
-    overhead = (statistics.median(ours) - statistics.median(floor)) * 1000
+    load_before = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    names = list(commands)
+    for i in range(runs):
+        for name in names if i % 2 == 0 else reversed(names):
+            times[name].append(_timed(commands[name], env))
+    load_after = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    med = {k: statistics.median(w for w, _ in v) * 1000 for k, v in times.items()}
+    ours, floor = med[names[0]], med[names[1]]
     return "\n".join(
         [
-            f"{runs} runs each, alternating; wall time in ms; work dir {work}",
+            f"{runs} runs each, alternating; ms; work dir {work}; load average before "
+            f"{load_before}, after {load_after}",
             "",
-            "| command | median ms | min ms | max ms |",
-            "|---|---|---|---|",
-            _stats("imgpipe run --rm busybox /bin/true", ours),
-            _stats("runc run (prepared bundle, the floor)", floor),
-            _stats("imgpipe --version (CLI start-up)", version),
+            "| command | median ms | min ms | max ms | CPU ms (median) |",
+            "|---|---|---|---|---|",
+            *(_stats(k, v) for k, v in times.items()),
             "",
-            f"imgpipe overhead over runc run (median): **{overhead:.1f} ms**; "
-            f"imgpipe run / ctr run --rm ({CTR_RUN_MS} ms): "
-            f"**{statistics.median(ours) * 1000 / CTR_RUN_MS:.2f}**",
+            f"imgpipe overhead over runc run (median): **{ours - floor:.1f} ms**; the design's "
+            f"floor (python + create/start/delete) is {med[names[3]] - floor:.1f} ms over it; "
+            f"imgpipe run / ctr run --rm ({CTR_RUN_MS} ms): **{ours / CTR_RUN_MS:.2f}**",
         ]
     )
 
@@ -131,11 +176,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         print(bench(work, args.runs))
     finally:
-        subprocess.run(
-            ["runc", "--root", str(work / "runc"), "delete", "-f", "floor"],
-            capture_output=True,
-            check=False,
-        )
+        for cid in ("floor", "c3", "drv"):
+            subprocess.run(
+                ["runc", "--root", str(work / "runc"), "delete", "-f", cid],
+                capture_output=True,
+                check=False,
+            )
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

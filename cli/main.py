@@ -15,8 +15,8 @@ import contextlib
 import os
 import sys
 import traceback
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Iterator, Sequence
+from typing import Any, NoReturn
 
 from . import (
     cmd_containers,
@@ -63,9 +63,63 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
-def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
+class _Absent:
+    """What a verb's ``register`` builds into when the command line runs another verb:
+    every call and attribute is itself, so nothing is built (about 6 ms of argparse and
+    gettext per start-up for the 30-odd verbs, and the imports some of them make)."""
+
+    def __getattr__(self, name: str) -> _Absent:
+        return self
+
+    def __call__(self, *args: object, **kwargs: object) -> _Absent:
+        return self
+
+    def __setattr__(self, name: str, value: object) -> None:
+        pass
+
+    def __iter__(self) -> Iterator[object]:
+        return iter(())
+
+
+class _OneVerb:
+    """The subparsers action seen by the verbs' ``register``: only ``verb`` gets a real
+    parser; :attr:`found` says whether one did."""
+
+    def __init__(self, sub: Any, verb: str) -> None:
+        self.sub, self.verb, self.found = sub, verb, False
+
+    def add_parser(self, name: str, **kwargs: Any) -> Any:
+        if name != self.verb and self.verb not in kwargs.get("aliases", ()):
+            return _Absent()
+        self.found = True
+        return self.sub.add_parser(name, **kwargs)
+
+
+#: Global options that take a value (what to skip when looking for the verb).
+_VALUED_GLOBALS = frozenset({"--root"})
+
+
+def _verb_of(argv: Sequence[str]) -> str | None:
+    """The verb a command line runs, when only its parser is needed: None when the
+    whole tree is (``--help``/``--version`` before the verb, no verb at all)."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _VALUED_GLOBALS:
+            skip = True
+        elif arg in ("-h", "--help", "--version") or arg == "--":
+            return None
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_parser(*, json_errors: bool = False, verb: str | None = None) -> argparse.ArgumentParser:
     """The whole command's parser; ``json_errors``: the command line asked for --json, so
-    a refused one also prints the JSON error line (cli.parser.Parser)."""
+    a refused one also prints the JSON error line (cli.parser.Parser). With ``verb``,
+    only that verb's subparser is built (the one a command line needs); the whole tree
+    when no verb of that name exists."""
     parser = Parser(
         prog="imgpipe",
         description="containerd's image pipeline: pull, verify, store, inspect and export images.",
@@ -82,27 +136,36 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
         help="machine-readable output (docs/json.md), for commands that have --json",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    cmd_transfer.register(sub)
-    cmd_images.register(sub)
-    cmd_content.register(sub)
-    cmd_leases.register(sub)
-    cmd_login.register(sub)
-    cmd_run.register(sub)
-    cmd_containers.register(sub)
-    cmd_convert.register(sub)
-    cmd_unpack.register(sub)
-    cmd_estargz.register(sub)
-    cmd_sync.register(sub)
-    cmd_report.register(sub)
-    cmd_help.register(sub)
+    target: Any = sub if verb is None else _OneVerb(sub, verb)
+    for module in _VERB_MODULES:
+        module.register(target)
+    if verb is not None and not target.found:
+        return build_parser(json_errors=json_errors)  # a typo: the full list in the error
     finish(parser, json_errors=json_errors)
     return parser
+
+
+_VERB_MODULES = (
+    cmd_transfer,
+    cmd_images,
+    cmd_content,
+    cmd_leases,
+    cmd_login,
+    cmd_run,
+    cmd_containers,
+    cmd_convert,
+    cmd_unpack,
+    cmd_estargz,
+    cmd_sync,
+    cmd_report,
+    cmd_help,
+)
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse a command line as `imgpipe` does; a bad one exits 2 with the verb's usage."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(json_errors="--json" in argv)
+    parser = build_parser(json_errors="--json" in argv, verb=_verb_of(argv))
     args, extra = parser.parse_known_args(argv)
     verb: argparse.ArgumentParser = getattr(args, PARSER_DEST, parser)
     if extra:

@@ -32,7 +32,7 @@ conventions match each other.
 
 from __future__ import annotations
 
-import platform as _host
+import os
 import re
 import sys
 import urllib.parse
@@ -222,7 +222,15 @@ def host_platform() -> Platform:
     an amd64 host reports plain ``amd64``. 32-bit ARM takes its variant from uname
     (``armv7l`` -> ``arm/v7``); arm64 is ``arm64/v8``.
     """
-    arch, variant = _normalize_arch(_host.machine() or "unknown", "")
+    # os.uname, not the platform module: what platform.machine() returns on POSIX, without
+    # ~1.4 ms of imports on every `imgpipe run` (it picks the host's manifest)
+    if hasattr(os, "uname"):
+        machine = os.uname().machine
+    else:  # pragma: no cover (Windows)
+        import platform as host  # noqa: PLC0415
+
+        machine = host.machine()
+    arch, variant = _normalize_arch(machine or "unknown", "")
     return Platform(_sys_os(), arch, variant)
 
 

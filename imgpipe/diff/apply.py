@@ -58,11 +58,12 @@ def _entry(state: ApplyState, tar: tarfile.TarFile, member: tarfile.TarInfo) -> 
     """Check one tar entry against the bounds, then apply it."""
     opts = state.opts
     name = member.name
-    if len(os.fsencode(name)) > opts.max_path:
+    # Encoded only when it might be too long: n characters are at most 4n bytes.
+    if len(name) * 4 > opts.max_path and len(os.fsencode(name)) > opts.max_path:
         raise ResourceLimit(f"tar entry name of {len(os.fsencode(name))} bytes: too long")
     comps = clean_components(name)
     for comp in comps:
-        if len(os.fsencode(comp)) > _NAME_MAX:
+        if len(comp) * 4 > _NAME_MAX and len(os.fsencode(comp)) > _NAME_MAX:
             raise MalformedDocument(f"{name!r}: a path component is longer than {_NAME_MAX} bytes")
     if not comps:
         state.warn(f"{name!r}: resolves to the root; skipped")
@@ -99,30 +100,51 @@ def _entry(state: ApplyState, tar: tarfile.TarFile, member: tarfile.TarInfo) -> 
             return
     if (
         kind in (tarfile.SYMTYPE, tarfile.LNKTYPE)
+        and len(member.linkname) * 4 > opts.max_path
         and len(os.fsencode(member.linkname)) > opts.max_path
     ):
         raise ResourceLimit(f"{name!r}: link target too long")
 
-    # Replacement: anything but dir-over-dir is removed first, so the create below
-    # (O_EXCL, mkdir, symlink, link, mknod) never goes through what was there.
+    times = entry_times(member)
+    meta = Meta(uid, gid, member.mode & 0o7777, layer_xattrs(member, state.warn))
+    # Created first, looked at only if that fails: in a fresh layer nothing is there,
+    # and every creating call (O_EXCL open, mkdir, symlink, link, mknod) fails with
+    # EEXIST before it changes anything, whatever the name is (a symlink included).
     try:
-        old = os.stat(base, dir_fd=pfd, follow_symlinks=False)
-    except FileNotFoundError:
-        old = None
-    if old is not None and not (stat.S_ISDIR(old.st_mode) and kind == tarfile.DIRTYPE):
+        st = write_entry(state, tar, member, pfd, comps, kind=kind, meta=meta, times=times)
+    except FileExistsError:
+        st = _replace(state, tar, member, parent, base, kind=kind, meta=meta, times=times)
+    if st is not None:
+        state.made.add((st.st_dev, st.st_ino))
+
+
+def _replace(
+    state: ApplyState,
+    tar: tarfile.TarFile,
+    member: tarfile.TarInfo,
+    parent: list[str],
+    base: str,
+    *,
+    kind: bytes,
+    meta: Meta,
+    times: tuple[int, int],
+) -> os.stat_result | None:
+    """The entry over an existing path: anything but dir-over-dir is removed first, so
+    the create (O_EXCL, mkdir, symlink, link, mknod) never goes through what was there;
+    a directory over a directory merges."""
+    pfd = state.parent_fd(parent)
+    old = os.stat(base, dir_fd=pfd, follow_symlinks=False)
+    merge = stat.S_ISDIR(old.st_mode) and kind == tarfile.DIRTYPE
+    if not merge:
         if kind == tarfile.LNKTYPE and links_to_itself(state, member, old):
-            return
+            return None
         remove_all(pfd, base)
         state.clear_cache()
         pfd = state.parent_fd(parent)
-        old = None
-
-    times = entry_times(member)
-    meta = Meta(uid, gid, member.mode & 0o7777, layer_xattrs(member, state.warn))
-    st = write_entry(
-        state, tar, member, pfd, comps, kind=kind, meta=meta, times=times, exists=old is not None
+    comps = [*parent, base]
+    return write_entry(
+        state, tar, member, pfd, comps, kind=kind, meta=meta, times=times, exists=merge
     )
-    state.made.add((st.st_dev, st.st_ino))
 
 
 def _finish_dirs(state: ApplyState) -> None:
@@ -176,6 +198,7 @@ def apply_layer(
         reader.drain()
         _finish_dirs(state)
     finally:
+        reader.close()
         state.close()
     digest = reader.digest()
     if expected_diff_id is not None and digest != expected_diff_id:

@@ -21,9 +21,20 @@ from .options import MAX_WARNINGS, WHITEOUT_DELETE, ApplyOptions
 
 __all__ = ["ApplyState", "DirTimes"]
 
-#: Parent fds kept open at once: runs of entries in one directory hit, and a tar is
-#: sorted, so a small cache is enough.
-_CACHE_SIZE = 64
+#: Parent fds kept open at once: runs of entries in one directory hit when a tar is
+#: sorted, but some writers interleave directories (benchmarks/unpack.py's image cycles
+#: through 150): 512 covers those, within an eighth of RLIMIT_NOFILE.
+_CACHE_SIZE = 512
+
+
+def _cache_size() -> int:
+    """:data:`_CACHE_SIZE`, or an eighth of the fd limit when that is lower."""
+    import resource  # noqa: PLC0415 (only when a layer is applied)
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return _CACHE_SIZE
+    return max(64, min(_CACHE_SIZE, soft // 8))
 
 
 @dataclass(slots=True)
@@ -54,13 +65,17 @@ class ApplyState:
             raise
         self.warnings: list[str] = []
         self._dropped_warnings = 0
-        # Inodes this layer created or re-listed: an opaque marker keeps these.
+        # Inodes this layer created or re-listed: an opaque marker keeps these. Only
+        # the delete mode's opaque walk asks (overlay marks the directory instead), so
+        # only it pays a stat per entry for them.
         self.made: set[tuple[int, int]] = set()
+        self.track_made = not self.overlay
         self.dirs: list[DirTimes] = []
         # Parent path -> open fd, for runs of entries in one directory (tars are sorted).
         # Any removal clears it: a cached fd must never stand for a path that now
         # resolves elsewhere (containerd's CVE-2025-47290 was such a stale cache).
         self._cache: dict[tuple[str, ...], int] = {}
+        self._cache_size = _cache_size()
 
     def close(self) -> None:
         self.clear_cache()
@@ -90,7 +105,7 @@ class ApplyState:
         key = tuple(components)
         fd = self._cache.get(key)
         if fd is None:
-            if len(self._cache) >= _CACHE_SIZE:
+            if len(self._cache) >= self._cache_size:
                 self.clear_cache()
             fd = self.root.open_dir(
                 components, create=True, mkdir_hook=self.copy_up_dir if self.overlay else None

@@ -34,6 +34,7 @@ from imgpipe.fs import (
 
 from .metadata import Meta, copy_meta_fd, meta_fd, meta_name
 from .state import ApplyState, DirTimes
+from .tarstream import TarSource
 
 __all__ = ["links_to_itself", "write_entry"]
 
@@ -55,12 +56,19 @@ def write_entry(
     kind: bytes,
     meta: Meta,
     times: tuple[int, int],
-    exists: bool,
-) -> os.stat_result:
+    exists: bool = False,
+) -> os.stat_result | None:
     """Create ``comps[-1]`` in ``pfd`` as the entry says (``exists``: a directory over a
-    directory, which merges) and return its stat. Directory times are set at the end of
-    the layer (:class:`~imgpipe.diff.state.DirTimes`): children change them. ``kind`` is
-    the entry's type, REGTYPE for every regular and sparse file."""
+    directory, which merges) and return its stat when the layer keeps track of the
+    inodes it made (:attr:`ApplyState.track_made`; always for a directory), else None.
+    FileExistsError, before anything changed, when the name exists (and ``exists`` is
+    false). Directory times are set at the end of the layer
+    (:class:`~imgpipe.diff.state.DirTimes`): children change them. ``kind`` is the
+    entry's type, REGTYPE for every regular and sparse file.
+
+    A regular file costs ``openat`` (O_EXCL), ``write``, ``fchown``, ``fchmod``,
+    ``futimens`` and ``close``: nothing is looked at first, and no stat after unless
+    the inode is tracked."""
     base = comps[-1]
     if kind == tarfile.REGTYPE:
         fd = os.open(base, _NEW_FILE, 0o600, dir_fd=pfd)
@@ -68,7 +76,7 @@ def write_entry(
             _copy_data(tar, member, fd)
             meta_fd(fd, member, meta, same_owner=state.same_owner, warn=state.warn)
             os.utime(fd, ns=times)
-            return os.fstat(fd)
+            return os.fstat(fd) if state.track_made else None
         finally:
             os.close(fd)
     if kind == tarfile.DIRTYPE:
@@ -95,7 +103,7 @@ def write_entry(
         pfd, base, member, meta, same_owner=state.same_owner, warn=state.warn, symlink=symlink
     )
     os.utime(base, ns=times, dir_fd=pfd, follow_symlinks=False)
-    return os.stat(base, dir_fd=pfd, follow_symlinks=False)
+    return os.stat(base, dir_fd=pfd, follow_symlinks=False) if state.track_made else None
 
 
 def links_to_itself(state: ApplyState, member: tarfile.TarInfo, old: os.stat_result) -> bool:
@@ -112,13 +120,29 @@ def links_to_itself(state: ApplyState, member: tarfile.TarInfo, old: os.stat_res
 
 
 def _copy_data(tar: tarfile.TarFile, member: tarfile.TarInfo, fd: int) -> None:
-    src = tar.extractfile(member)
-    if src is None:  # pragma: no cover - regular members always have a reader
-        raise MalformedDocument(f"{member.name!r}: no data")
     remaining = member.size
+    if not member.issparse() and isinstance(tar.fileobj, TarSource):
+        # Straight from the layer stream, a chunk's piece at a time: tarfile's
+        # ExFileObject (a buffered reader over a section reader, per file) costs more
+        # than most files' data, and joining pieces copies big ones. tarfile seeks to
+        # the next header itself.
+        src = tar.fileobj
+        src.seek(member.offset_data)
+        while remaining > 0:
+            piece = src.read1(min(CHUNK, remaining))
+            if not piece:
+                raise MalformedDocument(f"{member.name!r}: tar ends inside the file data")
+            n = os.write(fd, piece)
+            if n < len(piece):  # a short write: rare, finished the long way
+                write_all(fd, memoryview(piece)[n:])
+            remaining -= len(piece)
+        return
+    data = tar.extractfile(member)  # tarfile maps a sparse file's holes
+    if data is None:  # pragma: no cover - regular members always have a reader
+        raise MalformedDocument(f"{member.name!r}: no data")
     try:
         while remaining > 0:
-            chunk = src.read(min(CHUNK, remaining))
+            chunk = data.read(min(CHUNK, remaining))
             if not chunk:
                 raise MalformedDocument(f"{member.name!r}: tar ends inside the file data")
             write_all(fd, chunk)

@@ -32,7 +32,6 @@ import functools
 import os
 import re
 import shutil
-import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -396,6 +395,8 @@ def check_overlay(probe_root: str | os.PathLike[str]) -> None:
     # No look at /proc/filesystems: the module may load on demand at the first mount,
     # so only a real mount tells.
     Path(probe_root).mkdir(parents=True, exist_ok=True)
+    import tempfile  # noqa: PLC0415 (only the probe: not on every run)
+
     tmp = tempfile.mkdtemp(prefix="overlay-check-", dir=probe_root)
     try:
         for d in ("lower1", "lower2", "upper", "work", "merged"):

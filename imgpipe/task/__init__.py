@@ -20,29 +20,74 @@
 * :mod:`.remove` — :func:`remove_container` (``imgpipe rm``);
 * :mod:`.state` — containers on disk under ``<root>/tasks/<id>/`` for ``ps``/``rm``.
 
-Importing this package imports only the standard library and :mod:`imgpipe.errors`:
+Importing this package imports nothing: its names load their modules on first use, and
 the snapshotters, the store and the pipeline are imported by the calls that need them,
 because start-up time is part of every ``imgpipe run``.
 """
 
 from __future__ import annotations
 
-from .control import container_logs, stop_container, wait_container
-from .relay import DEFAULT_STOP_TIMEOUT
-from .remove import remove_container
-from .rootfs import DirectoryRootfs, ImageRootfs, RootfsProvider
-from .runc import (
-    DEFAULT_RUNTIME,
-    CommandNotExecutable,
-    CommandNotFound,
-    Runc,
-    RuntimeFailed,
-)
-from .runner import run, run_detached
-from .spec import ContainerSettings, Volume, build_spec, default_spec, parse_volume
-from .state import TaskRecord, list_records
-from .task import Task
-from .user import ResolvedUser, UserNotFound, resolve_user
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .control import container_logs, stop_container, wait_container
+    from .relay import DEFAULT_STOP_TIMEOUT
+    from .remove import remove_container
+    from .rootfs import DirectoryRootfs, ImageRootfs, RootfsProvider
+    from .runc import (
+        DEFAULT_RUNTIME,
+        CommandNotExecutable,
+        CommandNotFound,
+        Runc,
+        RuntimeFailed,
+    )
+    from .runner import run, run_detached
+    from .spec import ContainerSettings, Volume, build_spec, default_spec, parse_volume
+    from .state import TaskRecord, list_records
+    from .task import Task
+    from .user import ResolvedUser, UserNotFound, resolve_user
+
+# Public name -> its module, imported on first use (PEP 562): `imgpipe run` loads the
+# run's modules, not wait/stop/logs/rm's (and `ps` not the runner's).
+_WHERE = {
+    "container_logs": "control",
+    "stop_container": "control",
+    "wait_container": "control",
+    "DEFAULT_STOP_TIMEOUT": "relay",
+    "remove_container": "remove",
+    "DirectoryRootfs": "rootfs",
+    "ImageRootfs": "rootfs",
+    "RootfsProvider": "rootfs",
+    "DEFAULT_RUNTIME": "runc",
+    "CommandNotExecutable": "runc",
+    "CommandNotFound": "runc",
+    "Runc": "runc",
+    "RuntimeFailed": "runc",
+    "run": "runner",
+    "run_detached": "runner",
+    "ContainerSettings": "spec",
+    "Volume": "spec",
+    "build_spec": "spec",
+    "default_spec": "spec",
+    "parse_volume": "spec",
+    "TaskRecord": "state",
+    "list_records": "state",
+    "Task": "task",
+    "ResolvedUser": "user",
+    "UserNotFound": "user",
+    "resolve_user": "user",
+}
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{where}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DEFAULT_RUNTIME",
