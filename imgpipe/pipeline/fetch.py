@@ -192,7 +192,11 @@ class FetchDocuments(Stage[Resolved, ImagePlan]):
             )
             return doc
 
-        plan = walk_image(item.root, read, platform=self.platform, all_platforms=self.all_platforms)
+        # The documents' names are made durable once, when the walk ends.
+        with content.deferred_dir_sync():
+            plan = walk_image(
+                item.root, read, platform=self.platform, all_platforms=self.all_platforms
+            )
         return replace(plan, name=item.name, source=source, origin=item.ref)
 
 
@@ -218,11 +222,17 @@ class FetchBlobs(Stage[ImagePlan, ImagePlan]):
 
     def run(self, item: ImagePlan, ctx: Context) -> ImagePlan:
         source = _source_of(item, "fetch-blobs")
-        ctx.store.content.check_space(item.blobs, str(item.origin or item.name or "the image"))
+        content = ctx.store.content
+        content.check_space(item.blobs, str(item.origin or item.name or "the image"))
         configs = _config_digests(item)
-        self._fetch(ctx, source, [d for d in item.blobs if d.digest in configs], item.origin)
-        check_plan_configs(item, ctx.store.content)
-        self._fetch(ctx, source, [d for d in item.blobs if d.digest not in configs], item.origin)
+        # Each blob's data is fsynced before its rename; the directory that holds the
+        # names once, when every blob is in (before anything records the image).
+        with content.deferred_dir_sync():
+            self._fetch(ctx, source, [d for d in item.blobs if d.digest in configs], item.origin)
+            check_plan_configs(item, content)
+            self._fetch(
+                ctx, source, [d for d in item.blobs if d.digest not in configs], item.origin
+            )
         _label_sources(ctx, item.origin, item.blobs)
         return item
 
