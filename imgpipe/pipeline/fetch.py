@@ -149,10 +149,24 @@ def _source_labels(ctx: Context, origin: TransportRef | None, digest: Digest) ->
 
 def _label_sources(ctx: Context, origin: TransportRef | None, blobs: Iterable[Descriptor]) -> None:
     # Where the blobs came from, for cross-repository mounts on a later push; on the
-    # calling thread, after every blob is in (a failed pull labels nothing).
-    for desc in blobs:
-        if labels := _source_labels(ctx, origin, desc.digest):
-            ctx.store.db.set_content_labels(desc.digest, labels)
+    # calling thread, after every blob is in (a failed pull labels nothing); all of
+    # them in one transaction.
+    if origin is None or origin.transport != "docker":
+        return
+    with ctx.store.db.transaction():
+        for desc in blobs:
+            if labels := _source_labels(ctx, origin, desc.digest):
+                ctx.store.db.set_content_labels(desc.digest, labels)
+
+
+def _protect_all(ctx: Context, blobs: Iterable[Descriptor]) -> None:
+    """Lease every blob (one transaction), on the calling thread: the workers never
+    open database connections of their own."""
+    if ctx.lease is None:
+        return
+    with ctx.store.db.transaction():
+        for desc in blobs:
+            ctx.protect(desc.digest)
 
 
 class FetchDocuments(Stage[Resolved, ImagePlan]):
@@ -247,10 +261,7 @@ class FetchBlobs(Stage[ImagePlan, ImagePlan]):
             for desc in blobs:
                 store_blob(ctx, source, desc, origin=origin)
             return
-        # Lease every blob here, on the calling thread: the workers never open
-        # database connections of their own.
-        for desc in blobs:
-            ctx.protect(desc.digest)
+        _protect_all(ctx, blobs)
         run_concurrently(
             ctx.emit,
             blobs,
@@ -275,8 +286,7 @@ class FetchBlobs(Stage[ImagePlan, ImagePlan]):
         front = set(first)
         order = [d for d in item.blobs if d.digest in front]
         order += [d for d in item.blobs if d.digest not in front]
-        for desc in order:
-            ctx.protect(desc.digest)
+        _protect_all(ctx, order)
         return BlobFetch(ctx, source, order, self.max_concurrent, origin=item.origin, plan=item)
 
 
