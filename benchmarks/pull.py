@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/pull.py [--runs 5] [--images multi,random] [--dir DIR]
                                         [--max-concurrent N] [--no-floor] [--serve IMAGE]
+                                        [--baseline OTHER/bin/imgpipe]
 
 Starts Debian's ``docker-registry`` on 127.0.0.1 (plain HTTP, storage in the work
 directory), pushes the images into it with skopeo, then alternates, image by image:
@@ -14,7 +15,9 @@ directory), pushes the images into it with skopeo, then alternates, image by ima
 - floor: the same bytes moved by the least a Python program can do (stdlib only:
   ``http.client``, 3 blobs at once on threads, sha256 while writing, fsync, rename; no
   manifest parsing beyond the layer list, no store, no database), to show what is left
-  once imgpipe's own work is gone.
+  once imgpipe's own work is gone;
+- baseline (with ``--baseline BIN``): another imgpipe build, e.g. an older commit installed
+  in a venv of its own, measured in the same rounds (before/after on a busy machine).
 
 The images: ``multi`` is benchmarks/unpack.py's (four gzip layers shaped like a
 distribution plus applications, 58 MB of blobs, ~12.8k entries: the "debian-multi" row
@@ -264,7 +267,7 @@ def _blob_names(directory: Path) -> set[str]:
 def check_output(tool: str, dst: Path, src_blobs: set[str], layers: set[str]) -> None:
     """The pulled blobs are the pushed ones (names are digests; imgpipe and the floor
     checked the bytes against them, skopeo too)."""
-    if tool == "imgpipe":
+    if tool in ("imgpipe", "baseline"):
         got = _blob_names(dst / "content" / "blobs" / "sha256")
         ok = got == src_blobs
     elif tool == "skopeo":
@@ -300,6 +303,7 @@ def main() -> int:
         "--max-concurrent", type=int, default=None, help="imgpipe's --max-concurrent-downloads"
     )
     ap.add_argument("--no-floor", action="store_true", help="skip the stdlib floor")
+    ap.add_argument("--baseline", type=Path, help="another imgpipe executable to compare")
     ap.add_argument("--serve", choices=IMAGES, help="set up IMAGE, print its reference, wait")
     ap.add_argument("--make-layout", nargs=2, metavar=("IMAGE", "DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -336,7 +340,11 @@ def main() -> int:
             if args.max_concurrent is None
             else ["--max-concurrent-downloads", str(args.max_concurrent)]
         )
-        tools = ("imgpipe", "skopeo") + (() if args.no_floor else ("floor",))
+        tools = (
+            ("imgpipe", "skopeo")
+            + (() if args.no_floor else ("floor",))
+            + (("baseline",) if args.baseline else ())
+        )
         rows = []
         for image in images:
             ref, total, blobs, layers = refs[image]
@@ -347,8 +355,9 @@ def main() -> int:
                 order = tools if i % 2 == 0 else tuple(reversed(tools))
                 for tool in order:
                     dst = work / f"dst-{tool}-{i}"
-                    if tool == "imgpipe":
-                        argv = [str(IMGPIPE), "--root", str(dst), "--quiet", "pull", *extra, ref]
+                    if tool in ("imgpipe", "baseline"):
+                        exe = IMGPIPE if tool == "imgpipe" else args.baseline
+                        argv = [str(exe), "--root", str(dst), "--quiet", "pull", *extra, ref]
                     elif tool == "skopeo":
                         argv = [
                             "skopeo", "--policy", str(policy), "copy", "--quiet",
