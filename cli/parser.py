@@ -23,7 +23,7 @@ import argparse
 import functools
 import os
 from collections.abc import Iterator
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, cast
 
 __all__ = [
     "GLOBAL_DESTS",
@@ -92,7 +92,9 @@ class Parser(argparse.ArgumentParser):
         # every start-up over ~190 arguments. Asked once per COLUMNS/LINES setting.
         env = os.environ
         width = _terminal_width(env.get("COLUMNS"), env.get("LINES"))
-        return self.formatter_class(prog=self.prog, width=width)
+        # every formatter argparse ships (and ours) takes ``width``; typeshed says only prog
+        factory = cast(type[argparse.HelpFormatter], self.formatter_class)
+        return factory(prog=self.prog, width=width)
 
 
 @functools.cache
