@@ -15,7 +15,8 @@ directory), pushes the images into it with skopeo, then alternates, image by ima
 - floor: the same bytes moved by the least a Python program can do (stdlib only:
   ``http.client``, 3 blobs at once on threads, sha256 while writing, fsync, rename; no
   manifest parsing beyond the layer list, no store, no database), to show what is left
-  once imgpipe's own work is gone;
+  once imgpipe's own work is gone; "floor, no fsync" the same without the fsync (skopeo
+  does not fsync: the difference is what durability costs on this disk);
 - baseline (with ``--baseline BIN``): another imgpipe build, e.g. an older commit installed
   in a venv of its own, measured in the same rounds (before/after on a busy machine).
 
@@ -63,10 +64,10 @@ READY_TIMEOUT = 30.0
 
 #: The floor: fetch a manifest's blobs with the standard library only, 3 at once, each
 #: hashed while written, fsynced, checked and renamed. Run as ``python -c FLOOR HOST
-#: REPO TAG DIR`` (plain interpreter start-up, no imgpipe import).
+#: REPO TAG DIR fsync|nofsync`` (plain interpreter start-up, no imgpipe import).
 FLOOR = r"""
 import hashlib, http.client, json, os, sys, threading
-host, repo, tag, out = sys.argv[1:5]
+host, repo, tag, out, durable = sys.argv[1:5] + [sys.argv[5] == "fsync"]
 os.makedirs(out + "/blobs/sha256")
 def get(path, accept=None):
     c = http.client.HTTPConnection(host)
@@ -88,7 +89,8 @@ def worker():
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o644)
         while n := r.readinto(buf):
             h.update(view[:n]); os.write(fd, view[:n])
-        os.fsync(fd); os.close(fd); c.close()
+        if durable: os.fsync(fd)
+        os.close(fd); c.close()
         assert "sha256:" + h.hexdigest() == d["digest"], d
         os.rename(tmp, f"{out}/blobs/sha256/{d['digest'][7:]}")
 ts = [threading.Thread(target=worker) for _ in range(3)]
@@ -342,7 +344,7 @@ def main() -> int:
         )
         tools = (
             ("imgpipe", "skopeo")
-            + (() if args.no_floor else ("floor",))
+            + (() if args.no_floor else ("floor", "floor, no fsync"))
             + (("baseline",) if args.baseline else ())
         )
         rows = []
@@ -354,7 +356,7 @@ def main() -> int:
             for i in range(args.runs):
                 order = tools if i % 2 == 0 else tuple(reversed(tools))
                 for tool in order:
-                    dst = work / f"dst-{tool}-{i}"
+                    dst = work / f"dst-{tool.replace(', ', '-').replace(' ', '-')}-{i}"
                     if tool in ("imgpipe", "baseline"):
                         exe = IMGPIPE if tool == "imgpipe" else args.baseline
                         argv = [str(exe), "--root", str(dst), "--quiet", "pull", *extra, ref]
@@ -364,7 +366,8 @@ def main() -> int:
                             "--src-tls-verify=false", f"docker://{ref}", f"oci:{dst}:{TAG}",
                         ]  # fmt: skip
                     else:
-                        argv = [sys.executable, "-c", FLOOR, host, repo, TAG, str(dst)]
+                        durable = "nofsync" if tool.endswith("no fsync") else "fsync"
+                        argv = [sys.executable, "-c", FLOOR, host, repo, TAG, str(dst), durable]
                     subprocess.run(["sync"], check=True)
                     results[tool].append(timed(argv, env))
                     check_output(tool, dst, blobs, layers)
