@@ -18,10 +18,13 @@ Paths are computed only from validated digests and refs (``check_digest``,
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
 import shutil
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
@@ -33,6 +36,7 @@ __all__ = [
     "DATA_MODE",
     "DIR_MODE",
     "MAX_REF_LENGTH",
+    "DirSync",
     "Layout",
     "check_digest",
     "check_ref",
@@ -57,6 +61,7 @@ class Layout:
         self.root = root
         self.blobs = root / "blobs"
         self.ingest = root / "ingest"
+        self.dirs = DirSync()
 
     def blob_path(self, digest: Digest) -> Path:
         d = check_digest(digest)
@@ -70,9 +75,9 @@ class Layout:
         directory = self.blobs / algorithm
         if not directory.is_dir():
             directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-            # Make the new directories themselves durable before blobs are renamed in.
-            fsync_dir(self.blobs)
-            fsync_dir(self.root)
+            # Make the new directories themselves durable (with the names renamed in).
+            self.dirs.sync(self.blobs)
+            self.dirs.sync(self.root)
         return directory
 
     def remove_ingest_dir(self, directory: Path) -> None:
@@ -85,6 +90,71 @@ class Layout:
         trash = self.ingest / f".trash-{directory.name}-{secrets.token_hex(8)}"
         os.rename(directory, trash)
         shutil.rmtree(trash, ignore_errors=True)
+
+
+class DirSync:
+    """Directory fsyncs (the durability of names renamed in), done now or batched.
+
+    Outside :meth:`deferred` blocks ``sync`` fsyncs at once. Inside one (from any
+    thread) it only records the directory, and the block's end fsyncs each recorded one
+    once: a pull that commits many blobs into ``blobs/sha256`` pays one journal commit
+    for their names instead of one per blob, and no transfer waits for another's. The
+    data is still fsynced before each rename (a name never points at bytes that are not
+    on the disk); what a crash inside the block can lose is only names, i.e. blobs to
+    fetch again. Thread-safe; blocks may nest and overlap.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._flushing = threading.Lock()
+        self._depth = 0
+        self._pending: dict[Path, None] = {}  # ordered, no duplicates
+
+    def sync(self, path: Path) -> None:
+        """fsync the directory ``path`` now, or at the end of the open deferred blocks."""
+        with self._lock:
+            if self._depth:
+                self._pending[path] = None
+                return
+        fsync_dir(path)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Batch the directory fsyncs of the block; they are done when it ends (also on
+        an error: what was committed keeps its name). A failing fsync at the end of a
+        block that succeeded is raised (OSError)."""
+        with self._lock:
+            self._depth += 1
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            with self._lock:
+                self._depth -= 1
+            if ok:
+                self.flush()
+            else:
+                with contextlib.suppress(OSError):
+                    self.flush()
+
+    def flush(self) -> None:
+        """fsync every recorded directory now. One flush at a time: a caller returns only
+        once the fsyncs of everything recorded before its call are done, even those a
+        concurrent flush took."""
+        with self._flushing:
+            with self._lock:
+                paths, self._pending = list(self._pending), {}
+            error: OSError | None = None
+            for path in paths:
+                try:
+                    fsync_dir(path)
+                except FileNotFoundError:
+                    pass  # removed since: no name in it to keep
+                except OSError as e:
+                    error = error or e
+            if error is not None:
+                raise error
 
 
 def check_digest(digest: Digest) -> Digest:

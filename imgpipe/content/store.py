@@ -20,6 +20,7 @@ import errno
 import os
 import stat
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
@@ -339,6 +340,18 @@ class ContentStore:
             self._layout.remove_ingest_dir(lock.directory)
         finally:
             lock.release()
+
+    def deferred_dir_sync(self) -> AbstractContextManager[None]:
+        """A block whose commits fsync ``blobs/`` once at its end, not once per blob.
+
+        Every blob committed inside (from any thread) has its data fsynced before its
+        rename, as always, so a name never points at bytes that are not on the disk;
+        the directory fsyncs that make the names themselves durable are batched and done
+        when the block ends, also on an error (see ``layout.DirSync``). Use it around
+        many commits that nothing durable refers to before the block ends (a fetch,
+        before the image is recorded). Blocks may nest and run in parallel.
+        """
+        return self._layout.dirs.deferred()
 
     def open_blob(self, desc: Descriptor) -> BinaryIO:
         """The committed blob ``desc`` names, raw (``open``): the store as a BlobReader.

@@ -5,13 +5,19 @@ How a blob gets in: a ``Writer`` appends to ``ingest/<key>/data`` while hashing,
 to ``blobs/<alg>/<hex>``. The rename is the only way anything appears in ``blobs/``, so
 readers never see partial or unverified data. An interrupted write leaves its ingest
 behind; the next writer of the same ref re-hashes ``data`` and continues at its end.
+
+The fsync at commit waits only for the tail of the data: every
+:data:`WRITEBACK_BYTES` written, the kernel is asked to start writing them out
+(``sync_file_range``, no waiting), so a large blob goes to the disk while it downloads.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
@@ -19,15 +25,21 @@ from imgpipe.formats.digest import Digest, Digester
 from imgpipe.formats.errors import FailedPrecondition, IntegrityError, SizeMismatch
 
 from .closing import Closing
-from .layout import BLOB_MODE, DATA_MODE, Layout, check_digest, check_size, fsync_dir
+from .layout import BLOB_MODE, DATA_MODE, Layout, check_digest, check_size
 from .locks import IngestLock
 from .meta import fmt_time, read_meta, set_meta, write_meta
 from .space import refused
 from .verify import CHUNK_SIZE, VerifyingReader, check_hashed
 
-__all__ = ["Writer", "rehash"]
+__all__ = ["WRITEBACK_BYTES", "Writer", "rehash", "start_writeback"]
 
 _DEFAULT_ALGORITHM: Final = "sha256"
+
+#: Bytes appended between two write-back starts. Without them the whole blob is still
+#: dirty in the page cache at commit and the fsync writes all of it while the caller
+#: waits (25-40 ms for a 30 MB layer on this project's disk); with them it writes the
+#: last few MiB. Large enough that the calls cost nothing (one per 8 MiB).
+WRITEBACK_BYTES: Final = 8 << 20
 
 
 class Writer(Closing):
@@ -60,6 +72,7 @@ class Writer(Closing):
         self._expected = expected
         self._total = total
         self._committed_new = False
+        self._written_back = offset  # where the last write-back start ended
 
     @classmethod
     def _open(
@@ -223,6 +236,9 @@ class Writer(Closing):
                 self._raise_refused(e)
             raise
         self._offset += len(view)
+        if self._offset - self._written_back >= WRITEBACK_BYTES:
+            start_writeback(fd, self._written_back, self._offset - self._written_back)
+            self._written_back = self._offset
 
     def describe(self) -> str:
         """What this ingest holds, for messages: the blob's digest and size if known."""
@@ -242,7 +258,7 @@ class Writer(Closing):
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
         self._digester = Digester(self._digester.algorithm)
-        self._offset = 0
+        self._offset = self._written_back = 0
 
     def commit(self, size: int, expected: Digest) -> Digest:
         """Make the ingest the blob ``expected``; returns ``expected``.
@@ -250,7 +266,8 @@ class Writer(Closing):
         Fsyncs the data, then checks the byte count against ``size`` (SizeMismatch) and
         the hash against ``expected`` (DigestMismatch; re-hashed if ``expected`` uses
         another algorithm than the ingest); on a mismatch the ingest is discarded. Then
-        the data is made read-only and renamed into ``blobs/`` and the directory fsynced.
+        the data is made read-only and renamed into ``blobs/`` and the directory fsynced
+        (at the end of the store's ``deferred_dir_sync`` block, if one is open).
         If the blob already exists (another writer committed it), the ingest is discarded
         and the call returns normally (``committed_new`` tells the two apart). The writer
         is closed and the lock released in every case, even on error; an InvalidArgument
@@ -293,7 +310,8 @@ class Writer(Closing):
         # rename replaces a file with identical (verified) bytes, which readers of the
         # first cannot tell apart.
         os.rename(directory / "data", target)
-        fsync_dir(target.parent)
+        # The name made durable now, or once at the end of the store's deferred block.
+        self._layout.dirs.sync(target.parent)
         self._committed_new = True
         self._layout.remove_ingest_dir(directory)
 
@@ -343,6 +361,39 @@ class Writer(Closing):
                 os.close(fd)
         finally:
             self._lock.release()
+
+
+_SYNC_FILE_RANGE_WRITE: Final = 2  # linux/fs.h: start write-out, do not wait
+_SyncFileRange = Callable[[int, int, int, int], int]
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing ``length`` bytes of ``fd`` at ``offset`` to the
+    disk, without waiting (``sync_file_range(SYNC_FILE_RANGE_WRITE)``).
+
+    Best effort and durability-neutral: nothing here makes data durable (the fsync at
+    commit does); it only moves the disk's work earlier. A system without the call, or
+    a file system that refuses it, is silently skipped.
+    """
+    fn = _find_sync_file_range()
+    if fn is not None:
+        fn(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # result ignored
+
+
+@functools.cache
+def _find_sync_file_range() -> _SyncFileRange | None:
+    """libc's ``sync_file_range``, through ctypes (not in the os module); the call
+    releases the GIL. None where there is none (not Linux, a static interpreter)."""
+    import ctypes  # noqa: PLC0415 (1.4 ms: only for a blob past WRITEBACK_BYTES)
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    found: _SyncFileRange = fn
+    return found
 
 
 def rehash(fd: int, algorithm: str) -> tuple[Digester, int]:

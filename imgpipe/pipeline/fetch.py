@@ -149,10 +149,24 @@ def _source_labels(ctx: Context, origin: TransportRef | None, digest: Digest) ->
 
 def _label_sources(ctx: Context, origin: TransportRef | None, blobs: Iterable[Descriptor]) -> None:
     # Where the blobs came from, for cross-repository mounts on a later push; on the
-    # calling thread, after every blob is in (a failed pull labels nothing).
-    for desc in blobs:
-        if labels := _source_labels(ctx, origin, desc.digest):
-            ctx.store.db.set_content_labels(desc.digest, labels)
+    # calling thread, after every blob is in (a failed pull labels nothing); all of
+    # them in one transaction.
+    if origin is None or origin.transport != "docker":
+        return
+    with ctx.store.db.transaction():
+        for desc in blobs:
+            if labels := _source_labels(ctx, origin, desc.digest):
+                ctx.store.db.set_content_labels(desc.digest, labels)
+
+
+def _protect_all(ctx: Context, blobs: Iterable[Descriptor]) -> None:
+    """Lease every blob (one transaction), on the calling thread: the workers never
+    open database connections of their own."""
+    if ctx.lease is None:
+        return
+    with ctx.store.db.transaction():
+        for desc in blobs:
+            ctx.protect(desc.digest)
 
 
 class FetchDocuments(Stage[Resolved, ImagePlan]):
@@ -192,7 +206,11 @@ class FetchDocuments(Stage[Resolved, ImagePlan]):
             )
             return doc
 
-        plan = walk_image(item.root, read, platform=self.platform, all_platforms=self.all_platforms)
+        # The documents' names are made durable once, when the walk ends.
+        with content.deferred_dir_sync():
+            plan = walk_image(
+                item.root, read, platform=self.platform, all_platforms=self.all_platforms
+            )
         return replace(plan, name=item.name, source=source, origin=item.ref)
 
 
@@ -218,11 +236,17 @@ class FetchBlobs(Stage[ImagePlan, ImagePlan]):
 
     def run(self, item: ImagePlan, ctx: Context) -> ImagePlan:
         source = _source_of(item, "fetch-blobs")
-        ctx.store.content.check_space(item.blobs, str(item.origin or item.name or "the image"))
+        content = ctx.store.content
+        content.check_space(item.blobs, str(item.origin or item.name or "the image"))
         configs = _config_digests(item)
-        self._fetch(ctx, source, [d for d in item.blobs if d.digest in configs], item.origin)
-        check_plan_configs(item, ctx.store.content)
-        self._fetch(ctx, source, [d for d in item.blobs if d.digest not in configs], item.origin)
+        # Each blob's data is fsynced before its rename; the directory that holds the
+        # names once, when every blob is in (before anything records the image).
+        with content.deferred_dir_sync():
+            self._fetch(ctx, source, [d for d in item.blobs if d.digest in configs], item.origin)
+            check_plan_configs(item, content)
+            self._fetch(
+                ctx, source, [d for d in item.blobs if d.digest not in configs], item.origin
+            )
         _label_sources(ctx, item.origin, item.blobs)
         return item
 
@@ -237,10 +261,7 @@ class FetchBlobs(Stage[ImagePlan, ImagePlan]):
             for desc in blobs:
                 store_blob(ctx, source, desc, origin=origin)
             return
-        # Lease every blob here, on the calling thread: the workers never open
-        # database connections of their own.
-        for desc in blobs:
-            ctx.protect(desc.digest)
+        _protect_all(ctx, blobs)
         run_concurrently(
             ctx.emit,
             blobs,
@@ -265,8 +286,7 @@ class FetchBlobs(Stage[ImagePlan, ImagePlan]):
         front = set(first)
         order = [d for d in item.blobs if d.digest in front]
         order += [d for d in item.blobs if d.digest not in front]
-        for desc in order:
-            ctx.protect(desc.digest)
+        _protect_all(ctx, order)
         return BlobFetch(ctx, source, order, self.max_concurrent, origin=item.origin, plan=item)
 
 

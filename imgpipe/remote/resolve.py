@@ -1,8 +1,9 @@
 """Resolving a reference and fetching documents (manifests, indexes) from a repository.
 
 ``resolve`` asks ``HEAD manifests/<ref>`` first (the registry's digest, type and size,
-no body) and falls back to ``GET`` when the answer is not enough; what it had to GET is
-kept on the repository so that ``open_document`` does not fetch it twice. Mirrors are
+no body) and falls back to ``GET`` when the answer is not enough (or GETs at once when
+the caller reads the root next); what it had to GET is kept on the repository so that
+``open_document`` does not fetch it twice. Mirrors are
 tried in order; a mirror that fails passes to the next endpoint.
 """
 
@@ -51,20 +52,26 @@ _GENERIC_TYPES: Final = frozenset(
 )
 
 
-def resolve(repo: Repository) -> Descriptor:
+def resolve(repo: Repository, *, fetch: bool = False) -> Descriptor:
     """The root descriptor of ``repo.ref`` (by tag or digest): HEAD, then GET if needed.
 
+    ``fetch``: GET at once, for a caller that reads the root next (a pull): one round
+    trip instead of two, as skopeo does; the body is kept for ``open_document``.
     The digest is the registry's ``Docker-Content-Digest`` for a tag, checked against
     the body when it had to be fetched; for a digest reference a different digest is
     DigestMismatch. Raises NotFound, Unauthorized, Unavailable, Unsupported (schema 1,
     not a manifest), ResourceLimit (over MAX_DOCUMENT_SIZE), DigestMismatch.
     """
-    return repo.each_endpoint(lambda ep: _resolve_at(repo, ep), f"{repo.what()}: no endpoint")
+    return repo.each_endpoint(
+        lambda ep: _resolve_at(repo, ep, fetch=fetch), f"{repo.what()}: no endpoint"
+    )
 
 
-def _resolve_at(repo: Repository, ep: Endpoint) -> Descriptor:
+def _resolve_at(repo: Repository, ep: Endpoint, *, fetch: bool) -> Descriptor:
     ref = str(repo.ref.digest) if repo.ref.digest is not None else repo.ref.tag
     shown = repo.what("@" + ref if repo.ref.digest else ":" + ref)
+    if fetch:
+        return _get_root(repo, ep, ref, shown)
     headers = {"Accept": MANIFEST_ACCEPT}
     resp = repo.request("HEAD", f"manifests/{ref}", ep=ep, headers=headers)
     if resp.status == 200:

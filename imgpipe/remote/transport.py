@@ -73,8 +73,10 @@ class RegistrySource(_Connected):
         return f"RegistrySource({str(self.ref)!r})"
 
     def resolve(self) -> Descriptor:
-        """The root descriptor; see :meth:`Repository.resolve` for the errors."""
-        return self._repo.resolve()
+        """The root descriptor; see :meth:`Repository.resolve` for the errors. Fetched
+        with its body (one GET, no HEAD first): every reader of a source reads the root
+        next, and ``open_blob`` then serves it from memory."""
+        return self._repo.resolve(fetch=True)
 
     def open_blob(self, desc: Descriptor) -> BinaryIO:
         """The blob's bytes, unverified: manifests whole, other blobs streamed."""

@@ -31,7 +31,7 @@ mounts blobs from other repositories of the same registry instead of uploading t
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Final, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.errors import InvalidReference, Unsupported
@@ -41,9 +41,31 @@ from imgpipe.formats.reference import TransportRef
 from imgpipe.remote.options import TransportOptions
 
 from .base import ImageSink, ImageSource
-from .dockerarchive import DockerArchiveSource
-from .ociarchive import OCIArchiveSink, OCIArchiveSource
-from .ocilayout import OCILayoutSink, OCILayoutSource
+
+if TYPE_CHECKING:
+    from .dockerarchive import DockerArchiveSource
+    from .ociarchive import OCIArchiveSink, OCIArchiveSource
+    from .ocilayout import OCILayoutSink, OCILayoutSource
+
+# The local transports are imported when first named (PEP 562) or opened: a pull from a
+# registry loads none of them (tarfile and the archive readers: ~4 ms of start-up).
+_LAZY: Final = {
+    "DockerArchiveSource": "dockerarchive",
+    "OCIArchiveSink": "ociarchive",
+    "OCIArchiveSource": "ociarchive",
+    "OCILayoutSink": "ocilayout",
+    "OCILayoutSource": "ocilayout",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib  # noqa: PLC0415
+
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
 
 __all__ = [
     "ConcurrentSink",
@@ -106,17 +128,47 @@ def _archive_ref(ref: TransportRef) -> str:
     return ref.tag
 
 
+def _oci_source(ref: TransportRef, options: TransportOptions) -> ImageSource:
+    from .ocilayout import OCILayoutSource  # noqa: PLC0415 (see _LAZY)
+
+    return OCILayoutSource(ref.path, tag=ref.tag)
+
+
+def _oci_archive_source(ref: TransportRef, options: TransportOptions) -> ImageSource:
+    from .ociarchive import OCIArchiveSource  # noqa: PLC0415
+
+    return OCIArchiveSource(ref.path, tag=ref.tag)
+
+
+def _docker_archive_source(ref: TransportRef, options: TransportOptions) -> ImageSource:
+    from .dockerarchive import DockerArchiveSource  # noqa: PLC0415
+
+    return DockerArchiveSource(ref.path, ref=_archive_ref(ref))
+
+
+def _oci_sink(ref: TransportRef, image_name: str, options: TransportOptions) -> ImageSink:
+    from .ocilayout import OCILayoutSink  # noqa: PLC0415
+
+    return OCILayoutSink(ref.path, tag=ref.tag, image_name=image_name)
+
+
+def _oci_archive_sink(ref: TransportRef, image_name: str, options: TransportOptions) -> ImageSink:
+    from .ociarchive import OCIArchiveSink  # noqa: PLC0415
+
+    return OCIArchiveSink(ref.path, tag=ref.tag, image_name=image_name)
+
+
 # One entry per transport: the registry transport slots in here.
 _SOURCES: Final[dict[str, Callable[[TransportRef, TransportOptions], ImageSource]]] = {
-    "oci": lambda ref, _o: OCILayoutSource(ref.path, tag=ref.tag),
-    "oci-archive": lambda ref, _o: OCIArchiveSource(ref.path, tag=ref.tag),
-    "docker-archive": lambda ref, _o: DockerArchiveSource(ref.path, ref=_archive_ref(ref)),
+    "oci": _oci_source,
+    "oci-archive": _oci_archive_source,
+    "docker-archive": _docker_archive_source,
     "docker": _registry_source,
 }
 
 _SINKS: Final[dict[str, Callable[[TransportRef, str, TransportOptions], ImageSink]]] = {
-    "oci": lambda ref, name, _o: OCILayoutSink(ref.path, tag=ref.tag, image_name=name),
-    "oci-archive": lambda ref, name, _o: OCIArchiveSink(ref.path, tag=ref.tag, image_name=name),
+    "oci": _oci_sink,
+    "oci-archive": _oci_archive_sink,
     "docker-archive": _docker_archive_sink,
     "docker": _registry_sink,
 }
