@@ -135,13 +135,17 @@ class LayerPlan:
 
     def cache_key(self, params: ProcessorParams) -> tuple[str, ...] | None:
         """What identifies the output bytes, for reuse across images; None when the output
-        is not a function of the input (encryption draws a fresh key; zstd workers)."""
-        if self.encrypt or (self.compression == "zstd" and params.zstd_threads != 0):
+        is not a function of the input (encryption draws a fresh key). zstd's bytes
+        depend on whether it runs workers, not on how many (processors.zstd)."""
+        if self.encrypt:
             return None
         level = {"gzip": params.gzip_level, "zstd": params.zstd_level}.get(self.compression, 0)
         if self.seekable is not None:
             return (str(self.source.digest), self.target_type.base, repr(self.seekable))
-        return (str(self.source.digest), self.target_type.base, str(level))
+        key = (str(self.source.digest), self.target_type.base, str(level))
+        if self.compression == "zstd":
+            return (*key, "single-threaded" if params.zstd_threads == 0 else "workers")
+        return key
 
 
 class _DiffIDTee(PassThrough):
@@ -262,7 +266,7 @@ def open_converted(
             step_desc = desc if mt == desc.media_type else replace(desc, media_type=mt)
             current = open_chain(current, step_desc, registry.decoder_chain(mt), params)
             tee = _DiffIDTee(current, plan.diff_id, what)
-            # fetch + verify + decompress + DiffID on one core, the rest on the other
+            # fetch + verify + decompress + DiffID (one pass: the tee) on a thread of its own
             current, mt = (
                 ReadAhead(tee, depth=READ_AHEAD_DEPTH, name="convert-read-ahead"),
                 OCI_LAYER,
@@ -275,6 +279,9 @@ def open_converted(
                 step_desc = replace(desc, media_type=mt)
                 current = open_chain(current, step_desc, registry.encoder_chain(mt, goal), params)
                 mt = current.media_type
+                # the encoder on a thread of its own too: decode | encode | [encrypt,]
+                # hash and send, three threads (every codec and hash releases the GIL)
+                current = ReadAhead(current, depth=READ_AHEAD_DEPTH, name="convert-encode")
         if plan.encrypt:
             goal = MediaType(MediaType(mt).base + ENCRYPTED_SUFFIX)
             # The source descriptor itself when encryption reads the source blob: the
