@@ -253,14 +253,19 @@ class ZstdEncoder(ChunkReader):
             threads = default_workers()
         self.threads = threads
         self._raw = raw
-        frame = {"write_checksum": True, "write_content_size": False}
         if threads:
             cparams = zstandard.ZstdCompressionParameters.from_level(
-                level, threads=threads, job_size=JOB_SIZE, **frame
+                level,
+                threads=threads,
+                job_size=JOB_SIZE,
+                write_checksum=True,
+                write_content_size=False,
             )
             compressor = zstandard.ZstdCompressor(compression_params=cparams)
         else:
-            compressor = zstandard.ZstdCompressor(level=level, **frame)
+            compressor = zstandard.ZstdCompressor(
+                level=level, write_checksum=True, write_content_size=False
+            )
         self._reader: Any = compressor.stream_reader(
             cast(Any, FullReads(raw)), read_size=CHUNK_SIZE, closefd=False
         )
