@@ -11,6 +11,11 @@ processors, in the only order that keeps DiffIDs valid::
 
     source blob (verified) -> [decrypt] -> [decompress -> DiffID tee -> compress] -> [encrypt]
 
+A recompressed layer runs on three threads, each a few MiB ahead of the next (every
+codec and hash releases the GIL): fetch, verify, decompress and the DiffID tee; the
+encoder (zstd with workers of its own, processors.zstd); the caller's, which hashes the
+output and sends it.
+
 A seekable plan (eStargz, zstd:chunked: ``plan.seekable``) always decodes the layer and
 writes it with :class:`~imgpipe.processors.estargz_write.EstargzEncoder` in place of the
 compressor: the tee still checks the source's tar against the config, and the encoder
