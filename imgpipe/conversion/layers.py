@@ -64,6 +64,8 @@ ENCRYPTED_SUFFIX: Final = "+encrypted"
 #: Chunks a layer's first half may run ahead of its second (see imgpipe.decode.ReadAhead):
 #: enough to ride out a stall of either side, little memory (a few MiB per layer in flight).
 READ_AHEAD_DEPTH: Final = 4
+#: The same behind the encoder: its output is smaller than the tar, 2 chunks suffice.
+ENCODE_AHEAD_DEPTH: Final = 2
 
 
 def _layer_type(family: str, nondistributable: bool, compression: Compression) -> MediaType:
@@ -286,7 +288,7 @@ def open_converted(
                 mt = current.media_type
                 # the encoder on a thread of its own too: decode | encode | [encrypt,]
                 # hash and send, three threads (every codec and hash releases the GIL)
-                current = ReadAhead(current, depth=READ_AHEAD_DEPTH, name="convert-encode")
+                current = ReadAhead(current, depth=ENCODE_AHEAD_DEPTH, name="convert-encode")
         if plan.encrypt:
             goal = MediaType(MediaType(mt).base + ENCRYPTED_SUFFIX)
             # The source descriptor itself when encryption reads the source blob: the
