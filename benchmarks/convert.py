@@ -1,14 +1,23 @@
-"""Convert between registries: imgpipe vs skopeo, gzip -> zstd, encrypt, decrypt.
+"""Convert between registries: imgpipe vs skopeo, gzip -> zstd, encrypt, decrypt, copy.
 
     .venv/bin/python benchmarks/convert.py [--runs 5] [--dir DIR] [--jobs N]
+        [--image multi|text] [--only zstd --only copy ...] [--floor]
 
 Starts Debian's ``docker-registry`` on 127.0.0.1 (plain HTTP, storage in the work
-directory) and puts a generated 5-layer gzip image (~110 MB of blobs, ~150 MB of tars:
-files of base64 text, which compress like real layers do, about 4:3) into it. Then, in
-one run, alternating, each into a fresh destination repository:
+directory) and puts a generated gzip image into it:
+
+- ``multi`` (the default; "debian-multi"): 4 layers shaped like a distribution base and
+  three application layers, 64 MB of gzip blobs, 148 MB / 13.1k entries of tars, one
+  layer of 120 MB (benchmarks/unpack.py's generator: thousands of small text files, a
+  few large ones, symlinks, hardlinks, whiteouts);
+- ``text``: 5 layers of 2 MB files of base64 text (~110 MB of blobs, ~150 MB of tars).
+
+Then, in one run, alternating, each into a fresh destination repository:
 
 - **zstd**: ``imgpipe convert --zstd SRC DST`` vs ``skopeo copy --dest-compress-format
   zstd docker://SRC docker://DST``;
+- **copy** (the floor both share: every blob streamed unchanged into the registry):
+  ``imgpipe convert SRC DST`` vs ``skopeo copy``;
 - **encrypt**: ``imgpipe encrypt --recipient jwe:PUB SRC DST`` vs ``skopeo copy
   --encryption-key jwe:PUB``;
 - **decrypt** (of an image encrypted once beforehand): ``imgpipe decrypt --key KEY`` vs
@@ -21,8 +30,11 @@ benchmark itself is not root, a private HOME is enough. Every output is checked:
 layers, encrypted layers, decrypted layers. imgpipe runs as the invoking user with its
 default 3 layers at once.
 
-Reports median wall time, CPU (user+sys) and peak RSS of each command (``wait4``), and
-the ratio imgpipe/skopeo of the medians.
+Reports, per case and tool, the median wall time with min and max, CPU (user+sys, from
+``wait4``), the load average (``/proc/loadavg``, 1 min) before each run (min-max: the
+machine may be shared), and the ratio imgpipe/skopeo of the medians. ``--floor`` adds,
+in-process, what the largest layer costs alone: its gzip decode, and its zstd encode
+with the workers imgpipe uses by default and with none.
 """
 
 from __future__ import annotations
@@ -32,6 +44,7 @@ import base64
 import gzip
 import hashlib
 import http.client
+import io
 import json
 import os
 import random
@@ -41,33 +54,59 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pull import start_registry, timed
 
-LAYER_MB = (50, 40, 30, 20, 10)  # uncompressed tar payload per layer (base64 text)
+LAYER_MB = (50, 40, 30, 20, 10)  # ``text``: uncompressed tar payload per layer (base64)
+#: ``multi``: (small files, large files, MB per large file) per layer (unpack.py's shapes)
+MULTI_LAYERS = ((9700, 7, 12), (1500, 1, 8), (800, 1, 6), (300, 1, 4))
 FILE_MB = 2  # split into files of this size
 NOBODY = 65534
-CLI_SHIM = """
-import argparse, sys
-from imgpipe.cli import cmd_convert, main as m
-build = m.build_parser
-def build_parser():
-    p = build()
-    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
-    if "convert" not in sub.choices:
-        cmd_convert.register(sub)
-    return p
-m.build_parser = build_parser
-sys.exit(m.main(sys.argv[1:]))
-"""
+IMGPIPE = Path(sys.executable).parent / "imgpipe"
 ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 
 
-def make_layout(layout: Path) -> None:
-    """The source image: gzip (level 6) layers of base64 files, as an OCI layout."""
+def _text_tar(tar_path: Path, i: int, mb: int, rng: random.Random, layout: Path) -> None:
+    with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as tf:
+        for j in range(max(1, mb // FILE_MB)):
+            data = base64.b64encode(rng.randbytes(FILE_MB * 750_000))
+            payload = layout / "payload.tmp"
+            payload.write_bytes(data)
+            info = tf.gettarinfo(str(payload), arcname=f"layer{i}/file{j}.txt")
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            with payload.open("rb") as pf:
+                tf.addfile(info, pf)
+            payload.unlink()
+
+
+def multi_tars() -> list[bytes]:
+    """The ``multi`` image's layer tars (seeded: the same bytes every time)."""
+    import unpack
+
+    rng = random.Random(42)
+    words = unpack._Words(rng)
+    assert len(MULTI_LAYERS) == len(unpack.LAYERS)  # its last layer holds the whiteouts
+    return [unpack._layer_tar(i, spec, rng, words) for i, spec in enumerate(MULTI_LAYERS)]
+
+
+def make_multi_tars(directory: Path) -> list[Path]:
+    """The ``multi`` image's layer tars written as files (for benchmarks/zstd_workers.py)."""
+    paths = []
+    for i, tar in enumerate(multi_tars()):
+        path = directory / f"multi-layer{i}.tar"
+        path.write_bytes(tar)
+        paths.append(path)
+    return paths
+
+
+def make_layout(layout: Path, image: str = "text") -> None:
+    """The source image (``text`` or ``multi``): gzip (level 6) layers, an OCI layout."""
     blobs = layout / "blobs" / "sha256"
     blobs.mkdir(parents=True)
     rng = random.Random(7)
@@ -82,18 +121,13 @@ def make_layout(layout: Path) -> None:
         return f"sha256:{h.hexdigest()}", size
 
     layers, diff_ids = [], []
-    for i, mb in enumerate(LAYER_MB):
+    sources: list[bytes] | tuple[int, ...] = multi_tars() if image == "multi" else LAYER_MB
+    for i, source in enumerate(sources):
         tar_path = layout / "layer.tar"
-        with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as tf:
-            for j in range(max(1, mb // FILE_MB)):
-                data = base64.b64encode(rng.randbytes(FILE_MB * 750_000))
-                payload = layout / "payload.tmp"
-                payload.write_bytes(data)
-                info = tf.gettarinfo(str(payload), arcname=f"layer{i}/file{j}.txt")
-                info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-                with payload.open("rb") as pf:
-                    tf.addfile(info, pf)
-                payload.unlink()
+        if isinstance(source, bytes):
+            tar_path.write_bytes(source)
+        else:
+            _text_tar(tar_path, i, source, rng, layout)
         h = hashlib.sha256()
         with tar_path.open("rb") as f:
             while chunk := f.read(1 << 20):
@@ -149,7 +183,8 @@ def make_layout(layout: Path) -> None:
     (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
 
 
-def manifest_layers(host: str, repo: str, tag: str) -> list[str]:
+def manifest_layers(host: str, repo: str, tag: str) -> tuple[list[str], list[str]]:
+    """The media types and digests of the layers of ``repo:tag``."""
     conn = http.client.HTTPConnection(host, timeout=30)
     try:
         conn.request(
@@ -163,7 +198,8 @@ def manifest_layers(host: str, repo: str, tag: str) -> list[str]:
             raise SystemExit(f"{repo}:{tag}: HTTP {resp.status}")
     finally:
         conn.close()
-    return [layer["mediaType"] for layer in json.loads(body)["layers"]]
+    layers = json.loads(body)["layers"]
+    return [layer["mediaType"] for layer in layers], [layer["digest"] for layer in layers]
 
 
 def keypair(directory: Path) -> tuple[Path, Path]:
@@ -224,22 +260,88 @@ class Skopeo:
                 "XDG_CONFIG_HOME": f"{h}/config", "XDG_RUNTIME_DIR": h}  # fmt: skip
 
 
-def report(name: str, results: dict[str, list[tuple[float, float, int]]], mb: float) -> None:
-    print(f"\n{name}")
-    print(
-        "| tool | median s | min s | max s | MB/s (median) | CPU s (median) | peak RSS MiB (max) |"
-    )
-    print("|---|---|---|---|---|---|---|")
+Row = tuple[float, float, int, float]  # wall s, CPU s, peak RSS KiB, load average before
+
+
+def load() -> float:
+    """The 1-minute load average now (the machine may be shared: every figure carries it)."""
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def report(name: str, results: dict[str, list[Row]], mb: float) -> str:
+    """The case's table (Markdown), printed and returned."""
+    lines = [
+        f"\n{name}",
+        "| tool | median s | min s | max s | MB/s (median) | CPU s (median) "
+        "| peak RSS MiB (max) | load before (min-max) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     med = {}
     for tool, rows in results.items():
         walls = [r[0] for r in rows]
+        loads = [r[3] for r in rows]
         med[tool] = statistics.median(walls)
-        print(
+        lines.append(
             f"| {tool} | {med[tool]:.3f} | {min(walls):.3f} | {max(walls):.3f} | "
             f"{mb / med[tool]:.0f} | {statistics.median(r[1] for r in rows):.3f} | "
-            f"{max(r[2] for r in rows) / 1024:.0f} |"
+            f"{max(r[2] for r in rows) / 1024:.0f} | {min(loads):.2f}-{max(loads):.2f} |"
         )
-    print(f"\nratio imgpipe/skopeo (median): **{med['imgpipe'] / med['skopeo']:.2f}**")
+    lines.append(f"\nratio imgpipe/skopeo (median): **{med['imgpipe'] / med['skopeo']:.2f}**")
+    for tool, wall in med.items():
+        if tool not in ("imgpipe", "skopeo"):
+            lines.append(f"ratio {tool}/skopeo (median): {wall / med['skopeo']:.2f}")
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _drain(stream: Any) -> bytes:
+    out = []
+    with stream:
+        while chunk := stream.read(1 << 20):
+            out.append(chunk)
+    return b"".join(out)
+
+
+def _timed_in(job: Callable[[], object], runs: int = 3) -> tuple[float, float, float]:
+    walls = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        job()
+        walls.append(time.perf_counter() - t0)
+    return statistics.median(walls), min(walls), max(walls)
+
+
+def floor(layout: Path) -> str:
+    """In-process, the largest layer alone: gzip decode, zstd encode (3 runs, median)."""
+    from imgpipe.processors import ZSTD_LEVEL
+    from imgpipe.processors.gzip import GzipDecoder
+    from imgpipe.processors.zstd import ZstdEncoder, default_workers
+
+    blob = max((layout / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_size)
+    raw = blob.read_bytes()
+    tar = _drain(GzipDecoder(io.BytesIO(raw)))
+    rows = [
+        ("gzip decode (isal)", _timed_in(lambda: _drain(GzipDecoder(io.BytesIO(raw))))),
+        ("sha256 of the tar (the DiffID)", _timed_in(lambda: hashlib.sha256(tar).digest())),
+    ]
+    for w in (0, default_workers()):
+        enc = lambda w=w: _drain(ZstdEncoder(io.BytesIO(tar), level=ZSTD_LEVEL, threads=w))  # noqa: E731
+        rows.append((f"zstd -{ZSTD_LEVEL} encode, workers={w}", _timed_in(enc)))
+    lines = [
+        f"\nfloor: the largest layer alone, in-process ({len(raw) / 1e6:.1f} MB gzip, "
+        f"{len(tar) / 1e6:.1f} MB tar; {uptime()})",
+        "| step | median s | min s | max s |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {what} | {m:.3f} | {lo:.3f} | {hi:.3f} |" for what, (m, lo, hi) in rows]
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
 
 
 def main() -> int:
@@ -249,18 +351,37 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp dir)")
     ap.add_argument("--jobs", type=int, default=None, help="imgpipe's --jobs")
-    ap.add_argument("--only", choices=("zstd", "encrypt", "decrypt"), action="append")
+    ap.add_argument("--image", choices=("multi", "text"), default="multi")
+    ap.add_argument("--only", choices=("zstd", "copy", "encrypt", "decrypt"), action="append")
+    ap.add_argument("--floor", action="store_true", help="also time the largest layer alone")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=ARGS",
+        help="also run imgpipe with these extra options as tool NAME (zstd case only), "
+        "e.g. 'single=--zstd-threads 0'",
+    )
+    ap.add_argument(
+        "--before",
+        type=Path,
+        help="another imgpipe command (e.g. main's .venv/bin/imgpipe), run as a third tool",
+    )
     ap.add_argument("--make-layout", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.make_layout:
-        make_layout(args.make_layout)
+        make_layout(args.make_layout, args.image)
         return 0
     work = Path(tempfile.mkdtemp(prefix="imgpipe-bench-convert-", dir=args.dir))
     work.chmod(0o755)
     registry = None
+    tables: list[str] = []
     try:
         src = work / "src"
-        subprocess.run([sys.executable, __file__, "--make-layout", str(src)], check=True)
+        subprocess.run(
+            [sys.executable, __file__, "--image", args.image, "--make-layout", str(src)],
+            check=True,
+        )
         total = sum(p.stat().st_size for p in (src / "blobs" / "sha256").iterdir())
         mb = total / 1e6
         registry, host = start_registry(work)
@@ -273,15 +394,19 @@ def main() -> int:
         source = f"{host}/bench/src:v1"
         with imgpipe.conversion.Converter() as c:  # the source image, and an encrypted one
             c.convert(f"oci:{src}:v1", source)
-            c.convert(source, f"{host}/bench/enc:v1",
-                      imgpipe.conversion.ConvertOptions(recipients=[f"jwe:{pub}"]))  # fmt: skip
+            if not args.only or "decrypt" in args.only:
+                c.convert(source, f"{host}/bench/enc:v1",
+                          imgpipe.conversion.ConvertOptions(recipients=[f"jwe:{pub}"]))  # fmt: skip
         encrypted = f"{host}/bench/enc:v1"
+        n_layers = len(MULTI_LAYERS) if args.image == "multi" else len(LAYER_MB)
         print(
-            f"image: {len(LAYER_MB)} layers, {mb:.1f} MB of gzip blobs, {sum(LAYER_MB)} MB of tars"
+            f"image {args.image!r}: {n_layers} layers, {mb:.1f} MB of gzip blobs; "
+            f"{os.cpu_count()} CPUs; {args.runs} runs per tool, alternating; "
+            f"uptime: {uptime()}"
         )
         env = {**os.environ, "HOME": str(work / "imgpipe-home")}
         jobs = ["--jobs", str(args.jobs)] if args.jobs else []
-        imgpipe_cli = [sys.executable, "-c", CLI_SHIM, "--quiet", "--root", str(work / "root")]
+        imgpipe_cli = [str(IMGPIPE), "--quiet", "--root", str(work / "root")]
         cases: dict[
             str, tuple[list[str], Callable[[str], list[str]], Callable[[list[str]], bool]]
         ] = {
@@ -294,6 +419,11 @@ def main() -> int:
                     f"docker://{dst}",
                 ],
                 lambda types: set(types) == {ZSTD},
+            ),
+            "copy": (
+                ["convert", *jobs, source],
+                lambda dst: [f"docker://{source}", f"docker://{dst}"],
+                lambda types: set(types) == {GZIP},
             ),
             "encrypt": (
                 ["encrypt", "--recipient", f"jwe:{pub}", *jobs, source],
@@ -320,22 +450,42 @@ def main() -> int:
         for name, (ours, theirs, check) in cases.items():
             if args.only and name not in args.only:
                 continue
-            results: dict[str, list[tuple[float, float, int]]] = {"imgpipe": [], "skopeo": []}
+            variants = dict(v.split("=", 1) for v in args.variant) if name == "zstd" else {}
+            tools = ["imgpipe", "skopeo", *variants] + (["before"] if args.before else [])
+            results: dict[str, list[Row]] = {t: [] for t in tools}
+            digests: dict[str, set[str]] = {t: set() for t in tools}
             for run in range(args.runs):
-                order = ("imgpipe", "skopeo") if run % 2 == 0 else ("skopeo", "imgpipe")
+                order = tools if run % 2 == 0 else tools[::-1]
                 for tool in order:
                     n += 1
                     repo = f"bench/{name}-{tool}-{n}"  # a fresh repository every run
                     if tool == "imgpipe":
                         argv, run_env = [*imgpipe_cli, *ours, f"{host}/{repo}:v1"], env
+                    elif tool in variants:
+                        extra = variants[tool].split()
+                        argv = [*imgpipe_cli, *ours[:-1], *extra, ours[-1], f"{host}/{repo}:v1"]
+                        run_env = env
+                    elif tool == "before":
+                        before_cli = [str(args.before), *imgpipe_cli[1:]]
+                        argv, run_env = [*before_cli, *ours, f"{host}/{repo}:v1"], env
                     else:
                         skopeo.fresh()
                         argv, run_env = skopeo.argv(*theirs(f"{host}/{repo}:v1")), skopeo.env()
-                    results[tool].append(timed(argv, run_env))
-                    types = manifest_layers(host, repo, "v1")
+                    before = load()
+                    results[tool].append((*timed(argv, run_env), before))
+                    types, layer_digests = manifest_layers(host, repo, "v1")
                     if not check(types):
                         raise SystemExit(f"{tool} {name}: unexpected layer types {types}")
-            report(f"{name} ({args.runs} runs each, alternating)", results, mb)
+                    digests[tool].add(",".join(layer_digests))
+            same = (
+                "the same layer digests every run"
+                if len(digests["imgpipe"]) == 1
+                else (f"{len(digests['imgpipe'])} different sets of layer digests")
+            )
+            tables.append(report(f"{name} ({args.runs} runs each, alternating; imgpipe: {same})",
+                                 results, mb))  # fmt: skip
+        if args.floor:
+            tables.append(floor(src))
     finally:
         if registry is not None:
             registry.terminate()

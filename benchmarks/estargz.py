@@ -1,9 +1,11 @@
 """Convert to eStargz between registries: imgpipe vs ctr-remote (stargz-snapshotter 0.12).
 
     .venv/bin/python benchmarks/estargz.py [--runs 3] [--dir DIR] [--zstdchunked]
+        [--image text|multi] [--imgpipe-only] [--before IMGPIPE]
 
-Starts Debian's ``docker-registry`` on 127.0.0.1 and puts benchmarks/convert.py's
-generated 5-layer gzip image into it (~110 MB of blobs, 150 MB of tars of base64 text).
+Starts Debian's ``docker-registry`` on 127.0.0.1 and puts one of benchmarks/convert.py's
+generated gzip images into it: ``text`` (the default: 5 layers, ~110 MB of blobs, 150 MB
+of tars of base64 text) or ``multi`` (debian-multi: 4 layers, 64 MB, 148 MB of tars).
 Then, in one run, alternating, each into a fresh destination repository:
 
 - **imgpipe**: ``imgpipe convert --estargz SRC DST`` (registry to registry, streaming,
@@ -19,7 +21,9 @@ ctr-remote's zstd "SpeedDefault" and imgpipe's default).
 Every output is checked (every layer has a ``toc.digest`` annotation). Reports median
 wall time, CPU (user+sys) and peak RSS (``wait4``; for ctr-remote the client commands
 only: the daemon's CPU is measured from /proc for its whole run) and the ratio
-imgpipe/ctr-remote of the medians.
+imgpipe/ctr-remote of the medians, with the load average before each run.
+``--imgpipe-only`` leaves ctr-remote out (its runs take half a minute each);
+``--before`` adds another imgpipe command (e.g. main's) as a tool, alternated.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 from containerd_fixture import start_containerd  # noqa: E402
-from convert import LAYER_MB  # noqa: E402
+from convert import LAYER_MB, MULTI_LAYERS, load, uptime  # noqa: E402
 from pull import start_registry, timed  # noqa: E402
 
 TOC_DIGEST = "containerd.io/snapshot/stargz/toc.digest"
@@ -95,15 +99,21 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp dir)")
     ap.add_argument("--zstdchunked", action="store_true", help="zstd:chunked instead of eStargz")
+    ap.add_argument("--image", choices=("text", "multi"), default="text")
+    ap.add_argument("--imgpipe-only", action="store_true", help="leave ctr-remote out")
+    ap.add_argument("--before", type=Path, help="another imgpipe command, run as a tool")
     args = ap.parse_args()
+    n_layers = len(LAYER_MB) if args.image == "text" else len(MULTI_LAYERS)
     fmt = "zstdchunked" if args.zstdchunked else "estargz"
     work = Path(tempfile.mkdtemp(prefix="imgpipe-bench-estargz-", dir=args.dir))
     registry = None
     try:
         src = work / "src"
         subprocess.run(
-            [sys.executable, str(HERE / "convert.py"), "--make-layout", str(src)], check=True
-        )
+            [sys.executable, str(HERE / "convert.py"), "--image", args.image,
+             "--make-layout", str(src)],
+            check=True,
+        )  # fmt: skip
         total = sum(p.stat().st_size for p in (src / "blobs" / "sha256").iterdir())
         mb = total / 1e6
         registry, host = start_registry(work)
@@ -112,40 +122,47 @@ def main() -> int:
         subprocess.run(
             [str(IMGPIPE), "--quiet", "convert", f"oci:{src}:v1", source], check=True, env=env
         )
-        print(
-            f"image: {len(LAYER_MB)} layers, {mb:.1f} MB of gzip blobs, {sum(LAYER_MB)} MB of tars"
-        )
-        print(f"format: {fmt}; CPUs: {os.cpu_count()}")
-        results: dict[str, list[tuple[float, float, int]]] = {"imgpipe": [], "ctr-remote": []}
+        print(f"image {args.image!r}: {n_layers} layers, {mb:.1f} MB of gzip blobs")
+        print(f"format: {fmt}; CPUs: {os.cpu_count()}; uptime: {uptime()}")
+        tools = ["imgpipe"] + ([] if args.imgpipe_only else ["ctr-remote"])
+        tools += ["before"] if args.before else []
+        results: dict[str, list[tuple[float, float, int, float]]] = {t: [] for t in tools}
         n = 0
         for run in range(args.runs):
-            order = ("imgpipe", "ctr-remote") if run % 2 == 0 else ("ctr-remote", "imgpipe")
-            for tool in order:
+            for tool in tools if run % 2 == 0 else tools[::-1]:
                 n += 1
                 repo = f"bench/{fmt}-{tool}-{n}"
                 dest = f"{host}/{repo}:v1"
-                if tool == "imgpipe":
-                    row = timed([str(IMGPIPE), "--quiet", "convert", f"--{fmt}", source, dest], env)
+                before = load()
+                if tool in ("imgpipe", "before"):
+                    exe = str(IMGPIPE if tool == "imgpipe" else args.before)
+                    row = timed([exe, "--quiet", "convert", f"--{fmt}", source, dest], env)
                 else:
                     row = run_ctr_remote(fmt, source, dest)
                 anns = layer_annotations(host, repo, "v1")
-                if len(anns) != len(LAYER_MB) or not all(TOC_DIGEST in a for a in anns):
+                if len(anns) != n_layers or not all(TOC_DIGEST in a for a in anns):
                     raise SystemExit(f"{tool}: {dest} is not {fmt}: {anns}")
-                results[tool].append(row)
-                print(f"  run {run} {tool}: {row[0]:.2f} s", flush=True)
+                results[tool].append((*row, before))
+                print(f"  run {run} {tool}: {row[0]:.2f} s (load {before:.2f})", flush=True)
         print(f"\n{fmt}, registry to registry, {args.runs} runs each")
-        print("| tool | median s | min s | max s | MB/s (median) | CPU s (median) | peak RSS MiB |")
-        print("|---|---|---|---|---|---|---|")
+        print(
+            "| tool | median s | min s | max s | MB/s (median) | CPU s (median) "
+            "| peak RSS MiB (max) | load before (min-max) |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
         med = {}
         for tool, rows in results.items():
             walls = [r[0] for r in rows]
+            loads = [r[3] for r in rows]
             med[tool] = statistics.median(walls)
             print(
                 f"| {tool} | {med[tool]:.2f} | {min(walls):.2f} | {max(walls):.2f} | "
                 f"{mb / med[tool]:.1f} | {statistics.median(r[1] for r in rows):.2f} | "
-                f"{max(r[2] for r in rows) / 1024:.0f} |"
+                f"{max(r[2] for r in rows) / 1024:.0f} | {min(loads):.2f}-{max(loads):.2f} |"
             )
-        print(f"\nratio imgpipe/ctr-remote (median): **{med['imgpipe'] / med['ctr-remote']:.2f}**")
+        for tool, wall in med.items():
+            if tool != "imgpipe":
+                print(f"\nratio imgpipe/{tool} (median): **{med['imgpipe'] / wall:.2f}**")
     finally:
         if registry is not None:
             registry.terminate()

@@ -134,8 +134,9 @@ def _compression(p: argparse.ArgumentParser) -> None:
         "--zstd-threads",
         type=int,
         metavar="N",
-        default=0,
-        help="zstd worker threads per layer (default 0: in-line, reproducible output)",
+        default=None,
+        help="zstd worker threads per layer (default: one per CPU, up to 4; the bytes are "
+        "the same for any N >= 1; 0: single-threaded, other bytes)",
     )
     p.add_argument(
         "--oci",
@@ -214,7 +215,7 @@ def register(sub: Any) -> None:
         p, "--key", help="key for layers that are already encrypted (they are re-encrypted)"
     )
     _common(p)
-    p.set_defaults(compression=None, level=None, zstd_threads=0, oci=False, **_NO_SEEKABLE)
+    p.set_defaults(compression=None, level=None, zstd_threads=None, oci=False, **_NO_SEEKABLE)
 
     p = flags.verb(
         sub,
@@ -228,7 +229,7 @@ def register(sub: Any) -> None:
     p.set_defaults(
         compression=None,
         level=None,
-        zstd_threads=0,
+        zstd_threads=None,
         oci=False,
         encrypt_recipient=[],
         encrypt_layers=None,
@@ -277,7 +278,7 @@ def convert(args: argparse.Namespace) -> int:
         return usage_error("--estargz-level and --estargz-record-in need --estargz")
     if args.estargz_chunk_size is not None and args.estargz_chunk_size < 0:
         return usage_error("--estargz-chunk-size must be 0 (the default) or more")
-    if args.zstd_threads and args.compression != "zstd":
+    if args.zstd_threads is not None and args.compression != "zstd":
         return usage_error("--zstd-threads needs --zstd")
     if args.encrypt_layers is not None and not args.encrypt_recipient:
         return usage_error("--encrypt-layers needs --encrypt-recipient")
@@ -285,9 +286,9 @@ def convert(args: argparse.Namespace) -> int:
     if args.encrypt_layers is not None:
         layers = [i for group in args.encrypt_layers for i in group]
     # the flags spelt as the options, and --jobs only when given (else the default)
-    kw: dict[str, Any] = {
-        k: getattr(args, k) for k in ("compression", "level", "zstd_threads", "oci")
-    }
+    kw: dict[str, Any] = {k: getattr(args, k) for k in ("compression", "level", "oci")}
+    if args.zstd_threads is not None:
+        kw["zstd_threads"] = args.zstd_threads
     if args.jobs is not None:
         kw["jobs"] = args.jobs
     if args.seekable is not None:

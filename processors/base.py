@@ -67,9 +67,10 @@ CHUNK_SIZE: Final = 1 << 20
 GZIP_LEVEL: Final = 6
 #: zstd level for encoding. 3 is zstd's default and what nerdctl/containerd use.
 ZSTD_LEVEL: Final = 3
-#: zstd worker threads for encoding. 0 = single-threaded, in-line: the only mode whose
-#: output is reproducible, so the default; with workers the bytes depend on job splits.
-ZSTD_THREADS: Final = 0
+#: zstd worker threads for encoding. -1 = one per available CPU (processors.zstd: the
+#: multi-threaded framing, whose bytes are the same for any number of workers, so
+#: reproducible whatever the machine); 0 = single-threaded in-line (other bytes).
+ZSTD_THREADS: Final = -1
 
 Direction = Literal["decode", "encode"]
 
@@ -117,8 +118,8 @@ class ProcessorParams:
             raise InvalidArgument(f"gzip level {self.gzip_level}: must be 0-9")
         if not -(1 << 17) <= self.zstd_level <= 22:
             raise InvalidArgument(f"zstd level {self.zstd_level}: must be at most 22")
-        if self.zstd_threads < 0:
-            raise InvalidArgument(f"zstd threads {self.zstd_threads}: must be >= 0")
+        if self.zstd_threads < -1:
+            raise InvalidArgument(f"zstd threads {self.zstd_threads}: must be -1, 0 or more")
         object.__setattr__(self, "decrypt_keys", tuple(self.decrypt_keys))
         object.__setattr__(self, "recipients", tuple(self.recipients))
 

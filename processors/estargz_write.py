@@ -56,7 +56,7 @@ from imgpipe.formats.errors import InvalidArgument, ResourceLimit
 from imgpipe.formats.estargz.toc import MAX_ENTRIES
 
 from .base import CHUNK_SIZE, ZSTD_LEVEL, ChunkReader
-from .estargz_members import Members, gzip_compressor, zstd_compressor
+from .estargz_members import Members, gzip_compressor, max_in_flight, zstd_compressor
 from .estargz_tar import TarEntry, TarReader, clean_name
 from .estargz_toc import (
     LANDMARK_CONTENTS,
@@ -159,7 +159,7 @@ class EstargzEncoder(ChunkReader):
         self._params = params
         workers = params.workers or os.cpu_count() or 1
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="estargz")
-        self._max_jobs = 2 * workers + 1
+        self._max_jobs = max_in_flight(workers)
         zstd = params.format == "zstdchunked"
         compress = (
             zstd_compressor(params.zstd_level) if zstd else gzip_compressor(params.gzip_level)

@@ -299,6 +299,27 @@ def test_same_input_same_options_same_digests(
     assert digests[0] == digests[1]
 
 
+def test_zstd_digests_do_not_depend_on_the_worker_count(fixture_dir: Path, tmp_path: Path) -> None:
+    # the default (one worker per CPU) is reproducible on any machine: 1 or 3 workers
+    # give the same image; 0 (single-threaded) is another framing, the same tars
+    src = f"oci:{fixture_dir / 'layered'}:layered"
+    got = {}
+    for threads in (-1, 1, 3, 0):
+        with Converter(root=tmp_path / f"root{threads}") as c:  # no shared cache
+            report = _convert(
+                c, src, f"oci:{tmp_path / f'o{threads}'}:x", compression="zstd",
+                zstd_threads=threads,
+            )  # fmt: skip
+        got[threads] = (report.destination_digest, [x.after.digest for x in report.layers])
+    assert got[-1] == got[1] == got[3]
+    assert got[0][1] != got[1][1]
+    with Converter(root=tmp_path / "shared") as c:  # the cache knows: 3 workers = 1 worker
+        _convert(c, src, f"oci:{tmp_path / 'c1'}:x", compression="zstd", zstd_threads=1)
+        again = _convert(c, src, f"oci:{tmp_path / 'c1'}:y", compression="zstd", zstd_threads=3)
+    assert [x.after.digest for x in again.layers] == got[1][1]
+    assert {x.action for x in again.layers} == {"exists"}
+
+
 def test_encryption_is_not_reproducible_by_design(
     fixture_dir: Path, tmp_path: Path, converter: Converter, keys: Path
 ) -> None:

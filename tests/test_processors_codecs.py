@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.digest import Digest
-from imgpipe.formats.errors import MalformedDocument, ResourceLimit
+from imgpipe.formats.errors import InvalidArgument, MalformedDocument, ResourceLimit
 from imgpipe.formats.mediatype import (
     DOCKER_LAYER,
     DOCKER_LAYER_GZIP,
@@ -155,7 +155,31 @@ def test_zstd_threads_change_bytes_not_content() -> None:
     single = drain(ZstdEncoder(io.BytesIO(data), level=3, threads=0))  # type: ignore[arg-type]
     assert single == drain(ZstdEncoder(io.BytesIO(data), level=3, threads=0))  # type: ignore[arg-type]
     multi = drain(ZstdEncoder(io.BytesIO(data), level=3, threads=2))  # type: ignore[arg-type]
+    assert multi != single
     assert drain(ZstdDecoder(io.BytesIO(multi))) == data  # type: ignore[arg-type]
+
+
+def test_zstd_workers_bytes_do_not_depend_on_their_count_or_the_pieces() -> None:
+    # libzstd's streaming multi-threaded framing: the default (one worker per CPU) is
+    # reproducible on any machine because 1, 2 or 4 workers write the same bytes
+    words = b" ".join(b"w%d" % (i * 7919 % 5000) for i in range(700_000))  # ~4.5 MB of text
+    data = words + os.urandom(300_000) + words[:2_000_000]
+    outs = {
+        (w, piece): drain(ZstdEncoder(ShortReads(data, piece), level=3, threads=w))  # type: ignore[arg-type]
+        for w in (1, 2, 4)
+        for piece in (1 << 20, 65_537)
+    }
+    assert len(set(outs.values())) == 1
+    assert drain(ZstdEncoder(io.BytesIO(data), level=3)) == outs[(1, 1 << 20)]  # type: ignore[arg-type]
+    assert drain(ZstdDecoder(io.BytesIO(outs[(2, 65_537)]))) == data  # type: ignore[arg-type]
+
+
+def test_zstd_default_workers_are_bounded() -> None:
+    from imgpipe.processors.zstd import MAX_AUTO_WORKERS, default_workers
+
+    assert 1 <= default_workers() <= MAX_AUTO_WORKERS
+    with pytest.raises(InvalidArgument):
+        ZstdEncoder(io.BytesIO(b""), level=3, threads=-2)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- many members, many frames

@@ -52,9 +52,11 @@ leaves a tag pointing at half an image (blobs already uploaded stay, untagged, f
 registry's garbage collection).
 
 Reproducibility: the same input and options give the same digests when the encoders
-are deterministic, which ours are by default: gzip (zlib-ng, level pinned, fixed header)
-and zstd with ``zstd_threads=0``. zstd with worker threads and encryption (a fresh
-random key and nonce per layer, by design) are not reproducible.
+are deterministic, which ours are: gzip (zlib-ng, level pinned, fixed header) and zstd
+(libzstd's multi-threaded framing with a pinned job size by default, whose bytes do not
+depend on the number of workers, so not on the machine; ``zstd_threads=0`` gives the
+single-threaded framing, other bytes). Encryption (a fresh random key and nonce per
+layer, by design) is not reproducible.
 
 Errors (exit codes in parentheses): InvalidArgument / InvalidReference (3) for bad
 options, MalformedDocument (4), DigestMismatch (8) / SizeMismatch (9) for a corrupt

@@ -11,6 +11,11 @@ processors, in the only order that keeps DiffIDs valid::
 
     source blob (verified) -> [decrypt] -> [decompress -> DiffID tee -> compress] -> [encrypt]
 
+A recompressed layer runs on three threads, each a few MiB ahead of the next (every
+codec and hash releases the GIL): fetch, verify, decompress and the DiffID tee; the
+encoder (zstd with workers of its own, processors.zstd); the caller's, which hashes the
+output and sends it.
+
 A seekable plan (eStargz, zstd:chunked: ``plan.seekable``) always decodes the layer and
 writes it with :class:`~imgpipe.processors.estargz_write.EstargzEncoder` in place of the
 compressor: the tee still checks the source's tar against the config, and the encoder
@@ -59,6 +64,8 @@ ENCRYPTED_SUFFIX: Final = "+encrypted"
 #: Chunks a layer's first half may run ahead of its second (see imgpipe.decode.ReadAhead):
 #: enough to ride out a stall of either side, little memory (a few MiB per layer in flight).
 READ_AHEAD_DEPTH: Final = 4
+#: The same behind the encoder: its output is smaller than the tar, 2 chunks suffice.
+ENCODE_AHEAD_DEPTH: Final = 2
 
 
 def _layer_type(family: str, nondistributable: bool, compression: Compression) -> MediaType:
@@ -135,13 +142,17 @@ class LayerPlan:
 
     def cache_key(self, params: ProcessorParams) -> tuple[str, ...] | None:
         """What identifies the output bytes, for reuse across images; None when the output
-        is not a function of the input (encryption draws a fresh key; zstd workers)."""
-        if self.encrypt or (self.compression == "zstd" and params.zstd_threads != 0):
+        is not a function of the input (encryption draws a fresh key). zstd's bytes
+        depend on whether it runs workers, not on how many (processors.zstd)."""
+        if self.encrypt:
             return None
         level = {"gzip": params.gzip_level, "zstd": params.zstd_level}.get(self.compression, 0)
         if self.seekable is not None:
             return (str(self.source.digest), self.target_type.base, repr(self.seekable))
-        return (str(self.source.digest), self.target_type.base, str(level))
+        key = (str(self.source.digest), self.target_type.base, str(level))
+        if self.compression == "zstd":
+            return (*key, "single-threaded" if params.zstd_threads == 0 else "workers")
+        return key
 
 
 class _DiffIDTee(PassThrough):
@@ -262,7 +273,7 @@ def open_converted(
             step_desc = desc if mt == desc.media_type else replace(desc, media_type=mt)
             current = open_chain(current, step_desc, registry.decoder_chain(mt), params)
             tee = _DiffIDTee(current, plan.diff_id, what)
-            # fetch + verify + decompress + DiffID on one core, the rest on the other
+            # fetch + verify + decompress + DiffID (one pass: the tee) on a thread of its own
             current, mt = (
                 ReadAhead(tee, depth=READ_AHEAD_DEPTH, name="convert-read-ahead"),
                 OCI_LAYER,
@@ -275,6 +286,9 @@ def open_converted(
                 step_desc = replace(desc, media_type=mt)
                 current = open_chain(current, step_desc, registry.encoder_chain(mt, goal), params)
                 mt = current.media_type
+                # the encoder on a thread of its own too: decode | encode | [encrypt,]
+                # hash and send, three threads (every codec and hash releases the GIL)
+                current = ReadAhead(current, depth=ENCODE_AHEAD_DEPTH, name="convert-encode")
         if plan.encrypt:
             goal = MediaType(MediaType(mt).base + ENCRYPTED_SUFFIX)
             # The source descriptor itself when encryption reads the source blob: the

@@ -33,9 +33,10 @@ class ConvertOptions:
 
     ``compression``: "gzip", "zstd", "none" (uncompressed) or None (keep each layer's).
     ``level``: for the compression asked (gzip 0-9, default GZIP_LEVEL; zstd up to 22,
-    default ZSTD_LEVEL). ``zstd_threads``: zstd workers per layer (0 = in-line, the only
-    reproducible mode). ``oci``: Docker media types become OCI. ``recipients``: encrypt for
-    these (``"jwe:PUB.pem"`` strings or loaded Recipients); ``encrypt_layers``: the layer
+    default ZSTD_LEVEL). ``zstd_threads``: zstd workers per layer (-1, the default: one per
+    CPU; the bytes are the same for any count >= 1; 0: single-threaded, other bytes).
+    ``oci``: Docker media types become OCI. ``recipients``: encrypt for these
+    (``"jwe:PUB.pem"`` strings or loaded Recipients); ``encrypt_layers``: the layer
     indexes to encrypt (negative counts from the top; None = all). ``decrypt_keys``:
     ``"FILE[:PASSWORD]"`` strings or loaded DecryptKeys. ``platforms``: keep only these
     manifests of an index (empty = all). ``jobs``: layers converted at once.
