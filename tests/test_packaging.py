@@ -187,6 +187,7 @@ PUBLIC_API = {
     "inspect_source",
     "normalize_name",
     "pull",
+    "pull_lazy",
     "push",
     "remove_image",
     "remove_images",
