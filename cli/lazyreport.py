@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Any
 
-__all__ = ["add_lazy_flags", "lazy_fields", "print_fallback", "print_layers"]
+__all__ = ["add_lazy_flags", "lazy_fields", "lazy_run", "print_fallback", "print_layers"]
 
 
 def _bool(text: str) -> bool:
@@ -80,3 +80,32 @@ def lazy_fields(result: Any, *, background: bool) -> dict[str, Any]:
             for layer in result.layers
         ],
     }
+
+
+def lazy_run(args: argparse.Namespace, observer: Any) -> Any:
+    """``run --lazy``'s settings, with the callbacks that say what the lazy pull did:
+    its fallback (always) and, once the container has ended (``-d``: started), each
+    layer's state and bytes fetched (unless -q)."""
+    import imgpipe
+
+    def pulled(result: Any) -> None:
+        name = result.record.name if result.record is not None else args.image
+        if observer is not None:
+            from .output import clear_progress
+
+            clear_progress(observer)  # the bars go before the container's output
+        if result.fallback is not None:
+            print_fallback(args, name, result.fallback)
+        elif not args.quiet:
+            from .output import human_size
+
+            print(
+                f"imgpipe: {name}: {len(result.layers)} layers lazy, fetched "
+                f"{human_size(result.fetched())} of {human_size(result.size())} (TOCs)",
+                file=sys.stderr,
+            )
+
+    def layers(reports: Any) -> None:
+        print_layers(args, reports)
+
+    return imgpipe.LazyRun(background=args.lazy_background, on_pulled=pulled, on_layers=layers)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         ManifestDetails,
         RemovedImages,
         SourceDetails,
+        content_caches,
         content_ingests,
         content_list,
         content_remove,
@@ -103,6 +104,7 @@ if TYPE_CHECKING:
         stop_container,
         wait_container,
     )
+    from imgpipe.task.lazyroot import LazyRun
     from imgpipe.task.spec import parse_env_file, pass_host_env
     from imgpipe.unpacking import (
         UnpackResult,
@@ -126,6 +128,7 @@ _WHERE = {
             "IngestDetails",
             "LeaseDetails",
             "ManifestDetails",
+            "content_caches",
             "content_ingests",
             "content_list",
             "content_remove",
@@ -181,6 +184,7 @@ _WHERE = {
         "imgpipe.task",
     ),
     "parse_env_file": "imgpipe.task.spec",
+    "LazyRun": "imgpipe.task.lazyroot",
     **dict.fromkeys(
         (
             "ItemResult",
@@ -265,6 +269,7 @@ __all__ = [
     "InvalidReference",
     "ItemResult",
     "Kept",
+    "LazyRun",
     "LeaseDetails",
     "MalformedDocument",
     "ManifestDetails",
@@ -291,6 +296,7 @@ __all__ = [
     "WorkerSettings",
     "__version__",
     "container_logs",
+    "content_caches",
     "content_get",
     "content_ingests",
     "content_list",

@@ -35,9 +35,9 @@ from imgpipe.pipeline import Context, Stage
 
 if TYPE_CHECKING:
     from imgpipe.image import Image
+    from imgpipe.image.blobs import BlobReader
     from imgpipe.metadata import ImageRecord
     from imgpipe.store import Store
-    from imgpipe.transports import ImageSource
 
 __all__ = [
     "ALREADY_STORED",
@@ -87,7 +87,7 @@ class LazyPulled:
     record: ImageRecord | None
     ref: TransportRef
     image: Image
-    source: ImageSource
+    source: BlobReader
     lazy: Any  # imgpipe.lazy.LazyPlan, or None
     fallback: str | None
     layers: tuple[LayerReport, ...]

@@ -368,6 +368,10 @@ class Container:
         # flag must not leave a mount or a snapshot behind.
         if self.mounted or os.path.ismount(self.bundle / "rootfs"):
             steps.append(lambda: unmount(self.bundle / "rootfs"))
+        if (self.bundle / "lazy").is_dir():  # run --lazy: its FUSE server, once unmounted
+            from .lazyroot import stop_lazy  # noqa: PLC0415
+
+            steps.append(lambda: stop_lazy(self.bundle))
         if self.remove or not self.prepared:
             # No rootfs means no container to keep (as docker and ctr leave nothing when
             # image setup fails); release is idempotent when nothing was prepared.
