@@ -44,7 +44,15 @@ if TYPE_CHECKING:
     from imgpipe.store import Store
     from imgpipe.transports import TransportOptions
 
-__all__ = ["LAZY_DIR", "ChooseLazy", "FindOrPullLazy", "LazyRootfs", "LazyRun", "stop_lazy"]
+__all__ = [
+    "LAZY_DIR",
+    "ChooseLazy",
+    "FindOrPullLazy",
+    "LazyRootfs",
+    "LazyRun",
+    "complete_lazy",
+    "stop_lazy",
+]
 
 #: The lazy mount's directory inside the container's: state.json, upper/, work/.
 LAZY_DIR: Final = "lazy"
@@ -122,6 +130,30 @@ class FindOrPullLazy(Stage[str, "LazyPulled | ImageRecord"]):
             self.lazy.on_pulled(pulled)
         assert isinstance(pulled, LazyPulled)
         return pulled
+
+
+def complete_lazy(
+    record: ImageRecord,
+    ctx: Context,
+    *,
+    platform: str | Platform | None = None,
+    options: TransportOptions | None = None,
+) -> ImageRecord:
+    """A lazily pulled image for an ordinary run: the layers the store lacks pulled
+    from the source its label names (a pull by digest, in the run's context), then the
+    label dropped. The record as it is when nothing is missing."""
+    from imgpipe.lazy.pulling import LABEL_LAZY_SOURCE, complete_source  # noqa: PLC0415
+    from imgpipe.pipeline.pipeline import Pipeline  # noqa: PLC0415
+    from imgpipe.unpacking.target import as_platform, stored_target  # noqa: PLC0415
+
+    source = complete_source(record)
+    target = stored_target(ctx.store, record, as_platform(platform))
+    have = ctx.store.content.exists
+    if source is not None and any(not have(x.descriptor.digest) for x in target.layers):
+        pull = Pipeline.pull(name=record.name, platform=as_platform(platform), options=options)
+        pull.run_in(source, ctx)
+    labels = {k: v for k, v in record.labels.items() if k != LABEL_LAZY_SOURCE}
+    return ctx.store.db.put_image(record.name, record.target, labels)
 
 
 def _stored(record: ImageRecord, target: Any, why: str) -> LazyPulled:

@@ -106,9 +106,15 @@ class FindOrPull(Stage[str, "ImageRecord"]):
         ref = parse_transport(item)
         if ref.transport == "docker" and ref.reference is not None:
             try:
-                return ctx.store.db.get_image(str(ref.reference))
+                found = ctx.store.db.get_image(str(ref.reference))
             except NotFound:
                 pass
+            else:
+                if "org.imgpipe.lazy.source" not in found.labels:
+                    return found
+                from .lazyroot import complete_lazy  # noqa: PLC0415 (a lazily pulled image)
+
+                return complete_lazy(found, ctx, platform=self.platform, options=self.options)
         # only when pulling: the transports and the scheduler cost start-up
         from imgpipe.pipeline.pipeline import Pipeline  # noqa: PLC0415
         from imgpipe.unpacking.target import as_platform  # noqa: PLC0415
