@@ -1,0 +1,154 @@
+"""The FUSE server: a forked child of the mount's owner, in a session of its own.
+
+It serves the tree on the connection its parent mounted (``/dev/fd/N``), keeps the state
+file current (per layer: state, bytes fetched, error), and runs the prefetch and the
+background convergence (:mod:`imgpipe.lazy.background`). libfuse owns its signals:
+SIGTERM ends the loop. It never returns to the caller's code: :func:`run_child` ends the
+process with ``os._exit`` (the parent's ``finally`` blocks and atexit handlers are the
+parent's, not ours).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Final, NoReturn
+
+from imgpipe.image.ranged import RangedLayer
+
+from .ops import Activity, LazyOps
+from .state import MountState, start_time, write_state
+from .tree import Tree
+
+__all__ = ["Server", "run_child"]
+
+#: How often the bytes-fetched figures are written out while they change (a status
+#: refresh for `ps`; nothing waits on it).
+REFRESH_SECONDS: Final = 1.0
+LOG_FILE: Final = "server.log"
+
+
+class Server:
+    """Serves ``tree`` from ``layers`` and keeps ``state_dir``/state.json current."""
+
+    def __init__(
+        self,
+        fd: int,
+        tree: Tree,
+        layers: Sequence[RangedLayer],
+        state_dir: Path,
+        state: MountState,
+        *,
+        on_ready: Callable[[], None],
+        background: Callable[[Server], None] | None = None,
+    ) -> None:
+        self.fd = fd
+        self.tree = tree
+        self.layers = layers
+        self.state_dir = state_dir
+        self.activity = Activity()
+        self.stopping = threading.Event()
+        self._state = state
+        self._lock = threading.Lock()
+        self._written: MountState | None = None
+        self._on_ready = on_ready
+        self._background = background
+
+    # -- the state file ------------------------------------------------------------------
+
+    def update(self, n: int | None = None, **changes: object) -> None:
+        """Change layer ``n``'s fields (or, with ``n`` None, only refresh the counts) and
+        write the state file if anything changed."""
+        with self._lock:
+            state = self._state
+            if n is not None:
+                state = state.with_layer(n, **changes)
+            layers = tuple(
+                replace(ls, fetched=max(ls.fetched, layer.fetcher.bytes_fetched))
+                for ls, layer in zip(state.layers, self.layers, strict=True)
+            )
+            self._state = state = replace(state, layers=layers)
+            if state != self._written:
+                write_state(self.state_dir, state)
+                self._written = state
+
+    def state(self) -> MountState:
+        with self._lock:
+            return self._state
+
+    def layer_error(self, n: int, message: str) -> None:
+        self.update(n, error=message)
+
+    def _refresh(self) -> None:
+        while not self.stopping.wait(REFRESH_SECONDS):
+            with contextlib.suppress(OSError):
+                self.update()
+
+    # -- serving -------------------------------------------------------------------------
+
+    def _ready(self) -> None:
+        self._on_ready()
+        if self._background is not None:
+            threading.Thread(
+                target=self._background, args=(self,), name="imgpipe-lazy-bg", daemon=True
+            ).start()
+
+    def run(self) -> None:
+        from .binding import serve  # noqa: PLC0415 (libfuse: the server process only)
+
+        pid = os.getpid()
+        with self._lock:
+            self._state = replace(self._state, server_pid=pid, server_start=start_time(pid))
+        self.update()
+        ops = LazyOps(
+            self.tree,
+            self.layers,
+            on_error=self.layer_error,
+            on_ready=self._ready,
+            activity=self.activity,
+        )
+        refresher = threading.Thread(target=self._refresh, name="imgpipe-lazy-state", daemon=True)
+        refresher.start()
+        try:
+            serve(ops, self.fd)
+        finally:
+            self.stopping.set()
+            self.activity.wait_idle()
+            with contextlib.suppress(OSError):
+                self.update()
+
+
+def _quiet_stdio(state_dir: Path) -> None:
+    """No terminal: stdin and stdout on /dev/null, stderr (libfuse's own messages) to
+    the state dir's server.log. The owner's terminal may go away; we do not."""
+    null = os.open(os.devnull, os.O_RDWR)
+    log = os.open(state_dir / LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.dup2(log, 2)
+    os.close(null)
+    os.close(log)
+
+
+def run_child(
+    make: Callable[[], Server], state_dir: Path, record_failure: Callable[[str], None]
+) -> NoReturn:
+    """In the forked child: a new session, quiet stdio, ``make()`` the server, run it,
+    and exit (0 when the mount ended, 1 after an error, recorded in the state file)."""
+    code = 1
+    try:
+        os.setsid()
+        _quiet_stdio(state_dir)
+        make().run()
+        code = 0
+    except BaseException as e:
+        with contextlib.suppress(BaseException):
+            traceback.print_exc()
+            record_failure(f"the FUSE server failed: {e}")
+    finally:
+        os._exit(code)

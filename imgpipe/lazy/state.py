@@ -1,0 +1,102 @@
+"""``<state dir>/state.json``: what a lazy mount is, and how far each layer has come.
+
+Written atomically (a temporary file, fsync, rename) by the server while it lives and by
+the owner after it died (so never by both at once); read by anyone (``ps``, ``umount``,
+``rm``): the pids to stop, the mount point to take down, per layer the state
+(``lazy`` -> ``prefetched`` -> ``complete``), bytes fetched and the error if any, and
+``failure``, why the server is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Final
+
+__all__ = [
+    "COMPLETE",
+    "LAZY",
+    "PREFETCHED",
+    "LayerState",
+    "MountState",
+    "read_state",
+    "write_state",
+]
+
+LAZY: Final = "lazy"
+PREFETCHED: Final = "prefetched"
+COMPLETE: Final = "complete"
+STATE_FILE: Final = "state.json"
+
+
+@dataclass(frozen=True)
+class LayerState:
+    """One layer of a lazy mount: ``fetched`` compressed bytes of ``size``; ``error``
+    is the last read or fetch that failed (naming the layer), or ""."""
+
+    digest: str
+    state: str = LAZY
+    fetched: int = 0
+    size: int = 0
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class MountState:
+    """The whole state file."""
+
+    mountpoint: str  # the FUSE mount (its layer dirs are the lowers)
+    owner_pid: int
+    server_pid: int = 0
+    server_start: str = ""  # /proc/PID/stat start time: a reused pid is not ours
+    owner_start: str = ""
+    owner_stops: bool = False  # the owner is a `mount --lazy` process: SIGTERM stops it all
+    target: str = ""  # where `mount --lazy` mounted the merged rootfs
+    layers: tuple[LayerState, ...] = ()
+    failure: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def with_layer(self, n: int, **changes: Any) -> MountState:
+        layers = list(self.layers)
+        layers[n] = replace(layers[n], **changes)
+        return replace(self, layers=tuple(layers))
+
+
+def read_state(state_dir: str | os.PathLike[str]) -> MountState:
+    """The state in ``state_dir``; FileNotFoundError if there is none, ValueError if it
+    does not parse."""
+    raw = json.loads((Path(state_dir) / STATE_FILE).read_bytes())
+    if not isinstance(raw, dict):
+        raise ValueError("state.json is not an object")
+    layers = tuple(LayerState(**x) for x in raw.pop("layers", []))
+    return MountState(layers=layers, **raw)
+
+
+def write_state(state_dir: str | os.PathLike[str], state: MountState) -> None:
+    """Replace the state file atomically (readers see the old or the new one)."""
+    d = Path(state_dir)
+    data = json.dumps(asdict(state), indent=1).encode()
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".state-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, d / STATE_FILE)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def start_time(pid: int) -> str:
+    """The process's start time (field 22 of /proc/PID/stat), "" if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return text.rpartition(")")[2].split()[19]
