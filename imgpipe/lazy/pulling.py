@@ -153,7 +153,8 @@ class FetchLazy(Stage[ImagePlan, "_Fetched"]):
             from . import lazy_plan  # noqa: PLC0415 (FUSE and ctypes: only when lazy)
 
             plan = lazy_plan(image, item.source)
-            fallback = plan.fallback
+            if plan.fallback is not None:
+                fallback = f"{plan.fallback} ({plan.detail})" if plan.detail else plan.fallback
         if fallback is not None:
             only = replace(item, manifests=(image.descriptor,), blobs=tuple(descs))
             kw = {} if self.max_concurrent is None else {"max_concurrent": self.max_concurrent}
@@ -205,9 +206,11 @@ def _fetched(plan: Any, n: int) -> int:
 
 def _prefetch(ctx: Context, plan: Any) -> None:
     """The files before each layer's prefetch landmark, into the layer caches."""
-    from . import prefetch  # noqa: PLC0415
+    from imgpipe import lazy  # noqa: PLC0415
 
-    prefetch(ctx.store, plan)
+    prefetch = getattr(lazy, "prefetch", None)  # the engine's, when it has one
+    if prefetch is not None:
+        prefetch(ctx.store, plan)
 
 
 @dataclass(frozen=True)

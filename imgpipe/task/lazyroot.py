@@ -57,6 +57,9 @@ __all__ = [
 #: The lazy mount's directory inside the container's: state.json, upper/, work/.
 LAZY_DIR: Final = "lazy"
 _RUN_FILE: Final = "run.json"  # what stop_lazy needs to start the completion
+#: The lazy mounts this process owns (it started them, or adopted them: the monitor), by
+#: state dir: stopped as their owner, whose watcher must not take the stop for a death.
+_OWNED: dict[Path, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -237,7 +240,7 @@ class LazyRootfs:
 
             return range_reader(open_source(ref, options=options))
 
-        self.mount = start_lazy(
+        self.mount = _OWNED[base / "state"] = start_lazy(
             self.store,
             self.pulled.lazy,
             base / "state",
@@ -281,7 +284,8 @@ def layer_reports(pulled: LazyPulled, states: Sequence[Any]) -> list[LayerReport
             out.append(layer)
             continue
         error = s.error or ""
-        out.append(LayerReport(layer.index, layer.digest, layer.size, s.state, s.fetched, error))
+        fetched = layer.fetched + s.fetched  # the TOC here, the reads in the server
+        out.append(LayerReport(layer.index, layer.digest, layer.size, s.state, fetched, error))
     return out
 
 
@@ -310,8 +314,9 @@ def stop_lazy(bundle: Path, *, background: bool = True) -> None:
         return
     from imgpipe.lazy import LazyMount  # noqa: PLC0415
 
+    owned = _OWNED.pop(base / "state", None)  # ours: stopped as its owner
     with contextlib.suppress(NotFound, FileNotFoundError):
-        LazyMount.attach(base / "state").stop()
+        (owned or LazyMount.attach(base / "state")).stop()
     try:
         settings = json.loads((base / _RUN_FILE).read_text())
     except (FileNotFoundError, ValueError):
