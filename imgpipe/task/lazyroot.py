@@ -304,6 +304,26 @@ def lazy_failure(bundle: Path) -> str | None:
     return failure
 
 
+def lazy_fd(bundle: Path) -> int:
+    """The FUSE descriptor of the lazy mount this process owns for the container in
+    ``bundle`` (-1: none), for ``run -d`` to hand to the monitor (:func:`adopt_lazy`)."""
+    owned = _OWNED.get(bundle / LAZY_DIR / "state")
+    return int(owned.fd) if owned is not None else -1
+
+
+def adopt_lazy(bundle: Path, fd: int) -> None:
+    """In the monitor of ``run -d --lazy``: become the owner of the container's lazy
+    mount, whose FUSE descriptor ``fd`` the caller passed: this process now watches the
+    server (EIO for the container's reads if it dies, the reason in the state for
+    ``ps``) and stops it at the teardown (:func:`stop_lazy`)."""
+    from imgpipe.lazy import LazyMount  # noqa: PLC0415
+
+    state_dir = bundle / LAZY_DIR / "state"
+    m = LazyMount.attach(state_dir)
+    m._own(fd, m.pid)  # lazyfs's owner side, as start_lazy sets it up in its caller
+    _OWNED[state_dir] = m
+
+
 def stop_lazy(bundle: Path, *, background: bool = True) -> None:
     """Stop the lazy mount of the container in ``bundle`` (its server, the FUSE mount,
     the descriptor), once its overlay is unmounted; then, if the run asked for the

@@ -301,6 +301,11 @@ class DetachContainer(Stage[Rootfs, str]):
         c = item.container
         write_bundle(item, self.settings, detached=True)
         assert c.owner is not None
+        fuse_fd = -1
+        if (c.bundle / "lazy").is_dir():  # run -d --lazy: the monitor owns the mount
+            from .lazyroot import lazy_fd  # noqa: PLC0415
+
+            fuse_fd = lazy_fd(c.bundle)
         c.record.pid = spawn_monitor(
             c.bundle,
             c.runtime,
@@ -309,6 +314,7 @@ class DetachContainer(Stage[Rootfs, str]):
             terminal=self.settings.terminal,
             interactive=self.interactive,
             stop_timeout=c.relay.stop_timeout,
+            lazy_fd=fuse_fd,
         )
         c.handed_off = True  # the monitor owns it now: our cleanup must not touch it
         return c.id
