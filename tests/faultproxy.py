@@ -68,6 +68,7 @@ class Fault:
     status: int = 500
     code: str = "UNKNOWN"  # status: the registry error code in the answer's body
     body: bytes = b""
+    skip: int = 0  # matching requests let through untouched before the fault fires
     fired: int = 0
 
     def matches(self, method: str, path: str) -> bool:
@@ -75,7 +76,12 @@ class Fault:
             return False
         if self.times is not None and self.fired >= self.times:
             return False
-        return self.pattern.search(path) is not None
+        if self.pattern.search(path) is None:
+            return False
+        if self.skip > 0:
+            self.skip -= 1
+            return False
+        return True
 
 
 @dataclass(frozen=True)
@@ -125,9 +131,11 @@ class FaultProxy:
             self.faults.append(fault)
         return fault
 
-    def corrupt(self, pattern: str, *, offset: int = 0, times: int | None = None) -> Fault:
-        """Flip the byte at ``offset`` of matching GET bodies."""
-        return self.add("corrupt", pattern, after=offset, times=times)
+    def corrupt(
+        self, pattern: str, *, offset: int = 0, times: int | None = None, skip: int = 0
+    ) -> Fault:
+        """Flip the byte at ``offset`` of matching GET bodies (after the first ``skip``)."""
+        return self.add("corrupt", pattern, after=offset, times=times, skip=skip)
 
     def truncate(self, pattern: str, *, after: int, times: int | None = None) -> Fault:
         """Close matching GETs after ``after`` body bytes (the length header stays full)."""

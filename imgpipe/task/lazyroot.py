@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from imgpipe.snapshots import Mount
     from imgpipe.store import Store
     from imgpipe.transports import TransportOptions
+    from imgpipe.unpacking.target import Target
 
 __all__ = [
     "LAZY_DIR",
@@ -159,11 +160,12 @@ def complete_lazy(
     return ctx.store.db.put_image(record.name, record.target, labels)
 
 
-def _stored(record: ImageRecord, target: Any, why: str) -> LazyPulled:
+def _stored(record: ImageRecord, target: Target, why: str) -> LazyPulled:
     """What on_pulled is told of an image the store holds complete."""
     from imgpipe.lazy.pulling import COMPLETE, LayerReport, LazyPulled  # noqa: PLC0415
 
-    layers = tuple(LayerReport(n, d.digest, d.size, COMPLETE) for n, d in enumerate(target.layers))
+    descs = [layer.descriptor for layer in target.layers]
+    layers = tuple(LayerReport(n, d.digest, d.size, COMPLETE) for n, d in enumerate(descs))
     return LazyPulled(record, None, target.model, None, None, why, layers)  # type: ignore[arg-type]
 
 
