@@ -136,8 +136,7 @@ class LazyMount:
         with self._lock:
             if self._stopping:
                 return
-            assert self._responder is not None
-            self._responder.start()
+        # the failure is on record before the first EIO: whoever sees one can ask why
         message = f"the FUSE server (pid {self.pid}) {why}"
         with contextlib.suppress(OSError, ValueError):
             state = read_state(self.state_dir)
@@ -145,6 +144,10 @@ class LazyMount:
                 detail = state.extra.get("error", "")
                 failure = message + (f": {detail}" if detail else "")
                 write_state(self.state_dir, replace(state, failure=failure))
+        with self._lock:
+            if not self._stopping:
+                assert self._responder is not None
+                self._responder.start()
 
     def wait_ready(self, ready_r: int) -> None:
         """Block until the server answered the kernel's INIT (or died trying)."""
