@@ -23,6 +23,7 @@ from lazy_fixtures import (
     overlaid,
 )
 
+from imgpipe.formats.digest import Digest
 from imgpipe.lazy import LazyMount
 from imgpipe.store import Store
 
@@ -114,3 +115,26 @@ def test_stop_from_another_process(converted: str, tmp_path: Path) -> None:
         _wait_dead(m.pid)
         assert not fuse_mounts()
     assert not fuse_mounts()
+
+
+def test_the_background_fetch_commits_verified_blobs(
+    converted: str, source: SourceImage, tmp_path: Path
+) -> None:
+    root = tmp_path / "root"
+    store = Store(root)
+    with lazily_mounted(converted, store, tmp_path / "state", background=True) as m:
+        layers = m.wait_settled(120)
+        assert layers is not None
+        assert [(ls.state, ls.error) for ls in layers] == [("complete", "")] * 2
+        # nothing was read meanwhile: each byte fetched once (footers and TOCs by the plan)
+        assert [ls.fetched for ls in layers] == [ls.size for ls in layers]
+        assert all(store.content.exists(Digest.parse(ls.digest)) for ls in layers)
+        assert (m.lowers[1] / "big.bin").read_bytes() == source.big
+    verified = cli("content", "verify", root=root)
+    assert verified.returncode == 0, verified.stderr
+    # a lazy pull ended as a full pull: the next mount reads the store, fetches nothing
+    with lazily_mounted(converted, store, tmp_path / "again", background=True) as m:
+        layers = m.wait_settled(120)
+        assert layers is not None and [ls.state for ls in layers] == ["complete"] * 2
+        assert (m.lowers[1] / "big.bin").read_bytes() == source.big
+        assert [ls.fetched for ls in m.status()] == [0, 0]
