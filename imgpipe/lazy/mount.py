@@ -22,14 +22,22 @@ from pathlib import Path
 from typing import Final
 
 from imgpipe.formats.errors import FailedPrecondition, Unsupported
-from imgpipe.image.tocfetch import Fetcher, RangeReader
+from imgpipe.image.tocfetch import RangeReader
 from imgpipe.snapshots import unmount
 from imgpipe.store import Store
 
 from .kernel import Responder, mount_fuse, open_fuse
 from .plan import LazyPlan
-from .server import Server, run_child
-from .state import LayerState, MountState, read_state, start_time, write_state
+from .server import Server, build_server, run_child
+from .state import (
+    LayerState,
+    MountState,
+    read_state,
+    settled,
+    start_time,
+    wait_state,
+    write_state,
+)
 from .tree import build_tree
 
 __all__ = ["LazyMount", "start_lazy"]
@@ -112,6 +120,14 @@ class LazyMount:
         """Why the server is gone, or None while it serves (or after a clean stop)."""
         return self._state().failure or None
 
+    def wait_settled(self, timeout: float) -> list[LayerState] | None:
+        """Block until the background work is done (each layer complete, or failed with
+        its error; without the background fetch: prefetched) or the server is gone;
+        the layers' state then, None after ``timeout`` seconds. Event-driven (inotify
+        on the state file), so a caller never polls."""
+        state = wait_state(self.state_dir, settled, timeout)
+        return None if state is None else list(state.layers)
+
     # -- owning ----------------------------------------------------------------------------
 
     def _own(self, fd: int, pid: int) -> None:
@@ -136,8 +152,7 @@ class LazyMount:
         with self._lock:
             if self._stopping:
                 return
-            assert self._responder is not None
-            self._responder.start()
+        # the failure is on record before the first EIO: whoever sees one can ask why
         message = f"the FUSE server (pid {self.pid}) {why}"
         with contextlib.suppress(OSError, ValueError):
             state = read_state(self.state_dir)
@@ -145,6 +160,10 @@ class LazyMount:
                 detail = state.extra.get("error", "")
                 failure = message + (f": {detail}" if detail else "")
                 write_state(self.state_dir, replace(state, failure=failure))
+        with self._lock:
+            if not self._stopping:
+                assert self._responder is not None
+                self._responder.start()
 
     def wait_ready(self, ready_r: int) -> None:
         """Block until the server answered the kernel's INIT (or died trying)."""
@@ -255,16 +274,23 @@ def start_lazy(
 
     def make() -> Server:
         os.close(ready_r)
-        if reopen is not None:
-            ranges = reopen()
-            for layer in plan.layers:
-                layer.fetcher = Fetcher(ranges)
 
         def ready() -> None:
             os.write(ready_w, b"r")
             os.close(ready_w)
 
-        return Server(fd, tree, plan.layers, sd, state, on_ready=ready)
+        upstream = reopen() if reopen is not None else plan.layers[0].fetcher.ranges
+        return build_server(
+            fd,
+            tree,
+            plan,
+            store=store,
+            state_dir=sd,
+            state=state,
+            upstream=upstream,
+            on_ready=ready,
+            background=background,
+        )
 
     def record(why: str) -> None:
         write_state(sd, replace(read_state(sd), extra={"error": why}))

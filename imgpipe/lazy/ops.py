@@ -60,8 +60,9 @@ def _oserror(code: int) -> OSError:
 class LazyOps:
     """The operations over ``tree``; ``layers[i]`` reads layer ``i``'s files.
 
-    ``on_error(layer, message)`` is told of every failed read (a corrupt chunk, a
-    registry that stopped answering), before the read fails with EIO.
+    ``on_error(layer, error, span)`` is told of every failed read (a corrupt chunk, a
+    registry that stopped answering) with the compressed ``[start, end)`` of the blob
+    the read needed, before the read fails with EIO.
     """
 
     use_ns = True  # times in nanoseconds (mfusepy's modern convention)
@@ -71,7 +72,7 @@ class LazyOps:
         tree: Tree,
         layers: Sequence[RangedLayer],
         *,
-        on_error: Callable[[int, str], None],
+        on_error: Callable[[int, ImgpipeError, tuple[int, int]], None],
         on_ready: Callable[[], None] = lambda: None,
         activity: Activity | None = None,
     ) -> None:
@@ -143,7 +144,9 @@ class LazyOps:
             try:
                 return layer.read_entry(n.entry, offset, size)
             except ImgpipeError as e:
-                self.on_error(n.layer, str(e))
+                chunks = n.entry.chunks_for(offset, size)
+                span = (chunks[0].offset, chunks[-1].end) if chunks else (0, 0)
+                self.on_error(n.layer, e, span)
                 raise _oserror(errno.EIO) from None
 
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:

@@ -17,15 +17,21 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Final, NoReturn
+from typing import Any, Final, NoReturn
 
+from imgpipe.formats.errors import CorruptLayer, ImgpipeError
 from imgpipe.image.ranged import RangedLayer
+from imgpipe.image.tocfetch import Fetcher, RangeReader, SeekableRanges
+from imgpipe.store import Store
 
+from .background import Convergence
+from .cache import CachingRanges, LayerCache, cache_dir
 from .ops import Activity, LazyOps
-from .state import MountState, start_time, write_state
+from .plan import LazyPlan
+from .state import COMPLETE, MountState, start_time, write_state
 from .tree import Tree
 
-__all__ = ["Server", "run_child"]
+__all__ = ["Server", "build_server", "run_child"]
 
 #: How often the bytes-fetched figures are written out while they change (a status
 #: refresh for `ps`; nothing waits on it).
@@ -45,6 +51,8 @@ class Server:
         state: MountState,
         *,
         on_ready: Callable[[], None],
+        fetched: Callable[[int], int] | None = None,
+        on_corrupt: Callable[[int, int, int], None] | None = None,
         background: Callable[[Server], None] | None = None,
     ) -> None:
         self.fd = fd
@@ -58,19 +66,23 @@ class Server:
         self._written: MountState | None = None
         self._on_ready = on_ready
         self._background = background
+        self._fetched = fetched or (lambda n: self.layers[n].fetcher.bytes_fetched)
+        self._on_corrupt = on_corrupt
 
     # -- the state file ------------------------------------------------------------------
 
-    def update(self, n: int | None = None, **changes: object) -> None:
-        """Change layer ``n``'s fields (or, with ``n`` None, only refresh the counts) and
-        write the state file if anything changed."""
+    def update(self, n: int | None = None, /, **changes: Any) -> None:
+        """Change layer ``n``'s fields (with ``n`` None: the mount's own fields, or only
+        refresh the counts) and write the state file if anything changed."""
         with self._lock:
             state = self._state
             if n is not None:
                 state = state.with_layer(n, **changes)
+            elif changes:
+                state = replace(state, **changes)
             layers = tuple(
-                replace(ls, fetched=max(ls.fetched, layer.fetcher.bytes_fetched))
-                for ls, layer in zip(state.layers, self.layers, strict=True)
+                replace(ls, fetched=max(ls.fetched, self._fetched(n)))
+                for n, ls in enumerate(state.layers)
             )
             self._state = state = replace(state, layers=layers)
             if state != self._written:
@@ -81,8 +93,14 @@ class Server:
         with self._lock:
             return self._state
 
-    def layer_error(self, n: int, message: str) -> None:
-        self.update(n, error=message)
+    def layer_error(self, n: int, error: ImgpipeError, span: tuple[int, int]) -> None:
+        """A read of layer ``n`` failed: on record (the message names the layer); bytes
+        that failed their digest leave the cache, so they are fetched again."""
+        if isinstance(error, CorruptLayer) and self._on_corrupt is not None:
+            with contextlib.suppress(OSError):
+                self._on_corrupt(n, *span)
+        with contextlib.suppress(OSError):
+            self.update(n, error=str(error))
 
     def _refresh(self) -> None:
         while not self.stopping.wait(REFRESH_SECONDS):
@@ -121,6 +139,79 @@ class Server:
             self.activity.wait_idle()
             with contextlib.suppress(OSError):
                 self.update()
+
+
+def build_server(
+    fd: int,
+    tree: Tree,
+    plan: LazyPlan,
+    *,
+    store: Store,
+    state_dir: Path,
+    state: MountState,
+    upstream: RangeReader,
+    on_ready: Callable[[], None],
+    background: bool,
+) -> Server:
+    """The server of ``plan``'s layers (in the child): a layer the content store holds
+    is read from there (``complete``); the others through their cache
+    (:mod:`imgpipe.lazy.cache`) from ``upstream``, prefetched and, with ``background``,
+    fetched in full and committed (:mod:`imgpipe.lazy.background`)."""
+    content = store.content
+    local = SeekableRanges(content)
+    caches: list[LayerCache | None] = []
+    by_digest: dict[str, LayerCache] = {}
+    for n, layer in enumerate(plan.layers):
+        desc = layer.descriptor
+        if content.exists(desc.digest):
+            layer.fetcher = Fetcher(local)
+            caches.append(None)
+            state = state.with_layer(n, state=COMPLETE)
+            continue
+        cache = LayerCache(cache_dir(store.root, desc), desc)
+        caches.append(cache)
+        by_digest[str(desc.digest)] = cache
+    ranges = CachingRanges(upstream, by_digest)
+    for layer, maybe in zip(plan.layers, caches, strict=True):
+        if maybe is not None:
+            layer.fetcher = Fetcher(ranges)
+
+    def fetched(n: int) -> int:
+        return ranges.fetched(plan.layers[n].descriptor)
+
+    def corrupt(n: int, start: int, end: int) -> None:
+        bad = caches[n]
+        if bad is not None and end > start:
+            bad.forget(start, end)
+
+    def converge(server: Server) -> None:
+        server.update(background="running")
+        try:
+            Convergence(
+                caches,
+                [layer.toc() for layer in plan.layers],
+                ranges,
+                content,
+                update=server.update,
+                wait_idle=server.activity.wait_idle,
+                stopping=server.stopping.is_set,
+                background=background,
+            ).run()
+        finally:
+            with contextlib.suppress(OSError):
+                server.update(background="done")
+
+    return Server(
+        fd,
+        tree,
+        plan.layers,
+        state_dir,
+        state,
+        on_ready=on_ready,
+        fetched=fetched,
+        on_corrupt=corrupt,
+        background=converge,
+    )
 
 
 def _quiet_stdio(state_dir: Path) -> None:

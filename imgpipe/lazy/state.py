@@ -10,9 +10,13 @@ the owner after it died (so never by both at once); read by anyone (``ps``, ``um
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
+import select
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
@@ -24,6 +28,8 @@ __all__ = [
     "LayerState",
     "MountState",
     "read_state",
+    "settled",
+    "wait_state",
     "write_state",
 ]
 
@@ -58,6 +64,7 @@ class MountState:
     target: str = ""  # where `mount --lazy` mounted the merged rootfs
     layers: tuple[LayerState, ...] = ()
     failure: str = ""
+    background: str = ""  # the prefetch/background fetch: "" not started, running, done
     extra: dict[str, Any] = field(default_factory=dict)
 
     def with_layer(self, n: int, **changes: Any) -> MountState:
@@ -100,3 +107,45 @@ def start_time(pid: int) -> str:
     except OSError:
         return ""
     return text.rpartition(")")[2].split()[19]
+
+
+_IN_CLOSE_WRITE: Final = 0x8
+_IN_MOVED_TO: Final = 0x80
+_IN_NONBLOCK: Final = os.O_NONBLOCK
+_IN_CLOEXEC: Final = os.O_CLOEXEC
+
+
+def wait_state(
+    state_dir: str | os.PathLike[str], done: Callable[[MountState], bool], timeout: float
+) -> MountState | None:
+    """The state once ``done(state)`` holds, or None after ``timeout`` seconds. Woken by
+    inotify when the state file is replaced (no polling)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"inotify_init1: {os.strerror(err)}")
+    try:
+        if libc.inotify_add_watch(fd, os.fsencode(state_dir), _IN_MOVED_TO | _IN_CLOSE_WRITE) < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"inotify_add_watch {state_dir}: {os.strerror(err)}")
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                state = read_state(state_dir)
+                if done(state):
+                    return state
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None
+            with contextlib.suppress(BlockingIOError):
+                while os.read(fd, 4096):
+                    pass
+    finally:
+        os.close(fd)
+
+
+def settled(state: MountState) -> bool:
+    """The background work is done (every layer complete or failed, or, without the
+    background fetch, prefetched), or the server is gone: nothing more will change."""
+    return bool(state.failure) or state.background == "done"

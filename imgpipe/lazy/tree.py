@@ -23,6 +23,7 @@ from __future__ import annotations
 import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Final
 
 from imgpipe.formats.errors import MalformedDocument
@@ -34,6 +35,7 @@ WH_PREFIX: Final = ".wh."
 WH_OPAQUE: Final = ".wh..wh..opq"
 OPAQUE_XATTR: Final = "trusted.overlay.opaque"
 ROOT_INO: Final = 1
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 _TYPE_BITS: Final = {
     "dir": stat.S_IFDIR,
@@ -116,7 +118,7 @@ class _Builder:
         return n
 
     def from_entry(self, e: Entry, layer: int) -> Node:
-        mtime_ns = int(e.mtime.timestamp() * 1_000_000_000) if e.mtime else 0
+        mtime_ns = _ns(e)
         xattrs = {k: v for k, v in e.xattrs.items() if _layer_xattr(k)}
         bits = _TYPE_BITS[e.type]
         node = self.node(
@@ -169,11 +171,11 @@ class _Builder:
                 raise MalformedDocument(f"{where}: hardlink {e.name!r} has no file to link to")
             target.nlink += 1
             self._attach(nodes, parent, base, target, where)
+            self._relink(target, e)
         for parent, name, e in whiteouts:
             if not name or name in (".", "..") or "/" in name:
                 raise MalformedDocument(f"{where}: whiteout {e.name!r} names no entry")
-            mtime_ns = int(e.mtime.timestamp() * 1_000_000_000) if e.mtime else 0
-            wh = self.node(stat.S_IFCHR, mtime_ns=mtime_ns, layer=n)
+            wh = self.node(stat.S_IFCHR, mtime_ns=_ns(e), layer=n)
             self._attach(nodes, parent, name, wh, where)
         for parent in opaque:
             d = nodes.get(parent)
@@ -181,6 +183,15 @@ class _Builder:
                 raise MalformedDocument(f"{where}: opaque marker in {parent!r}, not a directory")
             d.xattrs[OPAQUE_XATTR] = b"y"
         return root
+
+    def _relink(self, node: Node, e: Entry) -> None:
+        """A hardlink entry's metadata lands on the inode it names, as the applier (and
+        containerd's) chown, setxattr, chmod and utime the new link."""
+        node.uid, node.gid = e.uid, e.gid
+        node.xattrs.update((k, v) for k, v in e.xattrs.items() if _layer_xattr(k))
+        if not stat.S_ISLNK(node.mode):
+            node.mode = stat.S_IFMT(node.mode) | (e.mode & 0o7777)
+        node.mtime_ns = _ns(e)
 
     def _attach(
         self, nodes: dict[str, Node], parent: str, base: str, node: Node, where: str
@@ -193,6 +204,14 @@ class _Builder:
         d.children[base] = node
         if node.is_dir:
             d.nlink += 1
+
+
+def _ns(e: Entry) -> int:
+    """The entry's modification time in nanoseconds since the epoch (0 when unset)."""
+    if e.mtime is None:
+        return 0
+    delta = e.mtime - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
 
 
 def _makedev(major: int, minor: int) -> int:
