@@ -22,17 +22,84 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from imgpipe.formats.digest import Digest
+    from imgpipe.image.tocfetch import RangeReader
     from imgpipe.remote.options import TransportOptions
+    from imgpipe.store import Store
 
-__all__ = ["COMPLETE_DIR", "completion_lock", "spawn_completion", "wait_completion"]
+    from .plan import LazyPlan
+
+__all__ = [
+    "COMPLETE_DIR",
+    "Converged",
+    "completion_lock",
+    "converge",
+    "spawn_completion",
+    "wait_completion",
+]
 
 COMPLETE_DIR: Final = "lazy/complete"
+
+
+@dataclass(frozen=True)
+class Converged:
+    """One layer after :func:`converge`: its state, bytes fetched from upstream, error."""
+
+    state: str
+    fetched: int
+    error: str = ""
+
+
+def converge(
+    store: Store, plan: LazyPlan, upstream: RangeReader, *, background: bool
+) -> list[Converged]:
+    """The engine's prefetch and (``background``) convergence, without a mount, through
+    the layer caches: the files before each ``.prefetch.landmark``, then the rest of each
+    layer, verified and committed (:mod:`imgpipe.lazy.background`). Per layer, bottom
+    first. What was cached before is not fetched again."""
+    from .background import Convergence  # noqa: PLC0415
+    from .cache import CachingRanges, LayerCache, cache_dir  # noqa: PLC0415
+    from .state import COMPLETE, LAZY  # noqa: PLC0415
+
+    caches: list[LayerCache | None] = []
+    by_digest: dict[str, LayerCache] = {}
+    for layer in plan.layers:
+        desc = layer.descriptor
+        if store.content.exists(desc.digest):
+            caches.append(None)
+            continue
+        cache = LayerCache(cache_dir(store.root, desc), desc)
+        caches.append(cache)
+        by_digest[str(desc.digest)] = cache
+    ranges = CachingRanges(upstream, by_digest)
+    states = [{"state": COMPLETE if c is None else LAZY, "error": ""} for c in caches]
+
+    def update(n: int, **fields: object) -> None:
+        states[n].update({k: str(v) for k, v in fields.items() if k in ("state", "error")})
+
+    try:
+        Convergence(
+            caches,
+            [layer.toc() for layer in plan.layers],
+            ranges,
+            store.content,
+            update=update,
+            wait_idle=lambda: None,
+            stopping=lambda: False,
+            background=background,
+        ).run()
+    finally:
+        for used in by_digest.values():
+            used.close()
+    return [
+        Converged(st["state"], ranges.fetched(layer.descriptor), st["error"])
+        for st, layer in zip(states, plan.layers, strict=True)
+    ]
 
 
 def completion_lock(root: str | os.PathLike[str], manifest: Digest) -> Path:
@@ -89,19 +156,32 @@ def wait_completion(root: str | os.PathLike[str], manifest: Digest) -> None:
 
 def _complete(settings: dict[str, object]) -> int:
     from imgpipe.formats.reference import parse_transport  # noqa: PLC0415
+    from imgpipe.image import BlobImage, load  # noqa: PLC0415
+    from imgpipe.image.tocfetch import range_reader  # noqa: PLC0415
     from imgpipe.pipeline import Pipeline  # noqa: PLC0415
     from imgpipe.remote.options import TransportOptions  # noqa: PLC0415
     from imgpipe.store import Store  # noqa: PLC0415
+    from imgpipe.transports import open_source  # noqa: PLC0415
 
+    from .plan import lazy_plan  # noqa: PLC0415
     from .pulling import LABEL_LAZY_SOURCE  # noqa: PLC0415
 
     raw = settings["options"]
     options = TransportOptions(**raw) if isinstance(raw, dict) else None
     name = str(settings["name"])
+    ref = parse_transport(str(settings["source"]))
     with Store(str(settings["root"])) as store:
-        rec = Pipeline.pull(name=name, options=options).run(
-            parse_transport(str(settings["source"])), store=store
-        )
+        # through the layer caches first: what a lazy run or pull fetched is not fetched
+        # again; then an ordinary pull by digest for anything left (nothing, normally)
+        with open_source(ref, options=options) as src:
+            image = load(src, src.resolve())
+            if isinstance(image, BlobImage):
+                plan = lazy_plan(image, src)
+                if plan.fallback is None:
+                    for layer in converge(store, plan, range_reader(src), background=True):
+                        if layer.error:
+                            print(f"imgpipe: lazy completion: {layer.error}", flush=True)
+        rec = Pipeline.pull(name=name, options=options).run(ref, store=store)
         labels = {k: v for k, v in rec.labels.items() if k != LABEL_LAZY_SOURCE}
         store.db.put_image(name, rec.target, labels)
     print(f"imgpipe: lazy pull of {name} completed: every layer is in the store", flush=True)

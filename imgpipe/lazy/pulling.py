@@ -166,10 +166,16 @@ class FetchLazy(Stage[ImagePlan, "_Fetched"]):
             return _Fetched(item, image, None, fallback, reports)
         for d in descs:
             ctx.protect(d.digest)  # held by this run, then by the image: gc keeps the caches
-        if self.prefetch:
-            _prefetch(ctx, plan)
+        done = _prefetch(ctx, plan, item.source) if self.prefetch else []
         reports = tuple(
-            LayerReport(n, d.digest, d.size, COMPLETE if had else LAZY, _fetched(plan, n))
+            LayerReport(
+                n,
+                d.digest,
+                d.size,
+                COMPLETE if had else (done[n].state if done else LAZY),
+                _fetched(plan, n) + (done[n].fetched if done else 0),
+                done[n].error if done else "",
+            )
             for n, (d, had) in enumerate(zip(descs, stored, strict=True))
         )
         return _Fetched(item, image, plan, None, reports)
@@ -204,13 +210,13 @@ def _fetched(plan: Any, n: int) -> int:
     return int(layer.fetcher.bytes_fetched) if layer is not None else 0
 
 
-def _prefetch(ctx: Context, plan: Any) -> None:
+def _prefetch(ctx: Context, plan: Any, source: BlobReader) -> list[Any]:
     """The files before each layer's prefetch landmark, into the layer caches."""
-    from imgpipe import lazy  # noqa: PLC0415
+    from imgpipe.image.tocfetch import range_reader  # noqa: PLC0415
 
-    prefetch = getattr(lazy, "prefetch", None)  # the engine's, when it has one
-    if prefetch is not None:
-        prefetch(ctx.store, plan)
+    from .completing import converge  # noqa: PLC0415
+
+    return converge(ctx.store, plan, range_reader(source), background=False)
 
 
 @dataclass(frozen=True)
