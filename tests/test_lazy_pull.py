@@ -21,6 +21,7 @@ from faultproxy import FaultProxy
 from registry_fixtures import Registry
 
 from imgpipe.formats.digest import Digest
+from imgpipe.lazy.completing import wait_completion
 from imgpipe.store import Store
 
 BIG = 3 * 1000 * 1000
@@ -37,19 +38,23 @@ def pushed(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Sour
     """``lazy-pull/src:plain`` (tar layers) and ``lazy-pull/src:esgz`` (imgpipe's eStargz)."""
     src = make_source(tmp_path_factory.mktemp("lazy-pull-src"), big=BIG, seed=15)
     registry.push_layout(src.layout, src.tag, "lazy-pull/src", "plain")
-    out = subprocess.run(
-        [
-            str(IMGPIPE),
-            "convert",
-            "--estargz",
-            registry.ref("lazy-pull/src", "plain"),
-            registry.ref("lazy-pull/src", "esgz"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr
+    record = tmp_path_factory.mktemp("record") / "record.txt"
+    record.write_text("etc/hello.txt\ntop.txt\n")
+    for tag, extra in (("esgz", []), ("prefetch", ["--estargz-record-in", str(record)])):
+        out = subprocess.run(
+            [
+                str(IMGPIPE),
+                "convert",
+                "--estargz",
+                *extra,
+                registry.ref("lazy-pull/src", "plain"),
+                registry.ref("lazy-pull/src", tag),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert out.returncode == 0, out.stderr
     return src
 
 
@@ -150,3 +155,45 @@ def test_a_registry_that_ignores_range_means_a_full_pull_and_says_so(
     with Store(root) as s:
         for layer in _layers(registry, "esgz"):
             assert s.content.exists(Digest.parse(str(layer["digest"])))
+
+
+def _stored(root: Path, layers: list[dict[str, object]]) -> list[bool]:
+    with Store(root) as s:
+        return [s.content.exists(Digest.parse(str(x["digest"]))) for x in layers]
+
+
+def test_pull_lazy_fetches_tocs_and_prefetch_then_completes_in_the_background(
+    registry: Registry, pushed: SourceImage, fault_proxy: Callable[[Registry], FaultProxy],
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    proxy = fault_proxy(registry)
+    root = tmp_path / "root"
+    ref = proxy.ref("lazy-pull/src", "prefetch")
+    layers = _layers(registry, "prefetch")
+    out = cli(root, "pull", "--lazy", "--lazy-background=false", "--json", ref)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.splitlines()[-1])
+    lazy = result["lazy"]
+    assert lazy["lazy"] is True and lazy["fallback"] is None and not lazy["background"]
+    states = [layer["state"] for layer in lazy["layers"]]
+    assert states == ["prefetched", "prefetched"], states  # the record's files, both layers
+    total = sum(int(str(x["size"])) for x in layers)
+    served = sum(proxy.served(str(x["digest"])) for x in layers)
+    assert 0 < lazy["fetched"] == served < total / 10
+    assert not any(_stored(root, layers))
+    assert "lazy: fetched" in result["message"]
+    # the background completion: a detached process, through the caches, to verified blobs
+    again = cli(root, "pull", "--lazy", ref)
+    assert again.returncode == 0, again.stderr
+    assert "the rest in the background" in again.stdout
+    with Store(root) as s:
+        manifest = s.db.get_image(ref).target.digest
+    wait_completion(root, manifest)
+    assert all(_stored(root, layers))
+    with Store(root) as s:
+        assert "org.imgpipe.lazy.source" not in s.db.get_image(ref).labels
+    assert cli(root, "content", "verify").returncode == 0
+    # the data came once (the prefetched ranges from the cache); only the footers and
+    # TOCs are read again, by the second pull and by the completion
+    again_served = sum(proxy.served(str(x["digest"])) for x in layers)
+    assert total <= again_served < total + 2 * lazy["fetched"]
