@@ -5,10 +5,12 @@
     <root>/lazy/layers/<hex>/        one directory per layer (sha256 <hex>): the sparse
                                      blob, the record of the ranges present, ``lock``
 
-A process that uses a cache (a FUSE server, a completion) holds a shared ``flock`` on its
-``lock`` file; ``gc`` removes a cache only if it can take that lock exclusively (and the
-layer is held by no image and no lease, :mod:`imgpipe.metadata.gc`), and removes it while
-holding it, so a server cannot open it half-deleted.
+A cache is in use while a process holds its ``lock`` file (``flock``) or while a live
+lazy mount of the root lists its layer (the servers' ``state.json`` under
+``tasks/*/lazy/state/`` and ``lazy/mounts/*/``, their pids checked against their start
+times). ``gc`` removes a cache that is not in use when no image or lease holds its layer,
+or when the layer is a committed blob (complete: the cache is a second copy), taking the
+lock exclusively while it removes it.
 """
 
 from __future__ import annotations
@@ -66,17 +68,46 @@ def _try_lock(path: Path) -> int | None:
     return fd
 
 
+def _live_layers(root: Path) -> set[str]:
+    """The layer digests the live lazy mounts of ``root`` serve."""
+    import json  # noqa: PLC0415
+
+    out: set[str] = set()
+    for state in (
+        *root.glob("tasks/*/lazy/state/state.json"),
+        *root.glob("lazy/mounts/*/state.json"),
+    ):
+        try:
+            raw = json.loads(state.read_bytes())
+            pid, start = int(raw.get("server_pid", 0)), str(raw.get("server_start", ""))
+        except (OSError, ValueError, TypeError, AttributeError):
+            continue
+        if pid > 0 and start and _start_time(pid) == start:
+            out.update(str(layer.get("digest", "")) for layer in raw.get("layers", ()))
+    return out
+
+
+def _start_time(pid: int) -> str:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return text.rpartition(")")[2].split()[19]
+
+
 class LayerCaches:
     """The caches under ``root`` (an imgpipe root): :class:`imgpipe.metadata.gc.GCCaches`."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.base = Path(root) / LAYERS_DIR
+        self.root = Path(root)
+        self.base = self.root / LAYERS_DIR
 
     def walk(self) -> Iterator[CacheInfo]:
         try:
             names = sorted(os.listdir(self.base))
         except FileNotFoundError:
             return
+        live = _live_layers(self.root)
         for name in names:
             if name.startswith(".removing-"):  # a gc that died mid-removal
                 shutil.rmtree(self.base / name, ignore_errors=True)
@@ -94,13 +125,16 @@ class LayerCaches:
                 continue
             if fd is not None:
                 os.close(fd)
-            yield CacheInfo(digest, disk_usage(path), fd is None, path)
+            yield CacheInfo(digest, disk_usage(path), fd is None or str(digest) in live, path)
 
     def delete(self, digest: Digest) -> None:
         path = self.base / digest.encoded
         if not path.is_dir():
             raise NotFound(f"no lazy cache of {digest}")
         fd = _try_lock(path)
+        if fd is not None and str(digest) in _live_layers(self.root):
+            os.close(fd)
+            fd = None
         if fd is None:
             raise Conflict(f"the lazy cache of {digest} is in use")
         try:

@@ -25,8 +25,9 @@ Edges
 Lazy layer caches (``<root>/lazy/layers/<hex>/``, :class:`GCCaches`)
     A cache is kept while its layer's digest is marked (an image whose manifest names the
     layer, or a lease on it: a lazy pull leases its layers before it creates their
-    caches, as a pull leases a blob before it downloads it) or while a process holds it
-    open (``locked``); otherwise it is removed with the blobs, under the same lock.
+    caches, as a pull leases a blob before it downloads it) and not yet a committed blob,
+    or while a process uses it (``locked``); otherwise it is removed with the blobs,
+    under the same lock.
 
 Sweep
     Unmarked blobs are unlinked from the content store and their label rows dropped
@@ -360,10 +361,12 @@ def collect(
             if ("snapshot", f"{s.snapshotter}/{s.key}") not in marked
         ]
         dead_images = [i.name for i in images if ("image", i.name) not in marked]
+        committed = {str(info.digest) for info in content.walk()} if caches is not None else set()
         dead_caches = sorted(
             (c.digest, c.size)
             for c in (caches.walk() if caches is not None and only_set is None else ())
-            if ("content", str(c.digest)) not in marked and not c.locked
+            if not c.locked
+            and (("content", str(c.digest)) not in marked or str(c.digest) in committed)
         )
         dead_labels = [d for d in content_labels if ("content", d) not in marked]
         if only_set is not None:
