@@ -25,6 +25,7 @@ from run_helpers import mounts_under, runc_ids, wait_ready
 
 from imgpipe.formats.digest import Digest
 from imgpipe.lazy.completing import wait_completion
+from imgpipe.lazy.state import wait_state
 from imgpipe.store import Store
 
 REPO = "lazy-run/debian-multi"
@@ -174,6 +175,16 @@ def _server_pid(root: Path, name: str) -> int:
     return int(state["server_pid"])
 
 
+def _kill_server(root: Path, name: str) -> None:
+    """SIGKILL the container's FUSE server and wait until its owner has seen it die (the
+    failure is in the state file): from then on every request is answered EIO. (A
+    request the server had already read when it died would stay unanswered: the test
+    does not race its own kill.)"""
+    os.kill(_server_pid(root, name), signal.SIGKILL)
+    state_dir = root / "tasks" / name / "lazy" / "state"
+    assert wait_state(state_dir, lambda s: bool(s.failure), 30) is not None
+
+
 def test_killing_the_server_gives_eio_ps_says_why_rm_cleans(
     pushed: Pushed, proxy: FaultProxy, tmp_path: Path
 ) -> None:
@@ -189,7 +200,7 @@ def test_killing_the_server_gives_eio_ps_says_why_rm_cleans(
     )
     try:
         wait_ready(proc)
-        os.kill(_server_pid(root, "k"), signal.SIGKILL)
+        _kill_server(root, "k")
         assert proc.stdin is not None
         proc.stdin.write(b"go\n")
         proc.stdin.flush()
@@ -231,7 +242,7 @@ def test_run_detached_lazy_the_monitor_owns_the_mount(
               "sleep", "1000")  # fmt: skip
     assert out.returncode == 0, out.stderr
     try:
-        os.kill(_server_pid(root, "e"), signal.SIGKILL)
+        _kill_server(root, "e")
         argv = ["runc", "--root", str(root / "runc"), "exec", "e", "/usr/bin/cat", "/etc/motd"]
         read = subprocess.run(argv, capture_output=True, timeout=60)
         assert read.returncode != 0, read.stderr
