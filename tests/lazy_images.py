@@ -109,9 +109,10 @@ def _entry(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, **kw: ob
     return info, (data if kind == tarfile.REGTYPE else None)
 
 
-def make_debian_multi(layout: Path, *, tag: str = TAG) -> DebianImage:
-    """Write the image as an OCI layout at ``layout``: four package layers, then a small
-    top layer (a file changed, one whited out) -> its description."""
+def make_debian_multi(layout: Path, *, tag: str = TAG, groups: int = len(LAYERS)) -> DebianImage:
+    """Write the image as an OCI layout at ``layout``: four package layers (the first
+    ``groups`` of them: 1 is libc, dash and the base, 17 MB), then a small top layer (a
+    file changed, one whited out) -> its description."""
     blobs = layout / "blobs" / "sha256"
     blobs.mkdir(parents=True, exist_ok=True)
 
@@ -121,7 +122,7 @@ def make_debian_multi(layout: Path, *, tag: str = TAG) -> DebianImage:
         return {"digest": f"sha256:{digest}", "size": len(data)}
 
     tars = []
-    for n, packages in enumerate(LAYERS):
+    for n, packages in enumerate(LAYERS[:groups]):
         extra = []
         if n == 0:
             extra = [
