@@ -66,6 +66,7 @@ if TYPE_CHECKING:
     )
     from imgpipe.estargz import estargz_cat, estargz_list
     from imgpipe.events import Event, EventKind, Observer
+    from imgpipe.lazy import mount_lazy
     from imgpipe.pipeline import (
         Context,
         ImagePlan,
@@ -205,6 +206,7 @@ _WHERE = {
     **dict.fromkeys(("ContainerStatus", "list_containers"), "imgpipe.containers"),
     "content_get": "imgpipe.blobs",
     **dict.fromkeys(("estargz_cat", "estargz_list"), "imgpipe.estargz"),
+    "mount_lazy": "imgpipe.lazy",
     **dict.fromkeys(("snapshot_remove", "snapshots_list"), "imgpipe.snapshot_admin"),
     "default_registry_config": "imgpipe.config",
     "pass_host_env": "imgpipe.task.spec",
@@ -320,6 +322,7 @@ __all__ = [
     "logout",
     "merge_reports",
     "mount",
+    "mount_lazy",
     "normalize_name",
     "parse_env_file",
     "parse_executor",

@@ -41,10 +41,12 @@ def cli(
     return subprocess.run(argv, capture_output=True, text=True, timeout=300)
 
 
-def fuse_mounts() -> list[str]:
-    """The lazy (fuse.imgpipe) mounts this process can see."""
+def fuse_mounts(under: Path) -> list[str]:
+    """The lazy (fuse.imgpipe) mounts below ``under`` (the test's own directory: other
+    sessions on the machine may have theirs)."""
     with open("/proc/self/mountinfo") as f:
-        return [line for line in f if " fuse.imgpipe " in line]
+        lines = [line for line in f if " fuse.imgpipe " in line]
+    return [line for line in lines if line.split()[4].startswith(str(under))]
 
 
 def plan_of(ref: str) -> tuple[LazyPlan, Any]:

@@ -66,7 +66,7 @@ def test_the_lazy_tree_equals_the_unpacked_one(
     assert got == want
     assert "etc/deleted.txt" not in got  # the top layer's whiteout
     assert got["<hardlinks>"] == ()  # etc/hard's other name is overridden above
-    assert not fuse_mounts()
+    assert not fuse_mounts(tmp_path)
 
 
 def test_each_layer_is_in_overlays_form(converted: str, tmp_path: Path) -> None:
@@ -105,7 +105,7 @@ def test_killing_the_server_is_eio_and_stop_cleans_up(converted: str, tmp_path: 
         failure = m.failure()
         assert failure is not None and "killed by signal 9" in failure
         assert LazyMount.attach(state_dir).failure() == failure  # what ps shows
-    assert not fuse_mounts()
+    assert not fuse_mounts(tmp_path)
 
 
 def test_stop_from_another_process(converted: str, tmp_path: Path) -> None:
@@ -113,8 +113,8 @@ def test_stop_from_another_process(converted: str, tmp_path: Path) -> None:
     with lazily_mounted(converted, Store(tmp_path / "root"), state_dir) as m:
         LazyMount.attach(state_dir).stop()  # as `umount` or `rm` would
         _wait_dead(m.pid)
-        assert not fuse_mounts()
-    assert not fuse_mounts()
+        assert not fuse_mounts(tmp_path)
+    assert not fuse_mounts(tmp_path)
 
 
 def test_the_background_fetch_commits_verified_blobs(

@@ -68,7 +68,7 @@ def test_ctr_remotes_image_mounts_as_it_unpacks(
         got = describe(merged)
         assert (merged / "big.bin").read_bytes() == source.big
     assert got == want
-    assert not fuse_mounts()
+    assert not fuse_mounts(tmp_path)
 
 
 def test_a_small_read_fetches_a_small_part(

@@ -128,6 +128,7 @@ PUBLIC_API = {
     "UnpackResult",
     "export_rootfs",
     "mount",
+    "mount_lazy",  # mount --lazy: eStargz/zstd:chunked over FUSE (imgpipe.lazy)
     "prepare_rootfs",
     "snapshot_remove",
     "snapshots_list",

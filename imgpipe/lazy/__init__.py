@@ -13,11 +13,14 @@ verified TOCs, file contents fetched by Range as they are read.
 The parts: :mod:`.plan` (can it be lazy), :mod:`.tree` (TOC -> the mount's tree),
 :mod:`.kernel` (/dev/fuse, mount(2), the EIO responder), :mod:`.ops` (the file system
 operations), :mod:`.binding` (mfusepy), :mod:`.server` (the forked server process),
-:mod:`.mount` (the owner's side), :mod:`.state` (state.json).
+:mod:`.mount` (the owner's side), :mod:`.state` (state.json), :mod:`.cache` and
+:mod:`.background` (the fetched bytes, prefetch, convergence), :mod:`.daemon`
+(``mount --lazy`` / ``umount``).
 """
 
 from __future__ import annotations
 
+from .daemon import LazyMountResult, lazy_state_dir, mount_lazy, umount_lazy
 from .mount import LazyMount, start_lazy
 from .plan import NO_LAZY_LAYERS, NO_RANGE, LazyPlan, lazy_plan
 from .state import COMPLETE, LAZY, PREFETCHED, LayerState
@@ -30,7 +33,11 @@ __all__ = [
     "PREFETCHED",
     "LayerState",
     "LazyMount",
+    "LazyMountResult",
     "LazyPlan",
     "lazy_plan",
+    "lazy_state_dir",
+    "mount_lazy",
     "start_lazy",
+    "umount_lazy",
 ]

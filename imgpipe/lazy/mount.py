@@ -32,6 +32,7 @@ from .server import Server, build_server, run_child
 from .state import (
     LayerState,
     MountState,
+    alive,
     read_state,
     settled,
     start_time,
@@ -56,7 +57,7 @@ def _describe(status: int) -> str:
 
 def _wait_gone(pid: int, start: str, timeout: float) -> bool:
     """Wait up to ``timeout`` seconds for the process (not our child) to end."""
-    if not start or start_time(pid) != start:
+    if not alive(pid, start):
         return True
     try:
         pidfd = os.pidfd_open(pid)
@@ -70,7 +71,7 @@ def _wait_gone(pid: int, start: str, timeout: float) -> bool:
 
 def _signal(pid: int, start: str, sig: int) -> None:
     """Send ``sig`` to ``pid`` if it is still the process that started at ``start``."""
-    if pid > 0 and start and start_time(pid) == start:
+    if alive(pid, start):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
 
@@ -210,7 +211,7 @@ class LazyMount:
 
     def _stop_remote(self) -> None:
         state = self._state()
-        if state.owner_stops and start_time(state.owner_pid) == state.owner_start:
+        if state.owner_stops and alive(state.owner_pid, state.owner_start):
             _signal(state.owner_pid, state.owner_start, signal.SIGTERM)
             if _wait_gone(state.owner_pid, state.owner_start, STOP_TIMEOUT * 2):
                 return
@@ -235,6 +236,8 @@ def start_lazy(
     *,
     background: bool = True,
     reopen: Callable[[], RangeReader] | None = None,
+    target: str = "",
+    owner_stops: bool = False,
 ) -> LazyMount:
     """Mount ``plan``'s layers read-only through FUSE under ``state_dir`` (created) and
     start their server; mounted and served when it returns.
@@ -242,7 +245,10 @@ def start_lazy(
     ``reopen`` makes the server's own RangeReader in the child (a registry client must
     not share the parent's connections); without it the plan's readers are used (fine
     for layouts and the store). ``background``: prefetch, then fetch the rest and commit
-    complete, verified layers to ``store``'s content store.
+    complete, verified layers to ``store``'s content store. ``target`` and
+    ``owner_stops`` go into the state file for :meth:`LazyMount.attach`: where the
+    caller mounts the rootfs, and whether SIGTERM to this process takes it all down
+    (a ``mount --lazy`` owner).
 
     Unsupported when the plan has a fallback, without /dev/fuse or root;
     MalformedDocument for a TOC no mount may show.
@@ -258,6 +264,8 @@ def start_lazy(
         mountpoint=str(mnt),
         owner_pid=me,
         owner_start=start_time(me),
+        owner_stops=owner_stops,
+        target=target,
         layers=tuple(
             LayerState(str(layer.descriptor.digest), size=layer.descriptor.size)
             for layer in plan.layers
@@ -273,8 +281,6 @@ def start_lazy(
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
 
     def make() -> Server:
-        os.close(ready_r)
-
         def ready() -> None:
             os.write(ready_w, b"r")
             os.close(ready_w)
@@ -297,7 +303,7 @@ def start_lazy(
 
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child (covered through the mount it serves)
-        run_child(make, sd, record)
+        run_child(make, sd, record, keep={fd, ready_w})
     os.close(ready_w)
     m = LazyMount(sd, state)
     m._own(fd, pid)

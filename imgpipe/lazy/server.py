@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import threading
 import traceback
 from collections.abc import Callable, Sequence
@@ -31,12 +32,13 @@ from .plan import LazyPlan
 from .state import COMPLETE, MountState, start_time, write_state
 from .tree import Tree
 
-__all__ = ["Server", "build_server", "run_child"]
+__all__ = ["Server", "build_server", "close_inherited", "run_child"]
 
 #: How often the bytes-fetched figures are written out while they change (a status
 #: refresh for `ps`; nothing waits on it).
 REFRESH_SECONDS: Final = 1.0
 LOG_FILE: Final = "server.log"
+_STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class Server:
@@ -226,14 +228,36 @@ def _quiet_stdio(state_dir: Path) -> None:
     os.close(log)
 
 
+def close_inherited(keep: set[int]) -> None:
+    """Close every fd the owner had open but ``keep`` and stdio: the server must not
+    hold the owner's pipes (a caller waiting for EOF, a container's stdio) or sockets
+    (its registry connections) open."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 def run_child(
-    make: Callable[[], Server], state_dir: Path, record_failure: Callable[[str], None]
+    make: Callable[[], Server],
+    state_dir: Path,
+    record_failure: Callable[[str], None],
+    *,
+    keep: set[int],
 ) -> NoReturn:
-    """In the forked child: a new session, quiet stdio, ``make()`` the server, run it,
-    and exit (0 when the mount ended, 1 after an error, recorded in the state file)."""
+    """In the forked child: a new session, no inherited fds but ``keep``, quiet stdio,
+    ``make()`` the server, run it, and exit (0 when the mount ended, 1 after an error,
+    recorded in the state file)."""
     code = 1
     try:
         os.setsid()
+        close_inherited(keep)
+        # libfuse installs its SIGTERM/SIGINT/SIGHUP handlers only over the default
+        # ones: the owner's (Python's, a blocked mask) must not keep the loop deaf.
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
         _quiet_stdio(state_dir)
         make().run()
         code = 0

@@ -27,6 +27,7 @@ __all__ = [
     "PREFETCHED",
     "LayerState",
     "MountState",
+    "alive",
     "read_state",
     "settled",
     "wait_state",
@@ -100,13 +101,25 @@ def write_state(state_dir: str | os.PathLike[str], state: MountState) -> None:
         raise
 
 
-def start_time(pid: int) -> str:
-    """The process's start time (field 22 of /proc/PID/stat), "" if it is gone."""
+def _stat_fields(pid: int) -> list[str]:
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return ""
-    return text.rpartition(")")[2].split()[19]
+        return []
+    return text.rpartition(")")[2].split()  # from field 3 (the state) on
+
+
+def start_time(pid: int) -> str:
+    """The process's start time (field 22 of /proc/PID/stat), "" if it is gone."""
+    fields = _stat_fields(pid)
+    return fields[19] if fields else ""
+
+
+def alive(pid: int, start: str) -> bool:
+    """Whether ``pid`` is still the process that started at ``start`` and has not
+    exited (a zombie waiting for its parent to reap it is gone)."""
+    fields = _stat_fields(pid)
+    return bool(pid > 0 and start and fields and fields[19] == start and fields[0] not in "ZX")
 
 
 _IN_CLOSE_WRITE: Final = 0x8

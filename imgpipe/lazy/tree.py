@@ -111,6 +111,7 @@ class Tree:
 class _Builder:
     def __init__(self) -> None:
         self.next_ino = ROOT_INO + 1
+        self.whiteouts: set[int] = set()  # inodes of the whiteouts made
 
     def node(self, mode: int, **kw: object) -> Node:
         n = Node(self.next_ino, mode, **kw)  # type: ignore[arg-type]
@@ -146,7 +147,6 @@ class _Builder:
         where = f"layer {n}"
         nodes: dict[str, Node] = {}
         opaque: list[str] = []
-        whiteouts: list[tuple[str, str, Entry]] = []
         for e in toc.entries:
             parent, _, base = e.name.rpartition("/")
             if e.type == "hardlink":
@@ -155,11 +155,17 @@ class _Builder:
                 opaque.append(parent)
                 continue
             if base.startswith(WH_PREFIX):
-                whiteouts.append((parent, base[len(WH_PREFIX) :], e))
-                continue
-            node = self.from_entry(e, n)
-            nodes[e.name] = node
-            if e.name:
+                name = base[len(WH_PREFIX) :]
+                if not name or name in (".", "..") or "/" in name:
+                    raise MalformedDocument(f"{where}: whiteout {e.name!r} names no entry")
+                node = self.node(stat.S_IFCHR, uid=e.uid, gid=e.gid, mtime_ns=_ns(e), layer=n)
+                self.whiteouts.add(node.ino)
+                base = name
+            else:
+                node = self.from_entry(e, n)
+            path = f"{parent}/{base}" if parent else base
+            nodes[path] = node  # a whiteout's path: a later child of it is refused
+            if path:
                 self._attach(nodes, parent, base, node, where)
         root = nodes[""]
         for e in toc.entries:
@@ -167,16 +173,11 @@ class _Builder:
                 continue
             parent, _, base = e.name.rpartition("/")
             target = nodes.get(toc.data_entry(e).name)
-            if target is None or target.is_dir:
+            if target is None or target.is_dir or target.ino in self.whiteouts:
                 raise MalformedDocument(f"{where}: hardlink {e.name!r} has no file to link to")
             target.nlink += 1
             self._attach(nodes, parent, base, target, where)
             self._relink(target, e)
-        for parent, name, e in whiteouts:
-            if not name or name in (".", "..") or "/" in name:
-                raise MalformedDocument(f"{where}: whiteout {e.name!r} names no entry")
-            wh = self.node(stat.S_IFCHR, mtime_ns=_ns(e), layer=n)
-            self._attach(nodes, parent, name, wh, where)
         for parent in opaque:
             d = nodes.get(parent)
             if d is None or not d.is_dir:
@@ -196,11 +197,21 @@ class _Builder:
     def _attach(
         self, nodes: dict[str, Node], parent: str, base: str, node: Node, where: str
     ) -> None:
+        """Put ``node`` in ``parent`` as ``base``. One entry per name, but a whiteout
+        and an entry of the same name in one layer: the later one wins, as when the
+        applier applies them in order (a whiteout removes what is there; an entry
+        replaces a whiteout)."""
         d = nodes.get(parent)
         if d is None or d.children is None:
             raise MalformedDocument(f"{where}: {parent!r} is not a directory")
-        if base in d.children:
-            raise MalformedDocument(f"{where}: two entries for {parent + '/' + base!r}")
+        old = d.children.get(base)
+        if old is not None:
+            if old.ino not in self.whiteouts and node.ino not in self.whiteouts:
+                raise MalformedDocument(f"{where}: two entries for {parent + '/' + base!r}")
+            if old.is_dir:
+                d.nlink -= 1
+            elif old.nlink > 1:
+                old.nlink -= 1  # one name of a hardlinked file goes
         d.children[base] = node
         if node.is_dir:
             d.nlink += 1
