@@ -209,3 +209,18 @@ def test_pull_lazy_fetches_tocs_and_prefetch_then_completes_in_the_background(
             if r.headers.get("Range", "").startswith("bytes=0-")
         ]
         assert len(firsts) == 1, starts
+
+
+def test_a_lazily_pulled_image_unpacks_fetching_what_it_lacks(
+    registry: Registry, pushed: SourceImage, tmp_path: Path
+) -> None:
+    root = tmp_path / "root"
+    ref = registry.ref("lazy-pull/src", "esgz")
+    assert cli(root, "pull", "--lazy", "--lazy-background=false", ref).returncode == 0
+    layers = _layers(registry, "esgz")
+    assert not any(_stored(root, layers))
+    out = cli(root, "unpack", "--snapshotter", "native", ref)
+    assert out.returncode == 0, out.stderr
+    assert all(_stored(root, layers))
+    with Store(root) as s:
+        assert "org.imgpipe.lazy.source" not in s.db.get_image(ref).labels

@@ -46,7 +46,9 @@ __all__ = [
     "LayerReport",
     "LazyPulled",
     "RecordLazy",
+    "complete_lazy",
     "complete_source",
+    "lacks_layers",
     "lazy_source",
     "missing_layers",
     "not_lazy",
@@ -255,6 +257,41 @@ class RecordLazy(Stage[_Fetched, LazyPulled]):
         return LazyPulled(
             rec, plan.origin, item.image, plan.source, item.lazy, item.fallback, item.layers
         )
+
+
+def lacks_layers(store: Store, record: ImageRecord) -> bool:
+    """Whether a stored manifest of the image names a layer the content store lacks."""
+    from imgpipe.image import BlobIndex, load  # noqa: PLC0415
+
+    top = load(store.content, record.target)
+    images = top.manifests(skip_missing=True) if isinstance(top, BlobIndex) else (top,)
+    return any(
+        not store.content.exists(layer.descriptor.digest)
+        for image in images
+        for layer in image.layers()
+    )
+
+
+def complete_lazy(
+    record: ImageRecord,
+    ctx: Context,
+    *,
+    platform: Platform | None = None,
+    options: Any = None,
+) -> ImageRecord:
+    """A lazily pulled image (:data:`LABEL_LAZY_SOURCE`) made whole for an ordinary run
+    or unpack: the layers the store lacks pulled from the source its label names (a pull
+    by digest, in the caller's context: its lease), then the label dropped. The record
+    as it is for an image with no such label."""
+    from imgpipe.pipeline import Pipeline  # noqa: PLC0415
+
+    source = complete_source(record)
+    if source is None:
+        return record
+    if lacks_layers(ctx.store, record):
+        Pipeline.pull(name=record.name, platform=platform, options=options).run_in(source, ctx)
+    labels = {k: v for k, v in record.labels.items() if k != LABEL_LAZY_SOURCE}
+    return ctx.store.db.put_image(record.name, record.target, labels)
 
 
 def missing_layers(store: Store, layers: Sequence[Digest]) -> list[Digest]:

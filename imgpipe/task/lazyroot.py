@@ -51,7 +51,6 @@ __all__ = [
     "FindOrPullLazy",
     "LazyRootfs",
     "LazyRun",
-    "complete_lazy",
     "stop_lazy",
 ]
 
@@ -134,30 +133,6 @@ class FindOrPullLazy(Stage[str, "LazyPulled | ImageRecord"]):
             self.lazy.on_pulled(pulled)
         assert isinstance(pulled, LazyPulled)
         return pulled
-
-
-def complete_lazy(
-    record: ImageRecord,
-    ctx: Context,
-    *,
-    platform: str | Platform | None = None,
-    options: TransportOptions | None = None,
-) -> ImageRecord:
-    """A lazily pulled image for an ordinary run: the layers the store lacks pulled
-    from the source its label names (a pull by digest, in the run's context), then the
-    label dropped. The record as it is when nothing is missing."""
-    from imgpipe.lazy.pulling import LABEL_LAZY_SOURCE, complete_source  # noqa: PLC0415
-    from imgpipe.pipeline.pipeline import Pipeline  # noqa: PLC0415
-    from imgpipe.unpacking.target import as_platform, stored_target  # noqa: PLC0415
-
-    source = complete_source(record)
-    target = stored_target(ctx.store, record, as_platform(platform))
-    have = ctx.store.content.exists
-    if source is not None and any(not have(x.descriptor.digest) for x in target.layers):
-        pull = Pipeline.pull(name=record.name, platform=as_platform(platform), options=options)
-        pull.run_in(source, ctx)
-    labels = {k: v for k, v in record.labels.items() if k != LABEL_LAZY_SOURCE}
-    return ctx.store.db.put_image(record.name, record.target, labels)
 
 
 def _stored(record: ImageRecord, target: Target, why: str) -> LazyPulled:

@@ -112,9 +112,11 @@ class FindOrPull(Stage[str, "ImageRecord"]):
             else:
                 if "org.imgpipe.lazy.source" not in found.labels:
                     return found
-                from .lazyroot import complete_lazy  # noqa: PLC0415 (a lazily pulled image)
+                from imgpipe.lazy.pulling import complete_lazy  # noqa: PLC0415 (lazily pulled)
+                from imgpipe.unpacking.target import as_platform  # noqa: PLC0415
 
-                return complete_lazy(found, ctx, platform=self.platform, options=self.options)
+                plat = as_platform(self.platform)
+                return complete_lazy(found, ctx, platform=plat, options=self.options)
         # only when pulling: the transports and the scheduler cost start-up
         from imgpipe.pipeline.pipeline import Pipeline  # noqa: PLC0415
         from imgpipe.unpacking.target import as_platform  # noqa: PLC0415
