@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -104,6 +105,14 @@ class FindOrPullLazy(Stage[str, "LazyPulled | ImageRecord"]):
 
         ref = parse_transport(item)
         plat = as_platform(self.platform)
+        cannot = cannot_mount()
+        if cannot is not None:  # said, then an ordinary run (pulled in full if need be)
+            from .stage import FindOrPull  # noqa: PLC0415
+
+            found = FindOrPull(platform=self.platform, options=self.options).run(item, ctx)
+            if self.lazy.on_pulled is not None:
+                self.lazy.on_pulled(_stored(found, stored_target(ctx.store, found, plat), cannot))
+            return found
         record = None
         if ref.transport == "docker" and ref.reference is not None:
             with contextlib.suppress(NotFound):
@@ -133,6 +142,16 @@ class FindOrPullLazy(Stage[str, "LazyPulled | ImageRecord"]):
             self.lazy.on_pulled(pulled)
         assert isinstance(pulled, LazyPulled)
         return pulled
+
+
+def cannot_mount() -> str | None:
+    """Why this process cannot make a lazy mount (None: it can): FUSE and overlay
+    mounts need root, and the kernel's /dev/fuse."""
+    if os.geteuid() != 0:
+        return "lazy mounts need root (FUSE and overlay mounts)"
+    if not os.path.exists("/dev/fuse"):
+        return "no /dev/fuse (modprobe fuse)"
+    return None
 
 
 def _stored(record: ImageRecord, target: Target, why: str) -> LazyPulled:
