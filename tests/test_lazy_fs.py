@@ -9,7 +9,9 @@ import errno
 import os
 import signal
 import stat
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from estargz_images import SourceImage, make_source
@@ -21,11 +23,15 @@ from lazy_fixtures import (
     lazily_mounted,
     needs_root,
     overlaid,
+    plan_of,
 )
 
 from imgpipe.formats.digest import Digest
-from imgpipe.lazy import LazyMount
+from imgpipe.formats.reference import parse_transport
+from imgpipe.image.tocfetch import range_reader
+from imgpipe.lazy import LazyMount, start_lazy
 from imgpipe.store import Store
+from imgpipe.transports import open_source
 
 pytestmark = [needs_root]
 
@@ -138,3 +144,54 @@ def test_the_background_fetch_commits_verified_blobs(
         assert layers is not None and [ls.state for ls in layers] == ["complete"] * 2
         assert (m.lowers[1] / "big.bin").read_bytes() == source.big
         assert [ls.fetched for ls in m.status()] == [0, 0]
+
+
+class _Stalling:
+    """A RangeReader that, asked for a big range (a file's chunks, not a footer or a
+    TOC), says so on the FIFO ``signal`` and never answers: a registry gone silent."""
+
+    def __init__(self, inner: Any, signal_path: Path) -> None:
+        self.inner = inner
+        self.signal_path = signal_path
+
+    def open_range(self, desc: Any, offset: int, length: int) -> Any:
+        if length > 1 << 20:
+            with open(self.signal_path, "wb") as f:
+                f.write(b"s")
+            threading.Event().wait()  # until the process is killed
+        return self.inner.open_range(desc, offset, length)
+
+
+def test_a_read_the_server_had_in_flight_when_it_died_is_eio(
+    converted: str, tmp_path: Path
+) -> None:
+    fifo = tmp_path / "stalled"
+    os.mkfifo(fifo)
+    plan, source = plan_of(converted)
+
+    def reopen() -> Any:
+        return _Stalling(range_reader(open_source(parse_transport(converted))), fifo)
+
+    m = start_lazy(Store(tmp_path / "root"), plan, tmp_path / "state", reopen=reopen)
+    try:
+        errors: list[int | None] = []
+
+        def read() -> None:
+            try:
+                (m.lowers[1] / "big.bin").read_bytes()
+                errors.append(None)
+            except OSError as e:
+                errors.append(e.errno)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        with open(fifo, "rb") as f:  # returns once the server is inside the read
+            assert f.read() == b"s"
+        os.kill(m.pid, signal.SIGKILL)
+        reader.join(60)  # a bound, not a wait: the EIO comes as soon as the owner sees it
+        assert not reader.is_alive(), "the in-flight read hangs"
+        assert errors == [errno.EIO]
+    finally:
+        m.stop()
+        source.close()
+    assert not fuse_mounts(tmp_path)

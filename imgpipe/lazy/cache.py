@@ -3,6 +3,8 @@
 ``<root>/lazy/layers/<hex>/``:
 
 - ``data``: a sparse file holding the blob's bytes at their own offsets;
+- ``lock``: held shared (``flock``) by every process that has the cache open; ``gc``
+  removes a cache only when it can take it exclusively;
 - ``ranges.json``: which ``[start, end)`` ranges of it are present. A range is recorded
   only after its bytes are on disk (``fdatasync`` before the record, which is replaced
   atomically and fsync'd), so a crash loses at most what was not yet recorded.
@@ -34,13 +36,16 @@ from typing import BinaryIO, Final
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.image.tocfetch import RangeReader
 
-__all__ = ["LAYERS_DIR", "CachingRanges", "LayerCache", "cache_dir"]
+__all__ = ["LAYERS_DIR", "LOCK_FILE", "CachingRanges", "LayerCache", "cache_dir"]
 
 #: ``<root>/lazy/layers/<hex>/``
 LAYERS_DIR: Final = Path("lazy") / "layers"
 _DATA: Final = "data"
 _RANGES: Final = "ranges.json"
-_LOCK: Final = "lock"
+#: Held shared (flock) while a cache is open: gc takes it exclusively to remove one.
+LOCK_FILE: Final = "lock"
+#: Serialises the record's updates between processes.
+_RECORD_LOCK: Final = "ranges.lock"
 
 Ranges = list[tuple[int, int]]
 
@@ -80,6 +85,8 @@ class LayerCache:
         self.directory = directory
         self.desc = desc
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._held = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._held, fcntl.LOCK_SH)  # in use: gc leaves it alone
         self.path = directory / _DATA
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         if os.fstat(self._fd).st_size != desc.size:
@@ -88,9 +95,10 @@ class LayerCache:
         self._ranges = self._load()
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        for fd in (self._fd, self._held):
+            if fd >= 0:
+                os.close(fd)
+        self._fd = self._held = -1
 
     # -- the record ------------------------------------------------------------------------
 
@@ -107,7 +115,7 @@ class LayerCache:
     def _save(self, change: Ranges, *, remove: bool = False) -> None:
         """Merge ``change`` into the on-disk record (another mount may have added to
         it) under the directory's lock, and replace it atomically."""
-        lock = os.open(self.directory / _LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        lock = os.open(self.directory / _RECORD_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             ranges = _merge(self._load() + self._ranges + ([] if remove else change))

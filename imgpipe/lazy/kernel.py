@@ -86,7 +86,17 @@ def mount_fuse(fd: int, target: str) -> None:
 
 class Responder:
     """Answers every request on ``fd`` with ``-EIO`` on a thread, from :meth:`start`
-    until :meth:`stop` (or the connection ends: the mount is gone)."""
+    until :meth:`stop` (or the connection ends: the mount is gone).
+
+    Requests the dead server had read but not answered are in the kernel's processing
+    list, where nothing but a reply with their ``unique`` ends them (a reader would wait
+    until the fd is closed). The kernel numbers requests in order, so they are older than
+    any request read now: :meth:`start` makes one (a LOOKUP of a name nobody has,
+    ``probe``), and after answering the first request it reads, the responder answers
+    each of the :data:`IN_FLIGHT_WINDOW` uniques before it with ``-EIO`` too; the
+    kernel refuses (ENOENT) a reply to a unique it is not waiting for, so the others
+    cost one failed write each (about 0.1 s for the whole window).
+    """
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
@@ -94,10 +104,15 @@ class Responder:
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
         self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
+    def start(self, probe: str | None = None) -> None:
+        """Start answering; ``probe``: a path on the mount to look up (see above)."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="imgpipe-lazy-eio", daemon=True)
             self._thread.start()
+            if probe is not None:
+                threading.Thread(
+                    target=_probe, args=(probe,), name="imgpipe-lazy-probe", daemon=True
+                ).start()
 
     def stop(self) -> None:
         """Stop answering (idempotent); the fd stays open (the caller closes it)."""
@@ -110,10 +125,19 @@ class Responder:
                 os.close(fd)
         self._wake_r = self._wake_w = -1
 
+    def _reply(self, unique: int) -> bool:
+        try:
+            os.write(self.fd, _OUT_HEADER.pack(_OUT_HEADER.size, -errno.EIO, unique))
+        except OSError:  # ENOENT: nobody waits for it (any more)
+            return False
+        self.answered += 1
+        return True
+
     def _run(self) -> None:
         poller = select.poll()
         poller.register(self.fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
+        swept = False
         while True:
             ready = dict(poller.poll())
             if self._wake_r in ready:
@@ -130,8 +154,20 @@ class Responder:
             if len(data) < _IN_HEADER.size:
                 continue
             _, opcode, unique, *_ = _IN_HEADER.unpack_from(data)
-            if opcode in _NO_REPLY:
-                continue
-            with contextlib.suppress(OSError):  # ENOENT: the caller gave up on it
-                os.write(self.fd, _OUT_HEADER.pack(_OUT_HEADER.size, -errno.EIO, unique))
-                self.answered += 1
+            if opcode not in _NO_REPLY:
+                self._reply(unique)
+            if not swept:
+                swept = True
+                for older in range(unique - 1, max(unique - IN_FLIGHT_WINDOW, 0), -1):
+                    self._reply(older)
+
+
+#: How many requests before the first one the responder reads it answers as possibly
+#: left in flight by the dead server (each unanswered request holds one; libfuse serves
+#: with at most ten threads, and the kernel counts FORGETs and INTERRUPTs too).
+IN_FLIGHT_WINDOW: Final = 1 << 16
+
+
+def _probe(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.lstat(path)

@@ -16,6 +16,7 @@ import os
 import select
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -164,7 +165,8 @@ class LazyMount:
         with self._lock:
             if not self._stopping:
                 assert self._responder is not None
-                self._responder.start()
+                probe = self.mountpoint / f".imgpipe-probe-{os.getpid()}-{time.monotonic_ns()}"
+                self._responder.start(str(probe))
 
     def wait_ready(self, ready_r: int) -> None:
         """Block until the server answered the kernel's INIT (or died trying)."""
@@ -243,9 +245,11 @@ def start_lazy(
     start their server; mounted and served when it returns.
 
     ``reopen`` makes the server's own RangeReader in the child (a registry client must
-    not share the parent's connections); without it the plan's readers are used (fine
-    for layouts and the store). ``background``: prefetch, then fetch the rest and commit
-    complete, verified layers to ``store``'s content store. ``target`` and
+    not share the parent's connections); the server then closes every fd it inherited
+    (the caller's pipes, sockets, database). Without it the plan's readers are used and
+    the server keeps what it inherited (fine for layouts and the store in tests; a
+    caller with pipes to close should pass ``reopen``). ``background``: prefetch, then
+    fetch the rest and commit complete, verified layers to ``store``'s content store. ``target`` and
     ``owner_stops`` go into the state file for :meth:`LazyMount.attach`: where the
     caller mounts the rootfs, and whether SIGTERM to this process takes it all down
     (a ``mount --lazy`` owner).
@@ -303,7 +307,8 @@ def start_lazy(
 
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child (covered through the mount it serves)
-        run_child(make, sd, record, keep={fd, ready_w})
+        # with reopen the server makes its own connections: nothing inherited is needed
+        run_child(make, sd, record, keep=None if reopen is None else {fd, ready_w})
     os.close(ready_w)
     m = LazyMount(sd, state)
     m._own(fd, pid)

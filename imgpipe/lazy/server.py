@@ -244,15 +244,17 @@ def run_child(
     state_dir: Path,
     record_failure: Callable[[str], None],
     *,
-    keep: set[int],
+    keep: set[int] | None,
 ) -> NoReturn:
-    """In the forked child: a new session, no inherited fds but ``keep``, quiet stdio,
+    """In the forked child: a new session, no inherited fds but ``keep`` (all of them
+    when None), quiet stdio,
     ``make()`` the server, run it, and exit (0 when the mount ended, 1 after an error,
     recorded in the state file)."""
     code = 1
     try:
         os.setsid()
-        close_inherited(keep)
+        if keep is not None:
+            close_inherited(keep)
         # libfuse installs its SIGTERM/SIGINT/SIGHUP handlers only over the default
         # ones: the owner's (Python's, a blocked mask) must not keep the loop deaf.
         for sig in _STOP_SIGNALS:
