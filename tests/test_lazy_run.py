@@ -177,9 +177,8 @@ def _server_pid(root: Path, name: str) -> int:
 
 def _kill_server(root: Path, name: str) -> None:
     """SIGKILL the container's FUSE server and wait until its owner has seen it die (the
-    failure is in the state file): from then on every request is answered EIO. (A
-    request the server had already read when it died would stay unanswered: the test
-    does not race its own kill.)"""
+    failure is in the state file): from then on every request is answered EIO (the
+    requests the server had in flight too: tests/test_lazy_fs.py covers that race)."""
     os.kill(_server_pid(root, name), signal.SIGKILL)
     state_dir = root / "tasks" / name / "lazy" / "state"
     assert wait_state(state_dir, lambda s: bool(s.failure), 30) is not None
