@@ -237,9 +237,20 @@ def test_run_detached_lazy_the_monitor_owns_the_mount(
     _assert_nothing_left(root)
     # killed under a running detached container: EIO inside, ps says why, rm -f cleans
     root = tmp_path / "root2"  # (the first root holds the image complete by now)
-    out = cli(root, "run", "-d", "--name", "e", "--lazy", "--lazy-background=false", ref,
-              "sleep", "1000")  # fmt: skip
+    # a shell that has paged in what it runs and then waits on its stdin (-i: open,
+    # nothing writes): a page of an executable that cannot be read would be SIGBUS
+    script = "cat /etc/motd > /dev/null; echo ready; read x"
+    out = cli(root, "run", "-d", "-i", "--name", "e", "--lazy", "--lazy-background=false",
+              ref, "sh", "-c", script)  # fmt: skip
     assert out.returncode == 0, out.stderr
+    follow = subprocess.Popen(
+        [str(IMGPIPE), "--root", str(root), "logs", "-f", "e"], stdout=subprocess.PIPE
+    )
+    try:
+        wait_ready(follow)
+    finally:
+        follow.kill()
+        follow.communicate()
     try:
         _kill_server(root, "e")
         argv = ["runc", "--root", str(root / "runc"), "exec", "e", "/usr/bin/cat", "/etc/motd"]
