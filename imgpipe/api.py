@@ -125,24 +125,11 @@ def pull_lazy(
     bytes fetched. Raises what :func:`pull` raises.
     """
     from imgpipe.lazy.completing import spawn_completion  # noqa: PLC0415
-    from imgpipe.lazy.pulling import FetchLazy, RecordLazy, lazy_source  # noqa: PLC0415
-    from imgpipe.pipeline.fetch import FetchDocuments  # noqa: PLC0415
-    from imgpipe.pipeline.resolve import Resolve  # noqa: PLC0415
+    from imgpipe.lazy.pulling import lazy_pull_pipeline, lazy_source  # noqa: PLC0415
 
     ref = _as_transport(source)
     plat = Platform.parse(platform) if isinstance(platform, str) else platform
-    pipeline = Pipeline(
-        [
-            Resolve(name=name, require_name=True, options=options),
-            FetchDocuments(platform=plat),
-            FetchLazy(
-                platform=plat,
-                max_concurrent=options.max_concurrent if options is not None else None,
-                prefetch=True,
-            ),
-            RecordLazy(),
-        ]
-    )
+    pipeline = lazy_pull_pipeline(name=name, platform=plat, options=options, prefetch=True)
     with opened_store(store, root) as s:
         result: LazyPulled = pipeline.run(ref, store=s, observer=observer)
         if background and result.lazy is not None and result.record is not None:

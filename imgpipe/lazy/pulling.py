@@ -49,6 +49,7 @@ __all__ = [
     "complete_lazy",
     "complete_source",
     "lacks_layers",
+    "lazy_pull_pipeline",
     "lazy_source",
     "missing_layers",
     "not_lazy",
@@ -181,6 +182,30 @@ class FetchLazy(Stage[ImagePlan, "_Fetched"]):
             for n, (d, had) in enumerate(zip(descs, stored, strict=True))
         )
         return _Fetched(item, image, plan, None, reports)
+
+
+def lazy_pull_pipeline(
+    *,
+    name: str | None = None,
+    platform: Platform | None = None,
+    options: Any = None,
+    prefetch: bool = False,
+) -> Any:
+    """``Resolve -> FetchDocuments -> FetchLazy -> RecordLazy``: the lazy pull, for
+    ``pull --lazy`` (``prefetch``) and for a lazy run (its mount prefetches)."""
+    from imgpipe.pipeline import Pipeline  # noqa: PLC0415
+    from imgpipe.pipeline.fetch import FetchDocuments  # noqa: PLC0415
+    from imgpipe.pipeline.resolve import Resolve  # noqa: PLC0415
+
+    concurrent = getattr(options, "max_concurrent", None)
+    return Pipeline(
+        [
+            Resolve(name=name, require_name=True, options=options),
+            FetchDocuments(platform=platform),
+            FetchLazy(platform=platform, max_concurrent=concurrent, prefetch=prefetch),
+            RecordLazy(),
+        ]
+    )
 
 
 def not_lazy(layers: Sequence[Descriptor]) -> str | None:

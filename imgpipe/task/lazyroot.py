@@ -93,14 +93,10 @@ class FindOrPullLazy(Stage[str, "LazyPulled | ImageRecord"]):
         from imgpipe.formats.reference import parse_transport  # noqa: PLC0415
         from imgpipe.lazy.pulling import (  # noqa: PLC0415
             ALREADY_STORED,
-            FetchLazy,
             LazyPulled,
-            RecordLazy,
             complete_source,
+            lazy_pull_pipeline,
         )
-        from imgpipe.pipeline.fetch import FetchDocuments  # noqa: PLC0415
-        from imgpipe.pipeline.pipeline import Pipeline  # noqa: PLC0415
-        from imgpipe.pipeline.resolve import Resolve  # noqa: PLC0415
         from imgpipe.unpacking.target import as_platform, stored_target  # noqa: PLC0415
 
         ref = parse_transport(item)
@@ -129,14 +125,7 @@ class FindOrPullLazy(Stage[str, "LazyPulled | ImageRecord"]):
                     self.lazy.on_pulled(_stored(record, target, ALREADY_STORED))
                 return record
             ref, name = source, record.name
-        pull = Pipeline(
-            [
-                Resolve(name=name, require_name=True, options=self.options),
-                FetchDocuments(platform=plat),
-                FetchLazy(platform=plat),
-                RecordLazy(),
-            ]
-        )
+        pull = lazy_pull_pipeline(name=name, platform=plat, options=self.options)
         pulled: LazyPulled = pull.run_in(ref, ctx)
         if self.lazy.on_pulled is not None:
             self.lazy.on_pulled(pulled)
