@@ -31,7 +31,7 @@ def add_lazy_flags(p: Any, what: str) -> None:
         "--lazy-background",
         type=_bool,
         default=True,
-        metavar="true|false",
+        metavar="BOOL",
         help="with --lazy, fetch the rest of every layer in the background at low "
         "priority and commit it as an ordinary blob (default true)",
     )
