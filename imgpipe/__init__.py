@@ -31,7 +31,6 @@ if TYPE_CHECKING:
         inspect,
         inspect_source,
         pull,
-        pull_lazy,
         push,
         remove_image,
         remove_images,
@@ -67,6 +66,7 @@ if TYPE_CHECKING:
     from imgpipe.estargz import estargz_cat, estargz_list
     from imgpipe.events import Event, EventKind, Observer
     from imgpipe.lazy import mount_lazy
+    from imgpipe.lazy.pulling import pull_lazy
     from imgpipe.pipeline import (
         Context,
         ImagePlan,
@@ -140,7 +140,6 @@ _WHERE = {
             "lease_remove",
             "leases",
             "pull",
-            "pull_lazy",
             "push",
             "remove_image",
             "tag",
@@ -186,6 +185,7 @@ _WHERE = {
     ),
     "parse_env_file": "imgpipe.task.spec",
     "LazyRun": "imgpipe.task.lazyroot",
+    "pull_lazy": "imgpipe.lazy.pulling",
     **dict.fromkeys(
         (
             "ItemResult",

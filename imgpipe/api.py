@@ -38,7 +38,6 @@ from imgpipe.transports import TransportOptions, open_source
 
 if TYPE_CHECKING:
     from imgpipe.lazy.layercaches import CacheInfo as LazyCacheInfo
-    from imgpipe.lazy.pulling import LazyPulled
 
 __all__ = [
     "ImageDetails",
@@ -60,7 +59,6 @@ __all__ = [
     "leases",
     "normalize_name",
     "pull",
-    "pull_lazy",
     "push",
     "remove_image",
     "remove_images",
@@ -101,46 +99,6 @@ def pull(
     with opened_store(store, root) as s:
         rec: ImageRecord = pipeline.run(ref, store=s, observer=observer)
         return rec
-
-
-def pull_lazy(
-    source: str | TransportRef,
-    *,
-    name: str | None = None,
-    platform: str | Platform | None = None,
-    background: bool = True,
-    store: Store | None = None,
-    root: Root = None,
-    observer: Observer | None = None,
-    options: TransportOptions | None = None,
-) -> LazyPulled:
-    """``pull --lazy``: the index, manifest and config, each layer's TOC and the files
-    before its ``.prefetch.landmark``; the image is named at once, and its layers are
-    fetched when read (``run --lazy``), by the background completion (``background``, a
-    detached process: :mod:`imgpipe.lazy.completing`), or by the next run or unpack.
-
-    An image that cannot be pulled lazily (a layer neither eStargz nor zstd:chunked, a
-    registry that ignores Range) is pulled in full, and ``fallback`` says why. The
-    result says per layer ``lazy``, ``prefetched``, ``complete`` or ``pulled``, and the
-    bytes fetched. Raises what :func:`pull` raises.
-    """
-    from imgpipe.lazy.completing import spawn_completion  # noqa: PLC0415
-    from imgpipe.lazy.pulling import lazy_pull_pipeline, lazy_source  # noqa: PLC0415
-
-    ref = _as_transport(source)
-    plat = Platform.parse(platform) if isinstance(platform, str) else platform
-    pipeline = lazy_pull_pipeline(name=name, platform=plat, options=options, prefetch=True)
-    with opened_store(store, root) as s:
-        result: LazyPulled = pipeline.run(ref, store=s, observer=observer)
-        if background and result.lazy is not None and result.record is not None:
-            spawn_completion(
-                s.root,
-                lazy_source(result.ref, result.image),
-                result.record.name,
-                result.image.descriptor.digest,
-                options,
-            )
-        return result
 
 
 def push(

@@ -34,9 +34,12 @@ from imgpipe.image import ImagePlan, select
 from imgpipe.pipeline import Context, Stage
 
 if TYPE_CHECKING:
+    from imgpipe.events import Observer
     from imgpipe.image import Image
     from imgpipe.image.blobs import BlobReader
     from imgpipe.metadata import ImageRecord
+    from imgpipe.pipeline import Root
+    from imgpipe.remote.options import TransportOptions
     from imgpipe.store import Store
 
 __all__ = [
@@ -53,6 +56,7 @@ __all__ = [
     "lazy_source",
     "missing_layers",
     "not_lazy",
+    "pull_lazy",
 ]
 
 #: On an image whose layers are not all in the store: the source they come from (by
@@ -329,3 +333,44 @@ def complete_source(record: ImageRecord) -> TransportRef | None:
     was not pulled lazily, so nothing says where)."""
     text = record.labels.get(LABEL_LAZY_SOURCE)
     return parse_transport(text) if text else None
+
+
+def pull_lazy(
+    source: str | TransportRef,
+    *,
+    name: str | None = None,
+    platform: str | Platform | None = None,
+    background: bool = True,
+    store: Store | None = None,
+    root: Root = None,
+    observer: Observer | None = None,
+    options: TransportOptions | None = None,
+) -> LazyPulled:
+    """``pull --lazy``: the index, manifest and config, each layer's TOC and the files
+    before its ``.prefetch.landmark``; the image is named at once, and its layers are
+    fetched when read (``run --lazy``), by the background completion (``background``, a
+    detached process: :mod:`imgpipe.lazy.completing`), or by the next run or unpack.
+
+    An image that cannot be pulled lazily (a layer neither eStargz nor zstd:chunked, a
+    registry that ignores Range) is pulled in full, and ``fallback`` says why. The
+    result says per layer ``lazy``, ``prefetched``, ``complete`` or ``pulled``, and the
+    bytes fetched. Raises what :func:`imgpipe.pull` raises.
+    """
+    from imgpipe.pipeline import opened_store  # noqa: PLC0415
+
+    from .completing import spawn_completion  # noqa: PLC0415
+
+    ref = source if isinstance(source, TransportRef) else parse_transport(source)
+    plat = Platform.parse(platform) if isinstance(platform, str) else platform
+    pipeline = lazy_pull_pipeline(name=name, platform=plat, options=options, prefetch=True)
+    with opened_store(store, root) as s:
+        result: LazyPulled = pipeline.run(ref, store=s, observer=observer)
+        if background and result.lazy is not None and result.record is not None:
+            spawn_completion(
+                s.root,
+                lazy_source(result.ref, result.image),
+                result.record.name,
+                result.image.descriptor.digest,
+                options,
+            )
+        return result
