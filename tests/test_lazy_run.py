@@ -262,3 +262,28 @@ def test_run_detached_lazy_the_monitor_owns_the_mount(
     finally:
         assert cli(root, "rm", "-f", "e").returncode == 0
     _assert_nothing_left(root)
+
+
+def test_run_lazy_of_a_zstd_chunked_image(pushed: Pushed, tmp_path: Path) -> None:
+    registry = pushed.registry
+    out = subprocess.run(
+        [
+            str(IMGPIPE),
+            "convert",
+            "--zstdchunked",
+            registry.ref(REPO, "src"),
+            registry.ref(REPO, "zc"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    root = tmp_path / "root"
+    run = cli(
+        root, "run", "--rm", "--lazy", "--lazy-background=false", registry.ref(REPO, "zc"), *CMD
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.encode() == pushed.image.os_release
+    assert "5 layers lazy" in run.stderr
+    _assert_nothing_left(root)
