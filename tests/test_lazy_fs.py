@@ -186,7 +186,7 @@ def test_a_read_the_server_had_in_flight_when_it_died_is_eio(
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
         with open(fifo, "rb") as f:  # returns once the server is inside the read
-            assert f.read() == b"s"
+            assert f.read(1) == b"s"  # (readahead may have a second read stalled too)
         os.kill(m.pid, signal.SIGKILL)
         reader.join(60)  # a bound, not a wait: the EIO comes as soon as the owner sees it
         assert not reader.is_alive(), "the in-flight read hangs"

@@ -91,8 +91,8 @@ class Responder:
     Requests the dead server had read but not answered are in the kernel's processing
     list, where nothing but a reply with their ``unique`` ends them (a reader would wait
     until the fd is closed). The kernel numbers requests in order, so they are older than
-    any request read now: :meth:`start` makes one (a LOOKUP of a name nobody has,
-    ``probe``), and after answering the first request it reads, the responder answers
+    any request read now: :meth:`start` makes one (a STATFS of the mount ``probe``),
+    and after answering the first request it reads, the responder answers
     each of the :data:`IN_FLIGHT_WINDOW` uniques before it with ``-EIO`` too; the
     kernel refuses (ENOENT) a reply to a unique it is not waiting for, so the others
     cost one failed write each (about 0.1 s for the whole window).
@@ -105,7 +105,7 @@ class Responder:
         self._thread: threading.Thread | None = None
 
     def start(self, probe: str | None = None) -> None:
-        """Start answering; ``probe``: a path on the mount to look up (see above)."""
+        """Start answering; ``probe``: the mount point, to ask STATFS of (see above)."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="imgpipe-lazy-eio", daemon=True)
             self._thread.start()
@@ -169,5 +169,7 @@ IN_FLIGHT_WINDOW: Final = 1 << 16
 
 
 def _probe(path: str) -> None:
+    # STATFS: never cached, and it takes no inode lock (a LOOKUP would wait behind an
+    # in-flight lookup of the same directory, which only the sweep can end)
     with contextlib.suppress(OSError):
-        os.lstat(path)
+        os.statvfs(path)

@@ -16,7 +16,6 @@ import os
 import select
 import signal
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -165,8 +164,7 @@ class LazyMount:
         with self._lock:
             if not self._stopping:
                 assert self._responder is not None
-                probe = self.mountpoint / f".imgpipe-probe-{os.getpid()}-{time.monotonic_ns()}"
-                self._responder.start(str(probe))
+                self._responder.start(str(self.mountpoint))
 
     def wait_ready(self, ready_r: int) -> None:
         """Block until the server answered the kernel's INIT (or died trying)."""
