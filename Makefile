@@ -11,9 +11,9 @@ STAMP  := $(VENV)/.installed
 # are peers in the processor tests and benchmarks; btrfs-progs makes the loop-backed btrfs
 # the snapshot tests use; runc runs the containers; zsh runs the completion script's test;
 # containerd (ctr) and stargz-snapshotter (ctr-remote) are the peers that read and write
-# eStargz and zstd:chunked layers.
+# eStargz and zstd:chunked layers; fuse3 (libfuse3-3) is what mfusepy serves lazy mounts with.
 APT_PACKAGES := busybox-static skopeo umoci docker-registry apache2-utils pigz zstd btrfs-progs runc \
-	zsh containerd stargz-snapshotter
+	zsh containerd stargz-snapshotter fuse3
 
 DEMO_DIR := out/demo
 

@@ -82,6 +82,7 @@ def ps(args: argparse.Namespace) -> int:
                     "exitCode": c.record.exit_code,
                     "snapshotter": c.record.snapshotter,
                     "detached": c.record.detached,
+                    "lazyFailure": c.lazy_failure,
                 }
                 for c in containers
             ]
@@ -97,7 +98,9 @@ def ps(args: argparse.Namespace) -> int:
                 c.record.image,
                 " ".join(c.record.args)[:40],
                 f"{int(now - c.record.created_at)}s ago",
-                c.status,
+                c.status
+                if not c.lazy_failure
+                else f"{c.status}, lazy mount failed: {c.lazy_failure} (its reads fail with EIO)",
             )
             for c in containers
         ],

@@ -20,6 +20,12 @@ def register(sub: Any) -> None:
         help="list partial downloads (ingests) instead of blobs: bytes so far, the lease "
         "holding each, whether a writer has it open",
     )
+    c.add_argument(
+        "--lazy",
+        action="store_true",
+        help="list the lazy layer caches instead of blobs (pull/run --lazy): bytes on disk, "
+        "whether a process holds it; gc removes those of layers no image holds",
+    )
     c = flags.verb(csub, "get", content_get)
     c.add_argument("digest", metavar="DIGEST")
     c.add_argument(
@@ -47,8 +53,14 @@ def content_ls(args: argparse.Namespace) -> int:
 
     from .output import human_size, print_json, print_table
 
+    if args.ingests and args.lazy:
+        from .main import usage_error
+
+        return usage_error("--ingests and --lazy exclude each other")
     if args.ingests:
         return _ingests_ls(args)
+    if args.lazy:
+        return _caches_ls(args)
     blobs = imgpipe.content_list(root=args.root)
     if args.json:
         print_json(
@@ -60,6 +72,22 @@ def content_ls(args: argparse.Namespace) -> int:
         for i, labels in blobs
     ]
     print_table(rows, ("DIGEST", "SIZE", "LABELS"))
+    return 0
+
+
+def _caches_ls(args: argparse.Namespace) -> int:
+    import imgpipe
+
+    from .output import human_size, print_json, print_table
+
+    caches = imgpipe.content_caches(root=args.root)
+    if args.json:
+        print_json(
+            [{"digest": str(c.digest), "diskBytes": c.size, "inUse": c.locked} for c in caches]
+        )
+        return 0
+    rows = [(str(c.digest), human_size(c.size), "in use" if c.locked else "") for c in caches]
+    print_table(rows, ("LAYER", "ON DISK", "STATE"))
     return 0
 
 
@@ -185,8 +213,13 @@ def print_freed(result: Any, *, dry_run: bool = False) -> None:
         print(f"{verb} ingest {ref} {human_size(size)}")
     for snapshotter, key in result.removed_snapshots:
         print(f"{verb} snapshot {snapshotter} {key}")
+    caches = getattr(result, "removed_caches", ())
+    for digest, size in caches:
+        print(f"{verb} lazy cache {digest} {human_size(size)}")
     counts = (
         f"{len(result.removed_blobs)} blob(s), {len(result.removed_ingests)} ingest(s), "
         f"{len(result.removed_leases)} lease(s)"
     )
+    if caches:
+        counts += f", {len(caches)} lazy cache(s)"
     print(f"{'would free' if dry_run else 'freed'} {human_size(result.bytes_freed)} ({counts})")

@@ -104,6 +104,14 @@ def register(sub: Any) -> None:
     flags.platform(p, "os/arch[/variant] of an index (default: this host)")
     flags.decrypt_keys(p, help="ocicrypt key")
     flags.connection(p)  # for the pull `run` does when the image is not stored
+    from .lazyreport import add_lazy_flags
+
+    add_lazy_flags(
+        p,
+        "pull lazily and mount eStargz/zstd:chunked layers over FUSE: the container starts "
+        "once the TOCs are in, files are fetched when read. An image that cannot be run "
+        "lazily is pulled in full, and a line says why",
+    )
     p.add_argument("image", metavar="REF")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD [ARG...]")
 
@@ -170,6 +178,10 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.stop_timeout is not None:
         kw["stop_timeout"] = args.stop_timeout
+    if args.lazy:
+        from .lazyreport import lazy_run
+
+        kw["lazy"] = lazy_run(args, observer)
     try:
         if not args.detach:
             code: int = imgpipe.run(args.image, **kw)

@@ -15,6 +15,7 @@ _TRANSPORTS_HELP = (
 
 def register(sub: Any) -> None:
     from .cmd_unpack import add_unpack_flags
+    from .lazyreport import add_lazy_flags
     from .output import add_output_flags
 
     p = flags.verb(
@@ -32,6 +33,12 @@ def register(sub: Any) -> None:
         help="also unpack the image into snapshots (as `imgpipe unpack`)",
     )
     add_unpack_flags(g, platform=False)
+    add_lazy_flags(
+        p,
+        "fetch only the documents, configs, TOCs and prefetched files of eStargz/zstd:chunked "
+        "layers; the rest when read (run --lazy) or in the background. An image that cannot "
+        "be pulled lazily is pulled in full, and a line says why",
+    )
     flags.connection(p)
     add_output_flags(p)
 
@@ -63,7 +70,11 @@ def pull(args: argparse.Namespace) -> int:
         return usage_error("--max-concurrent-downloads must be at least 1")
     if not args.unpack and (args.snapshotter or args.decrypt_key):
         return usage_error("--snapshotter and --decrypt-key go with --unpack")
+    if args.lazy and (args.unpack or args.all_platforms):
+        return usage_error("--lazy excludes --unpack and --all-platforms (it pulls one image)")
     options = flags.transport_options(args, args.max_concurrent_downloads)
+    if args.lazy:
+        return _pull_lazy(args, options)
     observer = make_observer(args)
     unpacked: dict[str, Any] = {}
     kw: dict[str, Any] = {
@@ -99,6 +110,50 @@ def pull(args: argparse.Namespace) -> int:
         mediaType=str(rec.target.media_type),
         size=rec.target.size,
         **unpacked,
+    )
+    return 0
+
+
+def _pull_lazy(args: argparse.Namespace, options: Any) -> int:
+    import imgpipe
+
+    from .lazyreport import lazy_fields, print_fallback, print_layers
+    from .output import close_observer, human_size, make_observer, print_result
+
+    observer = make_observer(args)
+    try:
+        result = imgpipe.pull_lazy(
+            args.source,
+            name=args.name,
+            platform=args.platform,
+            background=args.lazy_background,
+            root=args.root,
+            observer=observer,
+            options=options,
+        )
+    finally:
+        close_observer(observer)
+    rec = result.record
+    assert rec is not None
+    if result.fallback is not None:
+        print_fallback(args, rec.name, result.fallback)
+    print_layers(args, result.layers)
+    text = f"{rec.name} {rec.target.digest}"
+    if result.fallback is None:
+        share = 100 * result.fetched() / max(result.size(), 1)
+        text += (
+            f" lazy: fetched {human_size(result.fetched())} of {human_size(result.size())} "
+            f"({share:.1f}%)"
+        )
+        text += ", the rest in the background" if args.lazy_background else ""
+    print_result(
+        args,
+        text,
+        name=rec.name,
+        digest=str(rec.target.digest),
+        mediaType=str(rec.target.media_type),
+        size=rec.target.size,
+        lazy=lazy_fields(result, background=args.lazy_background),
     )
     return 0
 

@@ -31,7 +31,23 @@ def register(sub: Any) -> None:
     p.add_argument("name", metavar="REF")
     p.add_argument("target", metavar="DIR")
     p.add_argument("--read-only", action="store_true", help="mount a read-only view")
+    p.add_argument(
+        "--lazy",
+        action="store_true",
+        help="REF is an image source (a registry reference, docker://, oci:DIR): mount its "
+        "eStargz/zstd:chunked layers through FUSE at once and fetch file contents as they "
+        "are read; an image that cannot be lazy is pulled in full, and a line says why",
+    )
+    p.add_argument(
+        "--lazy-background",
+        type=_boolean,
+        default=True,
+        metavar="BOOL",
+        help="with --lazy: fetch the rest of each layer in the background and commit it "
+        "to the store as a verified blob (default true)",
+    )
     add_unpack_flags(p)
+    flags.connection(p)
     flags.json_output(p, "machine-readable result (with the snapshot key)")
 
     p = flags.verb(sub, "umount", umount)
@@ -111,16 +127,69 @@ def unpack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _boolean(text: str) -> bool:
+    value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+    try:
+        return value[text.lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not true or false") from None
+
+
+def _mount_lazily(args: argparse.Namespace) -> str | None:
+    """``mount --lazy``: the stored name to mount in full if the image cannot be lazy
+    (after pulling it, and saying why), else None (mounted)."""
+    import sys
+
+    import imgpipe
+
+    from .output import print_result
+
+    options = flags.transport_options(args)
+    result = imgpipe.mount_lazy(
+        args.name,
+        args.target,
+        read_only=args.read_only,
+        background=args.lazy_background,
+        platform=args.platform,
+        options=options,
+        root=args.root,
+    )
+    if result.fallback is None:
+        layers = [
+            {"digest": ls.digest, "state": ls.state, "fetched": ls.fetched, "size": ls.size}
+            for ls in result.layers
+        ]
+        if not args.quiet and not args.json:
+            for n, ls in enumerate(result.layers):
+                print(f"layer {n} {ls.digest}: {ls.state} ({ls.size} bytes)", file=sys.stderr)
+        text = f"mounted {args.name} lazily at {args.target}"
+        print_result(args, text, image=args.name, target=args.target, lazy=True, layers=layers)
+        return None
+    print(
+        f"imgpipe: {args.name} is not mounted lazily: {result.fallback} ({result.detail}); "
+        "pulling it in full",
+        file=sys.stderr,
+    )
+    record = imgpipe.pull(args.name, platform=args.platform, options=options, root=args.root)
+    return str(record.name)
+
+
 def mount(args: argparse.Namespace) -> int:
     """mount an image's root filesystem on a directory
 
     Unpack REF if needed and mount its root filesystem on DIR: a read-write snapshot
-    (changes are dropped by umount) or --read-only a view.
+    (changes are dropped by umount) or --read-only a view. With --lazy, REF is an image
+    source whose eStargz/zstd:chunked layers are served through FUSE as they are read.
     """
     import imgpipe
 
     from .output import print_result
 
+    if args.lazy:
+        name = _mount_lazily(args)
+        if name is None:
+            return 0
+        args.name = name
     key = imgpipe.mount(
         args.name,
         args.target,
@@ -136,7 +205,8 @@ def mount(args: argparse.Namespace) -> int:
 
 
 def umount(args: argparse.Namespace) -> int:
-    """unmount what `imgpipe mount` mounted; drop its snapshot"""
+    """unmount what `imgpipe mount` mounted; drop its snapshot (or stop the lazy mount's
+    FUSE server)"""
     import imgpipe
 
     imgpipe.umount(args.target, root=args.root)

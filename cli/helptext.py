@@ -25,6 +25,10 @@ EXAMPLES: Final[dict[str, tuple[tuple[str, str], ...]]] = {
         ("pull alpine:3.19", "from Docker Hub, this host's platform"),
         (f"pull --platform linux/arm64 {REG}/app:1", "one platform of a local registry's index"),
         ("pull -q --unpack oci:./layout:v1", "an OCI layout, unpacked too, only the result line"),
+        (
+            f"pull --lazy {REG}/app:esgz",
+            "documents, TOCs and prefetched files now; the rest in the background",
+        ),
     ),
     "push": (
         (f"push app:1 {REG}/team/app:1", "the local image app:1 to a registry"),
@@ -61,6 +65,7 @@ EXAMPLES: Final[dict[str, tuple[tuple[str, str], ...]]] = {
     "content ls": (
         ("content ls", "every blob with its size and labels"),
         ("content ls --json", "as a JSON array"),
+        ("content ls --lazy", "the lazy layer caches: bytes on disk, whether in use"),
     ),
     "content get": (
         ("content get sha256:4f5e...ab > layer.tar.gz", "a blob exactly as stored"),
@@ -82,6 +87,14 @@ EXAMPLES: Final[dict[str, tuple[tuple[str, str], ...]]] = {
         ("run --rm alpine echo hello", "pull if needed, run, remove the container after"),
         ("run -it --rm -v $PWD:/src:ro -w /src alpine sh", "an interactive shell on a bind mount"),
         ("run -d --name web --net host -e PORT app:1", "detached, host network, $PORT passed on"),
+        (
+            f"run --rm --lazy {REG}/app:esgz cat /etc/os-release",
+            "start before the image is downloaded (eStargz/zstd:chunked over FUSE)",
+        ),
+        (
+            f"run --rm --lazy --lazy-background=false {REG}/app:esgz ls /",
+            "fetch only what the container reads",
+        ),
     ),
     "ps": (
         ("ps -a", "running and exited containers, with exit codes"),

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         ManifestDetails,
         RemovedImages,
         SourceDetails,
+        content_caches,
         content_ingests,
         content_list,
         content_remove,
@@ -64,6 +65,8 @@ if TYPE_CHECKING:
     )
     from imgpipe.estargz import estargz_cat, estargz_list
     from imgpipe.events import Event, EventKind, Observer
+    from imgpipe.lazy import mount_lazy
+    from imgpipe.lazy.pulling import pull_lazy
     from imgpipe.pipeline import (
         Context,
         ImagePlan,
@@ -102,6 +105,7 @@ if TYPE_CHECKING:
         stop_container,
         wait_container,
     )
+    from imgpipe.task.lazyroot import LazyRun
     from imgpipe.task.spec import parse_env_file, pass_host_env
     from imgpipe.unpacking import (
         UnpackResult,
@@ -125,6 +129,7 @@ _WHERE = {
             "IngestDetails",
             "LeaseDetails",
             "ManifestDetails",
+            "content_caches",
             "content_ingests",
             "content_list",
             "content_remove",
@@ -179,6 +184,8 @@ _WHERE = {
         "imgpipe.task",
     ),
     "parse_env_file": "imgpipe.task.spec",
+    "LazyRun": "imgpipe.task.lazyroot",
+    "pull_lazy": "imgpipe.lazy.pulling",
     **dict.fromkeys(
         (
             "ItemResult",
@@ -199,6 +206,7 @@ _WHERE = {
     **dict.fromkeys(("ContainerStatus", "list_containers"), "imgpipe.containers"),
     "content_get": "imgpipe.blobs",
     **dict.fromkeys(("estargz_cat", "estargz_list"), "imgpipe.estargz"),
+    "mount_lazy": "imgpipe.lazy",
     **dict.fromkeys(("snapshot_remove", "snapshots_list"), "imgpipe.snapshot_admin"),
     "default_registry_config": "imgpipe.config",
     "pass_host_env": "imgpipe.task.spec",
@@ -263,6 +271,7 @@ __all__ = [
     "InvalidReference",
     "ItemResult",
     "Kept",
+    "LazyRun",
     "LeaseDetails",
     "MalformedDocument",
     "ManifestDetails",
@@ -289,6 +298,7 @@ __all__ = [
     "WorkerSettings",
     "__version__",
     "container_logs",
+    "content_caches",
     "content_get",
     "content_ingests",
     "content_list",
@@ -312,6 +322,7 @@ __all__ = [
     "logout",
     "merge_reports",
     "mount",
+    "mount_lazy",
     "normalize_name",
     "parse_env_file",
     "parse_executor",
@@ -320,6 +331,7 @@ __all__ = [
     "pass_host_env",
     "prepare_rootfs",
     "pull",
+    "pull_lazy",
     "pull_unpack",
     "push",
     "read_plan",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from imgpipe.content import Info, IngestStatus, VerifyProblem
 from imgpipe.formats.config import ImageConfig
@@ -35,6 +36,9 @@ from imgpipe.pipeline.lookup import find_images
 from imgpipe.store import Store
 from imgpipe.transports import TransportOptions, open_source
 
+if TYPE_CHECKING:
+    from imgpipe.lazy.layercaches import CacheInfo as LazyCacheInfo
+
 __all__ = [
     "ImageDetails",
     "IngestDetails",
@@ -42,6 +46,7 @@ __all__ = [
     "ManifestDetails",
     "RemovedImages",
     "SourceDetails",
+    "content_caches",
     "content_ingests",
     "content_list",
     "content_remove",
@@ -333,8 +338,19 @@ def _collect(
         from imgpipe.config import lease_expiry  # noqa: PLC0415 (start-up: on use)
 
         ingest_expiry = lease_expiry()
+    caches = None
+    if (s.root / "lazy" / "layers").is_dir():
+        from imgpipe.lazy.layercaches import LayerCaches  # noqa: PLC0415 (only if there are)
+
+        caches = LayerCaches(s.root)
     result = collect(
-        s.db, s.content, dry_run=dry_run, now=now, ingest_expiry=ingest_expiry, abandoned=abandoned
+        s.db,
+        s.content,
+        dry_run=dry_run,
+        now=now,
+        ingest_expiry=ingest_expiry,
+        abandoned=abandoned,
+        caches=caches,
     )
     if not dry_run and (s.root / "snapshots").is_dir():
         # imported here: snapshotters load ctypes and the applier, which a gc of a
@@ -354,6 +370,18 @@ def content_list(
             ((info, s.db.content_labels(info.digest)) for info in s.content.walk()),
             key=lambda p: str(p[0].digest),
         )
+
+
+def content_caches(*, store: Store | None = None, root: Root = None) -> list[LazyCacheInfo]:
+    """The lazy layer caches (``<root>/lazy/layers/``, ``content ls --lazy``), by digest:
+    each layer's bytes on disk and whether a process holds it. ``gc`` removes those of
+    layers no image or lease holds."""
+    with opened_store(store, root) as s:
+        if not (s.root / "lazy" / "layers").is_dir():
+            return []
+        from imgpipe.lazy.layercaches import LayerCaches  # noqa: PLC0415
+
+        return list(LayerCaches(s.root).walk())
 
 
 def content_verify(*, store: Store | None = None, root: Root = None) -> list[VerifyProblem]:

@@ -28,6 +28,8 @@ class ContainerStatus:
     record: TaskRecord
     status: str
     pid: int
+    #: run --lazy: why its FUSE server is gone (its reads fail with EIO), else None
+    lazy_failure: str | None = None
 
     @property
     def running(self) -> bool:
@@ -62,6 +64,20 @@ def list_containers(
     except ImgpipeError:
         live = {}  # no runtime here: list what the records say (nothing is running)
     return [
-        ContainerStatus(r, _status(r, live.get(r.id)), int(live.get(r.id, {}).get("pid", 0)))
+        ContainerStatus(
+            r,
+            _status(r, live.get(r.id)),
+            int(live.get(r.id, {}).get("pid", 0)),
+            _lazy_failure(Path(base), r.id),
+        )
         for r in records
     ]
+
+
+def _lazy_failure(base: Path, container_id: str) -> str | None:
+    bundle = base / "tasks" / container_id
+    if not (bundle / "lazy").is_dir():
+        return None  # not lazy: nothing more to import
+    from imgpipe.task.lazyroot import lazy_failure  # noqa: PLC0415
+
+    return lazy_failure(bundle)

@@ -16,7 +16,8 @@ always) and then the proxy behaves:
 
 :meth:`FaultProxy.throttle` caps the bytes per second of every response body together
 (a slow registry link, shared by the parallel transfers as a real one is), and of the
-request bodies (uploads) the same way.
+request bodies (uploads) the same way. :meth:`FaultProxy.strip_range` drops the ``Range``
+header of every request (a registry or CDN that ignores Range: whole blobs, status 200).
 
 ``Range`` and every other end-to-end header is forwarded, so resumption can be tested.
 Authorization headers are forwarded but never logged.
@@ -67,6 +68,7 @@ class Fault:
     status: int = 500
     code: str = "UNKNOWN"  # status: the registry error code in the answer's body
     body: bytes = b""
+    skip: int = 0  # matching requests let through untouched before the fault fires
     fired: int = 0
 
     def matches(self, method: str, path: str) -> bool:
@@ -74,7 +76,12 @@ class Fault:
             return False
         if self.times is not None and self.fired >= self.times:
             return False
-        return self.pattern.search(path) is not None
+        if self.pattern.search(path) is None:
+            return False
+        if self.skip > 0:
+            self.skip -= 1
+            return False
+        return True
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,7 @@ class FaultProxy:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _released: threading.Event = field(default_factory=threading.Event)
     rate: float | None = None  # body bytes per second over all connections, None: no cap
+    no_range: bool = False  # drop Range from requests (strip_range)
     _next_send: float = 0.0
     _server: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
@@ -123,9 +131,11 @@ class FaultProxy:
             self.faults.append(fault)
         return fault
 
-    def corrupt(self, pattern: str, *, offset: int = 0, times: int | None = None) -> Fault:
-        """Flip the byte at ``offset`` of matching GET bodies."""
-        return self.add("corrupt", pattern, after=offset, times=times)
+    def corrupt(
+        self, pattern: str, *, offset: int = 0, times: int | None = None, skip: int = 0
+    ) -> Fault:
+        """Flip the byte at ``offset`` of matching GET bodies (after the first ``skip``)."""
+        return self.add("corrupt", pattern, after=offset, times=times, skip=skip)
 
     def truncate(self, pattern: str, *, after: int, times: int | None = None) -> Fault:
         """Close matching GETs after ``after`` body bytes (the length header stays full)."""
@@ -164,6 +174,11 @@ class FaultProxy:
         with self._lock:
             self.rate = bytes_per_second
             self._next_send = time.monotonic()
+
+    def strip_range(self, on: bool = True) -> None:
+        """Forward requests without their ``Range`` header: every answer is the whole body."""
+        with self._lock:
+            self.no_range = on
 
     def _paced(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
         """Request bodies (uploads) go through the slow link too."""
@@ -291,8 +306,9 @@ class FaultProxy:
             conn = http.client.HTTPConnection(self.upstream_host, timeout=60)
         try:
             headers: dict[str, str] = {}
+            drop = HOP_BY_HOP | {"range", "if-range"} if self.no_range else HOP_BY_HOP
             for k, v in h.headers.items():
-                if k.lower() not in HOP_BY_HOP:
+                if k.lower() not in drop:
                     # repeated headers (several Accept lines) fold into one list, as HTTP allows
                     headers[k] = f"{headers[k]}, {v}" if k in headers else v
             # the registry builds Location URLs from Host and the scheme it was reached by

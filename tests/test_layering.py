@@ -74,17 +74,20 @@ ALLOWED: dict[str, set[str]] = {
     # the spine
     "pipeline": _BELOW_STAGES,
     # the verbs: compositions of stages
-    "api": _BELOW_VERBS | {"unpacking", "snapshot_admin"},  # pull --unpack; gc
+    # lazy mounts (FUSE over eStargz/zstd:chunked TOCs): what a verb stands on, no verb
+    "lazy": _BELOW_VERBS,
+    "api": _BELOW_VERBS | {"unpacking", "snapshot_admin", "lazy"},  # pull --unpack; gc
     "blobs": _BELOW_VERBS,
-    "unpacking": _BELOW_VERBS,
-    "task": _BELOW_VERBS | {"unpacking", "api"},
-    "containers": _BELOW_VERBS | {"task"},
-    "snapshot_admin": _BELOW_VERBS | {"unpacking", "task"},  # in use: mounts, containers
+    "unpacking": _BELOW_VERBS | {"lazy"},  # mount --lazy
+    "task": _BELOW_VERBS | {"unpacking", "api", "lazy"},  # run --lazy
+    "containers": _BELOW_VERBS | {"task", "lazy"},  # ps: a lazy rootfs's failure
+    # in use: mounts, containers; a lazy mount's state
+    "snapshot_admin": _BELOW_VERBS | {"unpacking", "task", "lazy"},
     "conversion": _BELOW_VERBS,
     "estargz": _BELOW_VERBS,  # estargz ls|cat: Resolve, then Range reads of the layers
     "sync": _BELOW_VERBS | {"conversion"},  # a catalogue: many conversions
     # the public namespace re-exports every verb, lazily
-    "namespace": _BELOW_VERBS | _VERBS | {"_version"},
+    "namespace": _BELOW_VERBS | _VERBS | {"_version", "lazy"},
     # the command: only through the public API
     "cli": {"namespace", "errors", "events", "formats"},
 }

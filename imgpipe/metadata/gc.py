@@ -22,6 +22,13 @@ Edges
     * snapshot -> its parent, and its labels as for a blob;
     * ingest -> the blob it is expected to become.
 
+Lazy layer caches (``<root>/lazy/layers/<hex>/``, :class:`GCCaches`)
+    A cache is kept while its layer's digest is marked (an image whose manifest names the
+    layer, or a lease on it: a lazy pull leases its layers before it creates their
+    caches, as a pull leases a blob before it downloads it) and not yet a committed blob,
+    or while a process uses it (``locked``); otherwise it is removed with the blobs,
+    under the same lock.
+
 Sweep
     Unmarked blobs are unlinked from the content store and their label rows dropped
     (label rows of unmarked digests without a blob go too). Unmarked ingests are aborted;
@@ -66,6 +73,8 @@ from .labels import (
 __all__ = [
     "INGEST_EXPIRY",
     "BlobInfo",
+    "CacheInfo",
+    "GCCaches",
     "GCContent",
     "GCResult",
     "IngestInfo",
@@ -127,6 +136,32 @@ class GCContent(Protocol):
         ...
 
 
+class CacheInfo(Protocol):
+    """A lazy layer cache as collection sees it: its layer, its bytes on disk, whether
+    a process (a FUSE server, a completion) holds it open."""
+
+    @property
+    def digest(self) -> Digest: ...
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def locked(self) -> bool: ...
+
+
+class GCCaches(Protocol):
+    """The lazy layer caches (``<root>/lazy/layers/``)."""
+
+    def walk(self) -> Iterator[CacheInfo]:
+        """Every cache."""
+        ...
+
+    def delete(self, digest: Digest) -> None:
+        """Remove the cache of ``digest``; NotFound if gone, Conflict if held open."""
+        ...
+
+
 @dataclass(frozen=True)
 class GCResult:
     """What one collection removed (or, with ``dry_run``, would remove), each sorted.
@@ -143,6 +178,8 @@ class GCResult:
     removed_images: tuple[str, ...] = ()
     removed_leases: tuple[str, ...] = ()
     ingest_sizes: tuple[int, ...] = ()
+    #: lazy layer caches removed: (layer digest, bytes on disk)
+    removed_caches: tuple[tuple[Digest, int], ...] = ()
 
 
 # Graph nodes: ("content", digest), ("snapshot", "<snapshotter>/<key>"), ("image", name),
@@ -228,6 +265,7 @@ def collect(
     ingest_expiry: float = INGEST_EXPIRY,
     only: Collection[Digest] | None = None,
     abandoned: Collection[str] = (),
+    caches: GCCaches | None = None,
 ) -> GCResult:
     """Mark from the roots and remove everything unmarked; see the module docstring.
 
@@ -239,6 +277,9 @@ def collect(
     ``only`` narrows the sweep to those blobs (and their label rows): everything is marked
     as usual, but nothing else is removed, expired leases included. A failed pull uses it
     to take back what it committed without collecting anything it did not create.
+
+    ``caches``: the lazy layer caches, removed when their layer is unmarked and no
+    process holds them (not with ``only``).
 
     ``abandoned`` names ingest refs the age rule does not keep (those of a lease just
     removed): they go unless a live lease or a writer holds them.
@@ -320,6 +361,13 @@ def collect(
             if ("snapshot", f"{s.snapshotter}/{s.key}") not in marked
         ]
         dead_images = [i.name for i in images if ("image", i.name) not in marked]
+        committed = {str(info.digest) for info in content.walk()} if caches is not None else set()
+        dead_caches = sorted(
+            (c.digest, c.size)
+            for c in (caches.walk() if caches is not None and only_set is None else ())
+            if not c.locked
+            and (("content", str(c.digest)) not in marked or str(c.digest) in committed)
+        )
         dead_labels = [d for d in content_labels if ("content", d) not in marked]
         if only_set is not None:
             wanted = {str(d) for d in only_set}
@@ -329,12 +377,15 @@ def collect(
         removed_blobs: list[tuple[Digest, int]] = []
         removed_ingests: list[str] = []
         ingest_sizes: list[int] = []
+        removed_caches: list[tuple[Digest, int]] = []
         bytes_freed = 0
         if dry_run:
+            removed_caches = list(dead_caches)
+            bytes_freed += sum(size for _, size in dead_caches)
             removed_blobs = list(dead_blobs)
             removed_ingests = [i.ref for i in dead_ingests]
             ingest_sizes = [i.offset for i in dead_ingests]
-            bytes_freed = sum(size for _, size in dead_blobs) + sum(i.offset for i in dead_ingests)
+            bytes_freed += sum(size for _, size in dead_blobs) + sum(i.offset for i in dead_ingests)
         else:
             # Metadata first, files second, all under the write lock: if an unlink fails
             # the transaction rolls back and the labels stay, which is harmless (they only
@@ -365,6 +416,14 @@ def collect(
                 removed_ingests.append(ingest.ref)
                 ingest_sizes.append(ingest.offset)
                 bytes_freed += ingest.offset
+            for digest, size in dead_caches:
+                assert caches is not None
+                try:
+                    caches.delete(digest)
+                except (NotFound, Conflict):
+                    continue  # gone, or opened since we looked: in use, so it stays
+                removed_caches.append((digest, size))
+                bytes_freed += size
 
     return GCResult(
         removed_blobs=tuple(removed_blobs),
@@ -374,4 +433,5 @@ def collect(
         removed_images=tuple(dead_images),
         removed_leases=tuple(sorted(expired_leases)),
         ingest_sizes=tuple(ingest_sizes),
+        removed_caches=tuple(removed_caches),
     )

@@ -63,6 +63,7 @@ def spawn_monitor(
     terminal: bool,
     interactive: bool,
     stop_timeout: float,
+    lazy_fd: int = -1,
 ) -> int:
     """Start the monitor of the prepared container in ``bundle`` and wait until it has
     started the container; the init's pid. Raises the runtime's error (CommandNotFound,
@@ -79,7 +80,9 @@ def spawn_monitor(
         "terminal": terminal,
         "interactive": interactive,
         "stop_timeout": stop_timeout,
+        "lazy_fd": lazy_fd,  # run -d --lazy: the FUSE descriptor, to own the mount
     }
+    extra = (lazy_fd,) if lazy_fd >= 0 else ()
     try:
         with open(bundle / MONITOR_ERR, "wb") as err:
             proc = subprocess.Popen(
@@ -87,7 +90,7 @@ def spawn_monitor(
                 stdin=subprocess.DEVNULL,
                 stdout=err,
                 stderr=err,
-                pass_fds=(report_w, owner.fd),
+                pass_fds=(report_w, owner.fd, *extra),
                 start_new_session=True,
                 cwd="/",  # never pin a directory (or a mount) of the caller's
             )
@@ -141,6 +144,10 @@ class _Monitor:
         self.pump = Pump()
         self.held: list[int] = []  # fds kept open for the container's lifetime
         self.log_failed = False
+        if int(settings.get("lazy_fd", -1)) >= 0:
+            from .lazyroot import adopt_lazy  # noqa: PLC0415 (run -d --lazy)
+
+            adopt_lazy(self.bundle, int(settings["lazy_fd"]))
 
     def sink(self, stream: int) -> Callable[[bytes], None]:
         """Log what the container writes on ``stream``. A log that cannot be written (a

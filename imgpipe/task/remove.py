@@ -73,6 +73,10 @@ def teardown(
     bundle = state.task_dir(imgroot, rec.id)
     rt.delete(rec.id, force=True, log=bundle / "log.json")
     unmount(bundle / "rootfs")
+    if (bundle / "lazy").is_dir():  # run --lazy: its FUSE server and mount
+        from .lazyroot import stop_lazy  # noqa: PLC0415
+
+        stop_lazy(bundle)
     if not remove:
         return
     if rec.snapshotter:

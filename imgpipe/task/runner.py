@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from imgpipe.store import Store
     from imgpipe.transports import TransportOptions
 
+    from .lazyroot import LazyRun
+
 
 def run(
     image: str,
@@ -61,6 +63,7 @@ def run(
     observer: Observer | None = None,
     options: TransportOptions | None = None,
     on_started: Callable[[Task], None] | None = None,
+    lazy: LazyRun | None = None,
 ) -> int:
     """Run ``args`` (or the image's command) in a new container of ``image``; return its
     exit status (128+n if a signal n killed it).
@@ -74,7 +77,9 @@ def run(
     reads /dev/null). ``stdin``/``stdout``/``stderr`` are fds (ours when None).
     ``rootfs`` replaces the image's snapshot as the root filesystem (with
     ``image_config`` for its Entrypoint/Cmd/Env/User/WorkingDir; the image is then not
-    looked up). ``on_started`` is called with the running task.
+    looked up). ``on_started`` is called with the running task. ``lazy`` (``run
+    --lazy``): the image is pulled lazily and its layers mounted over FUSE
+    (:mod:`.lazyroot`).
 
     Raises NotFound (image), AlreadyExists (name taken), InvalidArgument (settings, no
     command), UserNotFound, CommandNotFound (executable missing in the image),
@@ -101,6 +106,7 @@ def run(
             options=options,
             snapshotter=snapshotter,
             decrypt_keys=decrypt_keys,
+            lazy=lazy,
         )
         stages += _container_stages(name, rt, relay, remove)
         stages.append(
@@ -135,6 +141,7 @@ def run_detached(
     root: Root = None,
     observer: Observer | None = None,
     options: TransportOptions | None = None,
+    lazy: LazyRun | None = None,
 ) -> str:
     """``run -d``: prepare the container as :func:`run` does (same arguments, same
     errors), start it under a monitor process of its own (:mod:`.monitor`) and return
@@ -161,6 +168,7 @@ def run_detached(
             options=options,
             snapshotter=snapshotter,
             decrypt_keys=decrypt_keys,
+            lazy=lazy,
         )
         stages += _container_stages(name, rt, relay, remove)
         stages.append(DetachContainer(settings=base, interactive=interactive))
@@ -177,6 +185,7 @@ def _image_stages(
     options: TransportOptions | None,
     snapshotter: str | None,
     decrypt_keys: Sequence[str],
+    lazy: LazyRun | None = None,
 ) -> tuple[Any, list[Stage[Any, Any]]]:
     """The first item and the stages up to the rootfs: the image's (FindOrPull,
     ChooseImage), or none for a given ``rootfs``."""
@@ -188,6 +197,19 @@ def _image_stages(
 
             image_config = ContainerConfig()
         return RunImage(rootfs, image_config), []
+    if lazy is not None:
+        from .lazyroot import ChooseLazy, FindOrPullLazy  # noqa: PLC0415
+
+        return image, [
+            FindOrPullLazy(lazy, platform=platform, options=options),
+            ChooseLazy(
+                lazy,
+                snapshotter=snapshotter,
+                platform=platform,
+                decrypt_keys=decrypt_keys,
+                options=options,
+            ),
+        ]
     return image, [
         FindOrPull(platform=platform, options=options),
         ChooseImage(snapshotter=snapshotter, platform=platform, decrypt_keys=decrypt_keys),

@@ -106,9 +106,17 @@ class FindOrPull(Stage[str, "ImageRecord"]):
         ref = parse_transport(item)
         if ref.transport == "docker" and ref.reference is not None:
             try:
-                return ctx.store.db.get_image(str(ref.reference))
+                found = ctx.store.db.get_image(str(ref.reference))
             except NotFound:
                 pass
+            else:
+                if "org.imgpipe.lazy.source" not in found.labels:
+                    return found
+                from imgpipe.lazy.pulling import complete_lazy  # noqa: PLC0415 (lazily pulled)
+                from imgpipe.unpacking.target import as_platform  # noqa: PLC0415
+
+                plat = as_platform(self.platform)
+                return complete_lazy(found, ctx, platform=plat, options=self.options)
         # only when pulling: the transports and the scheduler cost start-up
         from imgpipe.pipeline.pipeline import Pipeline  # noqa: PLC0415
         from imgpipe.unpacking.target import as_platform  # noqa: PLC0415
@@ -295,6 +303,11 @@ class DetachContainer(Stage[Rootfs, str]):
         c = item.container
         write_bundle(item, self.settings, detached=True)
         assert c.owner is not None
+        fuse_fd = -1
+        if (c.bundle / "lazy").is_dir():  # run -d --lazy: the monitor owns the mount
+            from .lazyroot import lazy_fd  # noqa: PLC0415
+
+            fuse_fd = lazy_fd(c.bundle)
         c.record.pid = spawn_monitor(
             c.bundle,
             c.runtime,
@@ -303,6 +316,7 @@ class DetachContainer(Stage[Rootfs, str]):
             terminal=self.settings.terminal,
             interactive=self.interactive,
             stop_timeout=c.relay.stop_timeout,
+            lazy_fd=fuse_fd,
         )
         c.handed_off = True  # the monitor owns it now: our cleanup must not touch it
         return c.id
@@ -368,6 +382,10 @@ class Container:
         # flag must not leave a mount or a snapshot behind.
         if self.mounted or os.path.ismount(self.bundle / "rootfs"):
             steps.append(lambda: unmount(self.bundle / "rootfs"))
+        if (self.bundle / "lazy").is_dir():  # run --lazy: its FUSE server, once unmounted
+            from .lazyroot import stop_lazy  # noqa: PLC0415
+
+            steps.append(lambda: stop_lazy(self.bundle))
         if self.remove or not self.prepared:
             # No rootfs means no container to keep (as docker and ctr leave nothing when
             # image setup fails); release is idempotent when nothing was prepared.

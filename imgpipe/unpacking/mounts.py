@@ -141,14 +141,18 @@ def mounted(*, store: Store | None = None, root: Root = None) -> list[tuple[Path
 def umount(
     target: str | os.PathLike[str], *, store: Store | None = None, root: Root = None
 ) -> None:
-    """Unmount what :func:`mount` put on ``target`` and remove its snapshot (the
-    changes made in a read-write mount go with it).
+    """Unmount what :func:`mount` (or :func:`imgpipe.mount_lazy`) put on ``target`` and
+    remove its snapshot (the changes made in a read-write mount go with it).
 
     NotFound if imgpipe mounted nothing there; FailedPrecondition if the mount is busy
     (nothing is removed then); Unsupported without the privilege to unmount.
     """
+    from imgpipe.lazy.daemon import umount_lazy  # noqa: PLC0415 (FUSE code: only here)
+
     tgt = Path(os.path.realpath(target))
     with opened_store(store, root) as s:
+        if umount_lazy(tgt, store=s):  # a `mount --lazy`: its owner takes it down
+            return
         rec_path = _mount_record(s, tgt)
         try:
             rec = json.loads(rec_path.read_bytes())

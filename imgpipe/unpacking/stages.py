@@ -49,7 +49,12 @@ class FindImage:
     name = "find-image"
 
     def run(self, item: str, ctx: Context) -> ImageRecord:
-        return ctx.store.db.get_image(normalize_name(item))
+        rec = ctx.store.db.get_image(normalize_name(item))
+        if "org.imgpipe.lazy.source" in rec.labels:  # pulled lazily: fetch what it lacks
+            from imgpipe.lazy.pulling import complete_lazy  # noqa: PLC0415
+
+            rec = complete_lazy(rec, ctx)
+        return rec
 
 
 @dataclass(kw_only=True)
