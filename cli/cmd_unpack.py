@@ -7,6 +7,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from . import flags
+from .lazyreport import add_lazy_flags
 
 if TYPE_CHECKING:
     from imgpipe import UnpackResult
@@ -31,20 +32,11 @@ def register(sub: Any) -> None:
     p.add_argument("name", metavar="REF")
     p.add_argument("target", metavar="DIR")
     p.add_argument("--read-only", action="store_true", help="mount a read-only view")
-    p.add_argument(
-        "--lazy",
-        action="store_true",
-        help="REF is an image source (a registry reference, docker://, oci:DIR): mount its "
+    add_lazy_flags(
+        p,
+        "REF is an image source (a registry reference, docker://, oci:DIR): mount its "
         "eStargz/zstd:chunked layers through FUSE at once and fetch file contents as they "
         "are read; an image that cannot be lazy is pulled in full, and a line says why",
-    )
-    p.add_argument(
-        "--lazy-background",
-        type=_boolean,
-        default=True,
-        metavar="BOOL",
-        help="with --lazy: fetch the rest of each layer in the background and commit it "
-        "to the store as a verified blob (default true)",
     )
     add_unpack_flags(p)
     flags.connection(p)
@@ -125,14 +117,6 @@ def unpack(args: argparse.Namespace) -> int:
     print_layers(args, result)
     print_result(args, text, **result_fields(result))
     return 0
-
-
-def _boolean(text: str) -> bool:
-    value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-    try:
-        return value[text.lower()]
-    except KeyError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not true or false") from None
 
 
 def _mount_lazily(args: argparse.Namespace) -> str | None:

@@ -131,6 +131,16 @@ class LazyMount:
 
     # -- owning ----------------------------------------------------------------------------
 
+    def adopt(self, fd: int) -> None:
+        """Become this mount's owner in this process, given its FUSE descriptor ``fd``
+        (passed on by the process that mounted it, as ``run -d`` hands it to the
+        container's monitor): from now on this process watches the server (EIO for
+        the mount's reads if it dies, the reason in the state) and :meth:`stop` takes
+        the mount down as its owner. (state.json keeps naming the process that mounted
+        it: the server rewrites that file from its own copy, so a second writer could
+        lose an update; nothing reads the owner of a mount whose ``owner_stops`` is off.)"""
+        self._own(fd, self.pid)
+
     def _own(self, fd: int, pid: int) -> None:
         self.fd = fd
         self.pid = pid

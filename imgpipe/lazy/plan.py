@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Final
 
 from imgpipe.formats.errors import RangeNotSupported, Unsupported
 from imgpipe.image import Image
@@ -50,9 +52,34 @@ def lazy_plan(image: Image, source: BlobReader) -> LazyPlan:
         layers.append(RangedLayer(layer, ranges, name=name))
     if not layers:
         return LazyPlan(image, (), NO_LAZY_LAYERS, "the image has no layers")
-    for layer in layers:
+    # The TOCs are fetched together: each is two round trips (footer, TOC), and a run
+    # waits for all of them before its container starts. The first failure in layer
+    # order is the one reported, whichever finished first.
+    errors = _load_all(layers)
+    for error in errors:
+        if isinstance(error, RangeNotSupported):
+            return LazyPlan(image, (), NO_RANGE, str(error))
+        if error is not None:
+            raise error
+    return LazyPlan(image, tuple(layers))
+
+
+#: TOCs fetched at once (the registry client's pool serves this many connections).
+MAX_TOC_FETCHES: Final = 8
+
+
+def _load_all(layers: list[RangedLayer]) -> list[BaseException | None]:
+    """Load every layer's TOC, at most MAX_TOC_FETCHES at once; per layer, the
+    exception its load raised (None: loaded)."""
+
+    def load(layer: RangedLayer) -> BaseException | None:
         try:
             layer.loaded()
-        except RangeNotSupported as e:
-            return LazyPlan(image, (), NO_RANGE, str(e))
-    return LazyPlan(image, tuple(layers))
+        except Exception as e:  # handed back, raised in layer order
+            return e
+        return None
+
+    if len(layers) == 1:
+        return [load(layers[0])]
+    with ThreadPoolExecutor(min(len(layers), MAX_TOC_FETCHES), "imgpipe-toc") as pool:
+        return list(pool.map(load, layers))

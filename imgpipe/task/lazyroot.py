@@ -305,7 +305,7 @@ def adopt_lazy(bundle: Path, fd: int) -> None:
 
     state_dir = bundle / LAZY_DIR / "state"
     m = LazyMount.attach(state_dir)
-    m._own(fd, m.pid)  # lazyfs's owner side, as start_lazy sets it up in its caller
+    m.adopt(fd)
     _OWNED[state_dir] = m
 
 
