@@ -247,6 +247,9 @@ def convert(args: argparse.Namespace) -> int:
     (OCI media types, TOC annotations; eStargz changes the tar, so the config gets the new
     DiffIDs).
     """
+    from .memory import return_big_buffers
+
+    return_big_buffers()
     import json
 
     import imgpipe

@@ -123,6 +123,9 @@ def sync(args: argparse.Namespace) -> int:
         return 0
     if len(args.words) != 1:
         return usage_error("usage: imgpipe sync SPEC [options] | imgpipe sync plan SPEC")
+    from .memory import return_big_buffers
+
+    return_big_buffers()  # for the conversions this process runs itself
     if args.output:
         return usage_error("-o is for 'sync plan'; a run writes --report")
     plan = imgpipe.sync_plan(args.words[0], flags.transport_options(args))
