@@ -55,6 +55,57 @@ def _special(name: str, kind: bytes, **kw: object) -> tuple[tarfile.TarInfo, Non
     return info, None
 
 
+def write_tar_layout(
+    layout: Path, tag: str, tars: list[bytes], config: dict[str, object]
+) -> list[dict[str, object]]:
+    """An OCI layout at ``layout`` of one amd64 image tagged ``tag``: ``tars`` as its
+    uncompressed layers (bottom first), ``config`` its container config; the layers'
+    ``{"digest", "size"}``."""
+    blobs = layout / "blobs" / "sha256"
+    blobs.mkdir(parents=True, exist_ok=True)
+
+    def put(data: bytes) -> dict[str, object]:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return {"digest": f"sha256:{digest}", "size": len(data)}
+
+    layers = [put(t) for t in tars]
+    image_config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": config,
+            "rootfs": {"type": "layers", "diff_ids": [str(d["digest"]) for d in layers]},
+        }
+    ).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                **put(image_config),
+            },
+            "layers": [
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar", **d} for d in layers
+            ],
+        }
+    ).encode()
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                **put(manifest),
+                "annotations": {"org.opencontainers.image.ref.name": tag},
+            }
+        ],
+    }
+    (layout / "index.json").write_text(json.dumps(index))
+    (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    return layers
+
+
 def make_source(layout: Path, *, big: int, seed: int, tag: str = "src") -> SourceImage:
     """Write the two-layer image as an OCI layout at ``layout`` (tag ``tag``)."""
     rng = random.Random(seed)
@@ -83,45 +134,7 @@ def make_source(layout: Path, *, big: int, seed: int, tag: str = "src") -> Sourc
             _file("top.txt", b"from the top layer\n" + marker),
         ]
     )
-    blobs = layout / "blobs" / "sha256"
-    blobs.mkdir(parents=True, exist_ok=True)
-
-    def put(data: bytes) -> dict[str, object]:
-        digest = hashlib.sha256(data).hexdigest()
-        (blobs / digest).write_bytes(data)
-        return {"digest": f"sha256:{digest}", "size": len(data)}
-
-    layers = [put(layer0), put(layer1)]
-    config = json.dumps(
-        {
-            "architecture": "amd64",
-            "os": "linux",
-            "config": {"Cmd": ["/bin/sh"]},
-            "rootfs": {"type": "layers", "diff_ids": [str(d["digest"]) for d in layers]},
-        }
-    ).encode()
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **put(config)},
-            "layers": [
-                {"mediaType": "application/vnd.oci.image.layer.v1.tar", **d} for d in layers
-            ],
-        }
-    ).encode()
-    index = {
-        "schemaVersion": 2,
-        "manifests": [
-            {
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                **put(manifest),
-                "annotations": {"org.opencontainers.image.ref.name": tag},
-            }
-        ],
-    }
-    (layout / "index.json").write_text(json.dumps(index))
-    (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    write_tar_layout(layout, tag, [layer0, layer1], {"Cmd": ["/bin/sh"]})
     files = {
         "etc/hello.txt": b"hello again\n",
         "etc/empty": b"",

@@ -16,9 +16,7 @@ sorted, uncompressed tar layers (a converter compresses them: ``imgpipe convert
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import os
 import stat
 import subprocess
@@ -26,6 +24,8 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+
+from estargz_images import write_tar_layout
 
 MTIME: Final = 1_700_000_000
 
@@ -113,14 +113,6 @@ def make_debian_multi(layout: Path, *, tag: str = TAG, groups: int = len(LAYERS)
     """Write the image as an OCI layout at ``layout``: four package layers (the first
     ``groups`` of them: 1 is libc, dash and the base, 17 MB), then a small top layer (a
     file changed, one whited out) -> its description."""
-    blobs = layout / "blobs" / "sha256"
-    blobs.mkdir(parents=True, exist_ok=True)
-
-    def put(data: bytes) -> dict[str, object]:
-        digest = hashlib.sha256(data).hexdigest()
-        (blobs / digest).write_bytes(data)
-        return {"digest": f"sha256:{digest}", "size": len(data)}
-
     tars = []
     for n, packages in enumerate(LAYERS[:groups]):
         extra = []
@@ -143,37 +135,12 @@ def make_debian_multi(layout: Path, *, tag: str = TAG, groups: int = len(LAYERS)
             ],
         )
     )
-    layers = [put(t) for t in tars]
-    config = json.dumps(
-        {
-            "architecture": "amd64",
-            "os": "linux",
-            "config": {"Cmd": ["/bin/bash"], "Env": ["PATH=/usr/local/bin:/usr/bin:/bin"]},
-            "rootfs": {"type": "layers", "diff_ids": [str(d["digest"]) for d in layers]},
-        }
-    ).encode()
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **put(config)},
-            "layers": [
-                {"mediaType": "application/vnd.oci.image.layer.v1.tar", **d} for d in layers
-            ],
-        }
-    ).encode()
-    index = {
-        "schemaVersion": 2,
-        "manifests": [
-            {
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                **put(manifest),
-                "annotations": {"org.opencontainers.image.ref.name": tag},
-            }
-        ],
-    }
-    (layout / "index.json").write_text(json.dumps(index))
-    (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    write_tar_layout(
+        layout,
+        tag,
+        tars,
+        {"Cmd": ["/bin/bash"], "Env": ["PATH=/usr/local/bin:/usr/bin:/bin"]},
+    )
     os_release = Path("/usr/lib/os-release").read_bytes()
     assert stat.S_ISLNK(os.lstat("/etc/os-release").st_mode)  # -> ../usr/lib/os-release
     return DebianImage(layout, tag, tuple(len(t) for t in tars), os_release)
