@@ -90,36 +90,33 @@ def run(
     base = settings or ContainerSettings()
     if args:
         base = replace(base, args=tuple(args))
-    # the pipeline and the stages only when running (``imgpipe ps``/``rm`` import the package)
-    from imgpipe.pipeline.context import opened_store  # noqa: PLC0415
-    from imgpipe.pipeline.pipeline import Pipeline  # noqa: PLC0415
+    from .stage import RunContainer  # noqa: PLC0415 (ps and rm import the package)
 
-    from .stage import RunContainer  # noqa: PLC0415
-
-    with opened_store(store, root) as st, Relay(stop_timeout) as relay:
-        rt = Runc(Path(st.root) / state.RUNC_DIR, binary=runtime)
-        item, stages = _image_stages(
-            image,
-            rootfs=rootfs,
-            image_config=image_config,
-            platform=platform,
-            options=options,
-            snapshotter=snapshotter,
-            decrypt_keys=decrypt_keys,
-            lazy=lazy,
-        )
-        stages += _container_stages(name, rt, relay, remove)
-        stages.append(
-            RunContainer(
-                settings=base,
-                relay=relay,
-                interactive=interactive,
-                stdio=(stdin, stdout, stderr),
-                on_started=on_started,
-            )
-        )
-        code: int = Pipeline(stages).run(item, store=st, observer=observer)
-        return code
+    code: int = _run_pipeline(
+        image,
+        lambda relay: RunContainer(
+            settings=base,
+            relay=relay,
+            interactive=interactive,
+            stdio=(stdin, stdout, stderr),
+            on_started=on_started,
+        ),
+        name=name,
+        remove=remove,
+        runtime=runtime,
+        stop_timeout=stop_timeout,
+        store=store,
+        root=root,
+        observer=observer,
+        rootfs=rootfs,
+        image_config=image_config,
+        platform=platform,
+        options=options,
+        snapshotter=snapshotter,
+        decrypt_keys=decrypt_keys,
+        lazy=lazy,
+    )
+    return code
 
 
 def run_detached(
@@ -153,27 +150,55 @@ def run_detached(
     base = settings or ContainerSettings()
     if args:
         base = replace(base, args=tuple(args))
+    from .stage import DetachContainer  # noqa: PLC0415
+
+    container_id: str = _run_pipeline(
+        image,
+        lambda relay: DetachContainer(settings=base, interactive=interactive),
+        name=name,
+        remove=remove,
+        runtime=runtime,
+        stop_timeout=stop_timeout,
+        store=store,
+        root=root,
+        observer=observer,
+        rootfs=rootfs,
+        image_config=image_config,
+        platform=platform,
+        options=options,
+        snapshotter=snapshotter,
+        decrypt_keys=decrypt_keys,
+        lazy=lazy,
+    )
+    return container_id
+
+
+def _run_pipeline(
+    ref: str,
+    last: Callable[[Relay], Stage[Any, Any]],
+    *,
+    name: str | None,
+    remove: bool,
+    runtime: str | None,
+    stop_timeout: float,
+    store: Store | None,
+    root: Root,
+    observer: Observer | None,
+    **image: Any,
+) -> Any:
+    """The one pipeline of run and run -d: the stages of the image ``ref``
+    (:func:`_image_stages`, given the ``image`` keywords), the container's claim and
+    mount, then ``last(relay)``; its result."""
+    # the pipeline only when running (``imgpipe ps``/``rm`` import the package)
     from imgpipe.pipeline.context import opened_store  # noqa: PLC0415
     from imgpipe.pipeline.pipeline import Pipeline  # noqa: PLC0415
 
-    from .stage import DetachContainer  # noqa: PLC0415
-
     with opened_store(store, root) as st, Relay(stop_timeout) as relay:
         rt = Runc(Path(st.root) / state.RUNC_DIR, binary=runtime)
-        item, stages = _image_stages(
-            image,
-            rootfs=rootfs,
-            image_config=image_config,
-            platform=platform,
-            options=options,
-            snapshotter=snapshotter,
-            decrypt_keys=decrypt_keys,
-            lazy=lazy,
-        )
+        item, stages = _image_stages(ref, **image)
         stages += _container_stages(name, rt, relay, remove)
-        stages.append(DetachContainer(settings=base, interactive=interactive))
-        container_id: str = Pipeline(stages).run(item, store=st, observer=observer)
-        return container_id
+        stages.append(last(relay))
+        return Pipeline(stages).run(item, store=st, observer=observer)
 
 
 def _image_stages(
