@@ -148,3 +148,18 @@ def fully_mounted(ref: str, root: Path, target: Path) -> Iterator[Path]:
         yield target
     finally:
         cli("umount", target, root=root)
+
+
+def lazy_and_full(ref: str, work: Path, *, big: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The tree of ``ref`` mounted lazily (overlay over the FUSE layers) and fully
+    unpacked, each as :func:`describe` gives it; ``big.bin`` read through the lazy mount
+    must be ``big``. Both mounts are gone when it returns."""
+    with fully_mounted(ref, work / "full", work / "full-rootfs") as full:
+        want = describe(full)
+    with (
+        lazily_mounted(ref, Store(work / "root"), work / "state") as m,
+        overlaid(m.lowers, work / "ov") as merged,
+    ):
+        got = describe(merged)
+        assert (merged / "big.bin").read_bytes() == big
+    return got, want

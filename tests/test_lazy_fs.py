@@ -17,10 +17,9 @@ import pytest
 from estargz_images import SourceImage, make_source
 from lazy_fixtures import (
     cli,
-    describe,
-    fully_mounted,
     fuse_mounts,
     lazily_mounted,
+    lazy_and_full,
     needs_root,
     overlaid,
     plan_of,
@@ -61,14 +60,7 @@ def converted(
 def test_the_lazy_tree_equals_the_unpacked_one(
     converted: str, source: SourceImage, tmp_path: Path
 ) -> None:
-    with fully_mounted(converted, tmp_path / "full", tmp_path / "full-rootfs") as full:
-        want = describe(full)
-    with (
-        lazily_mounted(converted, Store(tmp_path / "root"), tmp_path / "state") as m,
-        overlaid(m.lowers, tmp_path / "ov") as merged,
-    ):
-        got = describe(merged)
-        assert (merged / "big.bin").read_bytes() == source.big
+    got, want = lazy_and_full(converted, tmp_path, big=source.big)
     assert got == want
     assert "etc/deleted.txt" not in got  # the top layer's whiteout
     assert got["<hardlinks>"] == ()  # etc/hard's other name is overridden above

@@ -16,12 +16,10 @@ from estargz_images import SourceImage, make_source
 from faultproxy import FaultProxy
 from lazy_fixtures import (
     cli,
-    describe,
-    fully_mounted,
     fuse_mounts,
     lazily_mounted,
+    lazy_and_full,
     needs_root,
-    overlaid,
 )
 from registry_fixtures import Registry
 
@@ -59,14 +57,7 @@ def test_ctr_remotes_image_mounts_as_it_unpacks(
     ctr_remote: str, registry: Registry, source: SourceImage, tmp_path: Path
 ) -> None:
     ref = registry.ref(ctr_remote, "ctr-remote")
-    with fully_mounted(ref, tmp_path / "full", tmp_path / "full-rootfs") as full:
-        want = describe(full)
-    with (
-        lazily_mounted(ref, Store(tmp_path / "root"), tmp_path / "state") as m,
-        overlaid(m.lowers, tmp_path / "ov") as merged,
-    ):
-        got = describe(merged)
-        assert (merged / "big.bin").read_bytes() == source.big
+    got, want = lazy_and_full(ref, tmp_path, big=source.big)
     assert got == want
     assert not fuse_mounts(tmp_path)
 
