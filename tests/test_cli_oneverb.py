@@ -48,3 +48,20 @@ def test_one_verb_parser_is_the_full_trees(verb: str) -> None:
 def test_unknown_verb_builds_the_whole_tree() -> None:
     parser = build_parser(verb="no-such-verb")
     assert find(parser, ["run"]) is not None and find(parser, ["images"]) is not None
+
+
+def test_verb_table_names_what_each_module_registers() -> None:
+    """cli/main.py imports a verb's module by the table's word for it: the table must list
+    exactly the top-level verbs (and aliases) each module's ``register`` adds."""
+    from importlib import import_module
+
+    from imgpipe.cli.main import _VERB_MODULES
+
+    for module, names in _VERB_MODULES.items():
+        top = argparse.ArgumentParser()
+        sub = top.add_subparsers()
+        import_module(f"imgpipe.cli.{module}").register(sub)
+        assert tuple(sub.choices) == names, module
+    assert sorted(n for names in _VERB_MODULES.values() for n in names) == sorted(
+        next(a for a in FULL._actions if isinstance(a, argparse._SubParsersAction)).choices
+    )
