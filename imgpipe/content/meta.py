@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 from imgpipe.formats.digest import Digest
 
@@ -24,8 +23,8 @@ __all__ = ["IngestMeta", "fmt_time", "read_meta", "set_meta", "write_meta"]
 _META_LIMIT: Final = 4096
 
 
-@dataclass(frozen=True)
-class IngestMeta:
+# A NamedTuple, not a frozen dataclass: ~1 ms less to define (see content/store.py).
+class IngestMeta(NamedTuple):
     """What an ingest directory records about itself; ``damaged`` if a file is unreadable."""
 
     ref: str | None
