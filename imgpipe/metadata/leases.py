@@ -8,8 +8,8 @@ import sqlite3
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
-from typing import Any, Final
+from types import MappingProxyType
+from typing import Any, Final, NamedTuple
 
 from imgpipe.formats.digest import Digest
 from imgpipe.formats.errors import AlreadyExists, InvalidArgument, NotFound
@@ -26,15 +26,19 @@ DEFAULT_LEASE_EXPIRY: Final = 24 * 3600.0
 LEASE_KINDS: Final = frozenset({"content", "ingest", "snapshot", "image"})
 
 
-@dataclass(frozen=True)
-class LeaseRecord:
+#: The labels of a record made without any (read-only, so the one default is safe to share).
+_NO_LABELS: Final[Mapping[str, str]] = MappingProxyType({})
+
+
+# A NamedTuple, not a frozen dataclass: ~1 ms less to define (see images.py).
+class LeaseRecord(NamedTuple):
     """A lease: while it lives (``expires_at`` is None or in the future), what it lists is
     kept by garbage collection."""
 
     id: str
     created_at: float
     expires_at: float | None
-    labels: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = _NO_LABELS
 
 
 class Lease:

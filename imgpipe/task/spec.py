@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 from imgpipe.errors import InvalidArgument
 
@@ -105,8 +105,8 @@ NetMode = Literal["private", "none", "host"]
 CPU_PERIOD_US: Final = 100_000
 
 
-@dataclass(frozen=True)
-class Volume:
+# A NamedTuple, not a frozen dataclass: ~1 ms less to define on every `imgpipe run`.
+class Volume(NamedTuple):
     """``-v SRC:DST[:ro]``: a bind mount of the host's ``source`` at ``destination``."""
 
     source: str

