@@ -71,9 +71,10 @@ KNOWN_ARCHITECTURES: Final = frozenset(
 
 # `os[(version[+feature]*)]`, the first component of a specifier (containerd's syntax,
 # used for Windows images that must match the host's build).
-_OS_RE: Final = re.compile(r"([A-Za-z0-9_-]+)(?:\(([A-Za-z0-9_.%-]*)((?:\+[A-Za-z0-9_.%-]+)*)\))?")
-_COMPONENT_RE: Final = re.compile(r"[A-Za-z0-9_.-]+")
-_VERSION_RE: Final = re.compile(r"v?(\d+)(?:\.(\d+))?")
+# Patterns, compiled on first use by re's own cache: most commands parse no platform.
+_OS_RE: Final = r"([A-Za-z0-9_-]+)(?:\(([A-Za-z0-9_.%-]*)((?:\+[A-Za-z0-9_.%-]+)*)\))?"
+_COMPONENT_RE: Final = r"[A-Za-z0-9_.-]+"
+_VERSION_RE: Final = r"v?(\d+)(?:\.(\d+))?"
 
 
 def _normalize_os(os_: str) -> str:
@@ -168,11 +169,11 @@ class Platform:
         parts = text.split("/")
         if len(parts) > 3:
             raise InvalidArgument(f"platform {text!r}: want os, arch, os/arch or os/arch/variant")
-        m = _OS_RE.fullmatch(parts[0])
+        m = re.fullmatch(_OS_RE, parts[0])
         if m is None:
             raise InvalidArgument(f"platform {text!r}: invalid OS component {parts[0]!r}")
         for part in parts[1:]:
-            if not _COMPONENT_RE.fullmatch(part):
+            if not re.fullmatch(_COMPONENT_RE, part):
                 raise InvalidArgument(f"platform {text!r}: invalid component {part!r}")
         os_ = _normalize_os(m.group(1))
         version = urllib.parse.unquote(m.group(2) or "")
@@ -235,7 +236,7 @@ def host_platform() -> Platform:
 
 
 def _variant_number(variant: str) -> tuple[int, int] | None:
-    m = _VERSION_RE.fullmatch(variant)
+    m = re.fullmatch(_VERSION_RE, variant)
     if m is None:
         return None
     return int(m.group(1)), int(m.group(2) or 0)

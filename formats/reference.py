@@ -67,7 +67,8 @@ _TAG_RE: Final = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
 _IMAGE_ID_RE: Final = re.compile(r"[a-f0-9]{64}")
 # What an OCI layout's ref.name may be (containers/image's check on ``oci:DIR:NAME``).
 _OCI_NAME_COMPONENT: Final = r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
-_OCI_NAME_RE: Final = re.compile(rf"{_OCI_NAME_COMPONENT}(?:/{_OCI_NAME_COMPONENT})*")
+# compiled on first use (re's cache): only oci: and oci-archive: names need it
+_OCI_NAME_RE: Final = rf"{_OCI_NAME_COMPONENT}(?:/{_OCI_NAME_COMPONENT})*"
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +264,7 @@ def parse_transport(text: str) -> TransportRef:
         prefix = transport + ":"
         if text.startswith(prefix):
             path, tag = _path_and_tag(transport, text.removeprefix(prefix), text)
-            if tag and not _OCI_NAME_RE.fullmatch(tag):
+            if tag and not re.fullmatch(_OCI_NAME_RE, tag):
                 raise InvalidReference(
                     f"invalid {transport} reference {text!r}: image name {tag!r} must be "
                     "alphanumerics joined by '-', '.', '_', ':', '@', '+' or '/'"
