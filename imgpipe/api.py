@@ -9,35 +9,26 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
-from imgpipe.content import Info, IngestStatus, VerifyProblem
-from imgpipe.formats.config import ImageConfig
-from imgpipe.formats.descriptor import Descriptor
-from imgpipe.formats.digest import Digest
-from imgpipe.formats.errors import Conflict, ImgpipeError, InvalidArgument, NotFound
-from imgpipe.formats.manifest import Index, Manifest
-from imgpipe.formats.platform import Platform
-from imgpipe.formats.reference import TransportRef, parse_transport
-from imgpipe.image import read_config
-from imgpipe.image.lazy import BlobIndex, load
-from imgpipe.metadata import ImageRecord, LeaseRecord
-from imgpipe.metadata.gc import GCResult, collect
-from imgpipe.pipeline import (
-    Context,
-    LoadImage,
-    Observer,
-    Pipeline,
-    Root,
-    normalize_name,
-    opened_store,
-)
-from imgpipe.pipeline.lookup import find_images
-from imgpipe.store import Store
-from imgpipe.transports import TransportOptions, open_source
+from imgpipe.formats.errors import ImgpipeError, NotFound
+from imgpipe.pipeline.context import Root, opened_store
 
+# What each function needs beyond the store is imported in it: `imgpipe images` and
+# `inspect` load no transport, registry client or garbage collector, `gc` no image model.
 if TYPE_CHECKING:
+    from imgpipe.content import Info, IngestStatus, VerifyProblem
+    from imgpipe.events import Observer
+    from imgpipe.formats.config import ImageConfig
+    from imgpipe.formats.descriptor import Descriptor
+    from imgpipe.formats.digest import Digest
+    from imgpipe.formats.manifest import Index, Manifest
+    from imgpipe.formats.platform import Platform
+    from imgpipe.formats.reference import TransportRef
     from imgpipe.lazy.layercaches import CacheInfo as LazyCacheInfo
+    from imgpipe.metadata import GCResult, ImageRecord, LeaseRecord
+    from imgpipe.store import Store
+    from imgpipe.transports import TransportOptions
 
 __all__ = [
     "ImageDetails",
@@ -57,7 +48,6 @@ __all__ = [
     "inspect_source",
     "lease_remove",
     "leases",
-    "normalize_name",
     "pull",
     "push",
     "remove_image",
@@ -67,6 +57,8 @@ __all__ = [
 
 
 def _as_transport(ref: str | TransportRef) -> TransportRef:
+    from imgpipe.formats.reference import TransportRef, parse_transport  # noqa: PLC0415
+
     return ref if isinstance(ref, TransportRef) else parse_transport(ref)
 
 
@@ -93,6 +85,9 @@ def pull(
     a resumable ingest) stays under the run's expiring lease for the next attempt.
     Ctrl-C raises :class:`~imgpipe.errors.Interrupted`, saying what was kept.
     """
+    from imgpipe.formats.platform import Platform  # noqa: PLC0415
+    from imgpipe.pipeline.pipeline import Pipeline  # noqa: PLC0415
+
     ref = _as_transport(source)
     plat = Platform.parse(platform) if isinstance(platform, str) else platform
     pipeline = Pipeline.pull(name=name, platform=plat, all_platforms=all_platforms, options=options)
@@ -120,6 +115,9 @@ def push(
     the rest uploaded (``options.max_concurrent`` at once). Raises NotFound (no such
     image), Unauthorized, Unavailable, DigestMismatch.
     """
+    from imgpipe.pipeline.names import normalize_name  # noqa: PLC0415
+    from imgpipe.pipeline.pipeline import Pipeline  # noqa: PLC0415
+
     local = normalize_name(name)
     ref = _as_transport(destination if destination is not None else "docker://" + local)
     with opened_store(store, root) as s:
@@ -153,6 +151,7 @@ class _Manifests:
     def manifest_for(self, platform: str | Platform | None = None) -> ManifestDetails:
         """The manifest unpack and run would use for ``platform`` (default: this host;
         the only one, if there is one): NotFound naming the platforms there are."""
+        from imgpipe.formats.platform import Platform  # noqa: PLC0415
         from imgpipe.image import select  # noqa: PLC0415 (only --config asks)
 
         want = Platform.parse(platform) if isinstance(platform, str) else platform
@@ -179,6 +178,12 @@ def inspect(name: str, *, store: Store | None = None, root: Root = None) -> Imag
     :mod:`imgpipe.pipeline.lookup`): NotFound, or InvalidArgument naming the candidates
     of an ambiguous prefix.
     """
+    from imgpipe.formats.manifest import Index, Manifest  # noqa: PLC0415
+    from imgpipe.image import read_config  # noqa: PLC0415
+    from imgpipe.pipeline.context import Context  # noqa: PLC0415
+    from imgpipe.pipeline.load import LoadImage  # noqa: PLC0415
+    from imgpipe.pipeline.lookup import find_images  # noqa: PLC0415
+
     with opened_store(store, root) as s:
         rec = find_images(s.db, name)[0]
         local = rec.name
@@ -217,6 +222,10 @@ def inspect_source(
     every manifest it reaches and their configs, each verified against its descriptor.
     Layers are not read. Raises what :func:`pull` raises for those documents.
     """
+    from imgpipe.formats.manifest import Index  # noqa: PLC0415
+    from imgpipe.image.lazy import BlobIndex, load  # noqa: PLC0415
+    from imgpipe.transports import open_source  # noqa: PLC0415
+
     ref = _as_transport(source)
     with open_source(ref, options=options) as src:
         top = load(src, src.resolve())
@@ -237,6 +246,8 @@ def inspect_source(
 
 def tag(source: str, target: str, *, store: Store | None = None, root: Root = None) -> ImageRecord:
     """Give the image ``source`` a second name ``target`` (both normalised)."""
+    from imgpipe.pipeline.names import normalize_name  # noqa: PLC0415
+
     with opened_store(store, root) as s:
         rec = s.db.get_image(normalize_name(source))
         return s.db.put_image(normalize_name(target), rec.target, rec.labels)
@@ -249,13 +260,16 @@ def remove_image(
     collection (:func:`gc`), which removes what no image or live lease holds any more
     (what only this image held, its snapshots included, and anything else already
     unreferenced)."""
+    from imgpipe.pipeline.names import normalize_name  # noqa: PLC0415
+
     with opened_store(store, root) as s:
         s.db.delete_image(normalize_name(name))
         return gc(store=s) if prune else None
 
 
-@dataclass(frozen=True)
-class RemovedImages:
+# NamedTuples, not frozen dataclasses: ~1 ms less each to define on every verb that calls
+# this module (the same equality, hash, repr and immutability).
+class RemovedImages(NamedTuple):
     """What :func:`remove_images` did: the names removed, each name or ID it could not
     remove with the reason (NotFound, InvalidArgument, Conflict), and the gc's result."""
 
@@ -278,6 +292,9 @@ def remove_images(
     them all only with ``force`` (else Conflict, as Docker refuses). With ``prune``, one
     garbage collection at the end (see :func:`remove_image`).
     """
+    from imgpipe.formats.errors import Conflict, InvalidArgument  # noqa: PLC0415
+    from imgpipe.pipeline.lookup import find_images  # noqa: PLC0415
+
     removed: list[str] = []
     failed: list[tuple[str, ImgpipeError]] = []
     with opened_store(store, root) as s:
@@ -334,6 +351,8 @@ def _collect(
     abandoned: Collection[str] = (),
 ) -> GCResult:
     """One collection of ``s``, then the snapshot directories no record names."""
+    from imgpipe.metadata.gc import collect  # noqa: PLC0415
+
     if ingest_expiry is None:
         from imgpipe.config import lease_expiry  # noqa: PLC0415 (start-up: on use)
 
@@ -394,6 +413,8 @@ def content_remove(
     digests: list[str], *, store: Store | None = None, root: Root = None
 ) -> list[Digest]:
     """Remove blobs by digest (NotFound for one that is not there); returns those removed."""
+    from imgpipe.formats.digest import Digest  # noqa: PLC0415
+
     parsed = [Digest.parse(d) for d in digests]
     with opened_store(store, root) as s:
         for d in parsed:
@@ -401,8 +422,7 @@ def content_remove(
         return parsed
 
 
-@dataclass(frozen=True)
-class IngestDetails:
+class IngestDetails(NamedTuple):
     """A partial download (``imgpipe content ls --ingests``): its status, and the live
     leases that hold it (by its ref or by the blob it is becoming)."""
 
