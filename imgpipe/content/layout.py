@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import secrets
 import shutil
 import threading
 from collections.abc import Iterator
@@ -87,7 +86,7 @@ class Layout:
         from its path in one step, and a newcomer creates a fresh directory instead of
         finding a half-deleted one.
         """
-        trash = self.ingest / f".trash-{directory.name}-{secrets.token_hex(8)}"
+        trash = self.ingest / f".trash-{directory.name}-{os.urandom(8).hex()}"
         os.rename(directory, trash)
         shutil.rmtree(trash, ignore_errors=True)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-import secrets
+import os
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping
@@ -102,7 +102,7 @@ class LeaseTable(Database):
             raise InvalidArgument(f"lease expiry must be a positive number, not {expires_in!r}")
         if lease_id is None:
             # Time first so ids sort roughly by creation, random part so they never clash.
-            lease_id = f"{time.time_ns():x}-{secrets.token_hex(6)}"
+            lease_id = f"{time.time_ns():x}-{os.urandom(6).hex()}"
         elif not isinstance(lease_id, str) or not lease_id:
             raise InvalidArgument("lease id must be a non-empty string")
         now = time.time()

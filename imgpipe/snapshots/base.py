@@ -23,7 +23,6 @@ Records and directories
 from __future__ import annotations
 
 import os
-import secrets
 import stat
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -160,7 +159,7 @@ class DirSnapshotter:
         build is running anywhere.
         """
         with build_lock(self._build_lock):
-            tmp = self._snapshots / f"{NEW}{secrets.token_hex(6)}"
+            tmp = self._snapshots / f"{NEW}{os.urandom(6).hex()}"
             tmp.mkdir(mode=0o700)
             try:
                 yield tmp

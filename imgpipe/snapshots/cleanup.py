@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import secrets
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -117,4 +116,4 @@ def claim_leftovers(snapshots: Path, live: set[str], *, take_new: bool) -> list[
 
 def _doomed(snapshots: Path, name: str) -> Path:
     # A fresh name each time, so it never meets what an earlier, crashed deletion left.
-    return snapshots / f"{RM}{name}-{secrets.token_hex(4)}"
+    return snapshots / f"{RM}{name}-{os.urandom(4).hex()}"
