@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -55,25 +54,56 @@ RECORD_FILE: Final = "imgpipe.json"
 _ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
-@dataclass
 class TaskRecord:
-    """What ``imgpipe ps`` shows of a container and ``imgpipe rm`` needs to remove it."""
+    """What ``imgpipe ps`` shows of a container and ``imgpipe rm`` needs to remove it.
 
-    id: str
-    image: str
-    args: list[str]
-    created_at: float = field(default_factory=time.time)
-    snapshotter: str = ""
-    snapshot_key: str = ""
-    remove: bool = False
-    pid: int = 0
-    exit_code: int | None = None
-    finished_at: float | None = None
-    #: run with ``-d``: a monitor process owns it, its output is in container.log
-    detached: bool = False
-    monitor_pid: int = 0
-    #: ``run --stop-timeout``: what ``imgpipe stop`` waits by default, as docker's
-    stop_timeout: float = DEFAULT_STOP_TIMEOUT
+    A plain class, not a dataclass (~1 ms less on the start-up of run and ps): the fields
+    are :data:`_FIELDS`, the record file holds them by name (:meth:`to_json`), and two
+    records are equal when their fields are. ``created_at`` defaults to now.
+    """
+
+    __slots__ = _FIELDS = (
+        "id",
+        "image",
+        "args",
+        "created_at",
+        "snapshotter",
+        "snapshot_key",
+        "remove",
+        "pid",
+        "exit_code",
+        "finished_at",
+        "detached",
+        "monitor_pid",
+        "stop_timeout",
+    )
+
+    def __init__(
+        self,
+        id: str,
+        image: str,
+        args: list[str],
+        *,
+        created_at: float | None = None,
+        snapshotter: str = "",
+        snapshot_key: str = "",
+        remove: bool = False,
+        pid: int = 0,
+        exit_code: int | None = None,
+        finished_at: float | None = None,
+        detached: bool = False,
+        monitor_pid: int = 0,
+        stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+    ) -> None:
+        self.id, self.image, self.args = id, image, args
+        self.created_at: float = time.time() if created_at is None else created_at
+        self.snapshotter, self.snapshot_key = snapshotter, snapshot_key
+        self.remove, self.pid = remove, pid
+        self.exit_code, self.finished_at = exit_code, finished_at
+        #: run with ``-d``: a monitor process owns it, its output is in container.log
+        self.detached, self.monitor_pid = detached, monitor_pid
+        #: ``run --stop-timeout``: what ``imgpipe stop`` waits by default, as docker's
+        self.stop_timeout = stop_timeout
 
     @classmethod
     def from_json(cls, obj: Any) -> TaskRecord:
@@ -81,6 +111,19 @@ class TaskRecord:
             return cls(**obj)
         except TypeError as e:
             raise MalformedDocument(f"container record: {e}") from None
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._FIELDS}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TaskRecord):
+            return NotImplemented
+        return self.to_json() == other.to_json()
+
+    __hash__ = None  # type: ignore[assignment] # mutable, as the dataclass was
+
+    def __repr__(self) -> str:
+        return f"TaskRecord({', '.join(f'{k}={v!r}' for k, v in self.to_json().items())})"
 
 
 def validate_id(container_id: str) -> str:
@@ -122,7 +165,7 @@ def claim_task_dir(root: str | os.PathLike[str], container_id: str) -> Path:
 def write_record(path: Path, rec: TaskRecord) -> None:
     """Write ``rec`` into the container directory ``path`` atomically (rename)."""
     tmp = path / f".{RECORD_FILE}.tmp"
-    tmp.write_text(json.dumps(asdict(rec), separators=(",", ":")))
+    tmp.write_text(json.dumps(rec.to_json(), separators=(",", ":")))
     os.replace(tmp, path / RECORD_FILE)
 
 
