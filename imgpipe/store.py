@@ -25,13 +25,15 @@ import contextlib
 import errno
 import os
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from imgpipe.content import ContentStore
 from imgpipe.content.closing import Closing
 from imgpipe.content.space import KEEP_FREE, available
 from imgpipe.formats.errors import StorageError
-from imgpipe.metadata import MetadataDB
+
+if TYPE_CHECKING:
+    from imgpipe.content import ContentStore
+    from imgpipe.metadata import MetadataDB
 
 __all__ = ["SYSTEM_ROOT", "Store", "default_root"]
 
@@ -66,6 +68,9 @@ class Store(Closing):
     :attr:`read_only` says which it is, and every write raises ReadOnlyStore.
     """
 
+    content: ContentStore
+    db: MetadataDB
+
     def __init__(
         self, root: str | os.PathLike[str] | None = None, *, read_only: bool = False
     ) -> None:
@@ -73,6 +78,11 @@ class Store(Closing):
         writable = not read_only and _writable_root(self.root)
         if writable:
             _keep_reserve(self.root)
+        # imported here: `from imgpipe.store import default_root` (ps, wait, logs) must
+        # not load the content store and SQLite
+        from imgpipe.content.store import ContentStore  # noqa: PLC0415
+        from imgpipe.metadata.db import MetadataDB  # noqa: PLC0415
+
         self.content = ContentStore(self.root / "content")
         self.db = MetadataDB(self.root / "metadata.db", read_only=not writable)
 
