@@ -1,0 +1,111 @@
+"""What the local verbs import: the modules each loads, pinned as sets (start-up is part
+of every command's cost; tests/test_cli.py pins --version's and images' registry-free
+start-up). Each command runs in a fresh interpreter through ``cli.main.main``, and that
+process writes its ``sys.modules`` to a file at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+#: What no local verb may load: the registry client and its TLS stack, the stream
+#: processors, the transports.
+REMOTE = {
+    "urllib3",
+    "ssl",
+    "http.client",
+    "imgpipe.remote",
+    "imgpipe.processors",
+    "imgpipe.transports",
+}
+#: Moved off the start-up path on purpose (each cost milliseconds): the other verbs'
+#: modules, the garbage collector, the content writer, the pull pipeline's front end,
+#: tracebacks (only --debug prints one), secrets (names come from os.urandom).
+MOVED = {
+    "imgpipe.cli.cmd_transfer",
+    "imgpipe.cli.cmd_convert",
+    "imgpipe.cli.cmd_sync",
+    "imgpipe.metadata.gc",
+    "imgpipe.content.writer",
+    "traceback",
+    "secrets",
+}
+
+_DUMP = (
+    "import json, sys\n"
+    "from imgpipe.cli.main import main\n"
+    "code = main(sys.argv[2:])\n"
+    "with open(sys.argv[1], 'w') as f:\n"
+    "    json.dump(sorted(sys.modules), f)\n"
+    "sys.exit(code)\n"
+)
+
+
+def modules_of(tmp_path: Path, *argv: str | Path) -> set[str]:
+    """The modules ``imgpipe ARGV`` has loaded when it ends (it must succeed)."""
+    out = tmp_path / "modules.json"
+    proc = subprocess.run(
+        [sys.executable, "-c", _DUMP, out, *map(str, argv)],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return set(json.loads(out.read_text()))
+
+
+def loaded(modules: set[str], names: set[str]) -> set[str]:
+    """The ``names`` loaded, each package counting with its submodules."""
+    return {n for n in names if any(m == n or m.startswith(n + ".") for m in modules)}
+
+
+@pytest.fixture(scope="module")
+def stored(fixture_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A root holding busybox (pulled, not unpacked)."""
+    root = tmp_path_factory.mktemp("startup") / "root"
+    src = f"oci:{fixture_dir / 'busybox'}:busybox"
+    out = run_cli("-q", "pull", src, root=root)
+    assert out.returncode == 0, out.stderr
+    return root
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["images"], ["inspect", "busybox"], ["content", "ls"], ["ps", "-a"], ["leases", "ls"]],
+)
+def test_local_verbs_load_no_registry_client(argv: list[str], stored: Path, tmp_path: Path) -> None:
+    modules = modules_of(tmp_path, "--root", stored, *argv)
+    assert loaded(modules, REMOTE | MOVED) == set()
+
+
+def test_ps_opens_no_database(stored: Path, tmp_path: Path) -> None:
+    """``ps`` reads the containers' records and the runtime's state: no SQLite, no
+    content store, no digests."""
+    modules = modules_of(tmp_path, "--root", stored, "ps", "-a")
+    assert (
+        loaded(modules, {"sqlite3", "hashlib", "imgpipe.content.store", "imgpipe.metadata"})
+        == set()
+    )
+
+
+@pytest.mark.root
+def test_run_of_an_unpacked_image_loads_only_the_run(stored: Path, tmp_path: Path) -> None:
+    """``run --rm`` of an image already unpacked: no registry client, transport or
+    processor (nothing is pulled or applied), nor what was moved off the path."""
+    if os.geteuid() != 0:
+        pytest.skip("running containers needs root (CI runs as root)")
+    if shutil.which("runc") is None:
+        pytest.fail("runc is not installed: apt-get install runc")
+    out = run_cli("-q", "unpack", "busybox", root=stored)
+    assert out.returncode == 0, out.stderr
+    modules = modules_of(tmp_path, "--root", stored, "run", "--rm", "busybox", "/bin/true")
+    assert loaded(modules, REMOTE | MOVED | {"imgpipe.api", "imgpipe.unpacking.apply"}) == set()
+    assert "imgpipe.task.runner" in modules  # it did run through the task stage
