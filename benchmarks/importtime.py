@@ -13,7 +13,10 @@ conversion) is removed before its next run, untimed, so every run does the same 
 Byte code is cached (``PYTHONPYCACHEPREFIX`` in the work directory after a warm-up, as
 an installed package has its ``.pyc``). The table gives per verb: the median wall time
 (min-max), the median import total (the sum of every module's own import time, min-max),
-the number of modules, how much of the total is the interpreter's own start-up
+the number of modules in that tree and the number loaded (``sys.modules`` when the verb
+ends: ``-X importtime`` does not see a module imported through ``importlib.import_module``,
+as the packages' lazy-export tables do, so the tree misses those and their own time; the
+loaded count is the robust figure), how much of the total is the interpreter's own start-up
 (``site`` and what it loads, e.g. setuptools' editable finder, which a wheel install does
 not pay), and the heaviest packages by own time in the median run. ``-X importtime``
 inflates every import a little: compare the totals with one another, not with the wall.
@@ -57,6 +60,8 @@ class Verb:
 class ImportTree:
     #: (module, own µs, cumulative µs, depth) in the order -X importtime prints them
     rows: list[tuple[str, int, int, int]]
+    #: len(sys.modules) when the process ended
+    loaded: int = 0
 
     @property
     def total(self) -> float:
@@ -80,15 +85,35 @@ class ImportTree:
         return dict(acc)
 
 
+#: The line the process prints last: how many modules it had loaded.
+_LOADED = "imgpipe-bench loaded modules:"
+#: Runs a script (the ``imgpipe`` entry point, or ``-c CODE``) as ``python`` would (argv,
+#: sys.path[0], ``__main__``), then prints ``_LOADED``; atexit, built in, is all it adds.
+_COUNTING = (
+    "import atexit, os, sys\n"
+    f"atexit.register(lambda: print({_LOADED!r}, len(sys.modules), file=sys.stderr))\n"
+    "sys.argv = sys.argv[1:]\n"
+    "if sys.argv[0] == '-c':\n"
+    "    code = sys.argv.pop(1)\n"
+    "else:\n"
+    "    sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0]))\n"
+    "    code = open(sys.argv[0]).read()\n"
+    "exec(compile(code, sys.argv[0], 'exec'), {'__name__': '__main__'})\n"
+)
+
+
 def parse_importtime(stderr: str) -> ImportTree:
     rows = []
+    loaded = 0
     for line in stderr.splitlines():
+        if line.startswith(_LOADED):
+            loaded = int(line.split(":")[1])
         if not line.startswith("import time:") or "self [us]" in line:
             continue
         head, cum, name = line.split("|")
         depth = (len(name) - len(name.lstrip(" ")) - 1) // 2
         rows.append((name.strip(), int(head.split(":")[1]), int(cum), depth))
-    return ImportTree(rows)
+    return ImportTree(rows, loaded)
 
 
 def _env(work: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -168,17 +193,18 @@ def measure(vs: list[Verb], env: dict[str, str], runs: int) -> None:
             v.walls.append((time.perf_counter() - t) * 1000)
             if v.reset:
                 v.reset()
-            argv = [sys.executable, "-X", "importtime", *v.argv[1:]]
+            argv = [sys.executable, "-X", "importtime", "-c", _COUNTING, *v.argv[1:]]
             if v.argv[0] == str(IMGPIPE):
-                argv = [sys.executable, "-X", "importtime", str(IMGPIPE), *v.argv[1:]]
+                argv = [sys.executable, "-X", "importtime", "-c", _COUNTING, str(IMGPIPE),
+                        *v.argv[1:]]  # fmt: skip
             v.imports.append(parse_importtime(_run(argv, env).stderr))
 
 
 def table(vs: list[Verb], top: int) -> str:
     lines = [
-        "| verb | wall ms median (min-max) | imports ms median (min-max) | modules "
-        "| of it start-up ms | heaviest (own ms, median run) |",
-        "|---|---|---|---|---|---|",
+        "| verb | wall ms median (min-max) | imports ms median (min-max) | modules (tree) "
+        "| loaded | of it start-up ms | heaviest (own ms, median run) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for v in vs:
         totals = [t.total for t in v.imports]
@@ -187,7 +213,7 @@ def table(vs: list[Verb], top: int) -> str:
         lines.append(
             f"| {v.name} | {statistics.median(v.walls):.1f} ({min(v.walls):.1f}-"
             f"{max(v.walls):.1f}) | {statistics.median(totals):.1f} ({min(totals):.1f}-"
-            f"{max(totals):.1f}) | {len(med.rows)} | {med.startup:.1f} | "
+            f"{max(totals):.1f}) | {len(med.rows)} | {med.loaded} | {med.startup:.1f} | "
             + ", ".join(f"{k} {ms:.1f}" for k, ms in heavy)
             + " |"
         )
