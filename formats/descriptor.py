@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +74,9 @@ class Descriptor:
             raise MalformedDocument(f"descriptor {dg}: 'artifactType' must be a string")
         data: bytes | None = None
         if "data" in obj:
+            import base64  # noqa: PLC0415 (start-up: few descriptors embed data)
+            import binascii  # noqa: PLC0415
+
             if not isinstance(obj["data"], str):
                 raise MalformedDocument(f"descriptor {dg}: 'data' must be base64 text")
             try:
@@ -106,6 +107,8 @@ class Descriptor:
         if self.annotations:
             out["annotations"] = dict(self.annotations)
         if self.data is not None:
+            import base64  # noqa: PLC0415
+
             out["data"] = base64.b64encode(self.data).decode()
         if self.platform is not None:
             out["platform"] = self.platform.to_json()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import random
 import time
 from pathlib import Path
 from typing import Final
@@ -104,6 +103,8 @@ def lock_ingest(layout: Layout, ref: str, *, timeout: float, create: bool) -> In
                     + (f" (waited {timeout:g} s)" if timeout else "")
                 ) from None
             # Jitter keeps several waiters from polling in lock-step.
+            import random  # noqa: PLC0415 (start-up: only a contended lock waits)
+
             jitter = random.uniform(0.5, 1.0)  # noqa: S311 - not a secret
             _backoff_sleep(min(delay * jitter, left))
             delay = min(delay * 2, _BACKOFF_MAX)
