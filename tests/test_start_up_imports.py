@@ -86,6 +86,22 @@ def test_local_verbs_load_no_registry_client(argv: list[str], stored: Path, tmp_
     assert loaded(modules, REMOTE | MOVED) == set()
 
 
+@pytest.mark.parametrize("argv", [["images"], ["inspect", "busybox"], ["content", "ls"]])
+def test_listings_load_no_runtime(argv: list[str], stored: Path, tmp_path: Path) -> None:
+    """A listing reads the database and documents: no snapshotter, unpacker, task stage
+    (with ctypes and subprocess) or pipeline runner."""
+    modules = modules_of(tmp_path, "--root", stored, *argv)
+    unused = {
+        "imgpipe.snapshots",
+        "imgpipe.unpacking",
+        "imgpipe.task",
+        "imgpipe.pipeline.pipeline",
+        "subprocess",
+        "ctypes",
+    }
+    assert loaded(modules, unused) == set()
+
+
 def test_ps_opens_no_database(stored: Path, tmp_path: Path) -> None:
     """``ps`` reads the containers' records and the runtime's state: no SQLite, no
     content store, no digests."""
@@ -99,7 +115,8 @@ def test_ps_opens_no_database(stored: Path, tmp_path: Path) -> None:
 @pytest.mark.root
 def test_run_of_an_unpacked_image_loads_only_the_run(stored: Path, tmp_path: Path) -> None:
     """``run --rm`` of an image already unpacked: no registry client, transport or
-    processor (nothing is pulled or applied), nor what was moved off the path."""
+    processor, no layer applier or lazy mount (nothing is pulled or applied), nor what
+    was moved off the path."""
     if os.geteuid() != 0:
         pytest.skip("running containers needs root (CI runs as root)")
     if shutil.which("runc") is None:
@@ -107,5 +124,6 @@ def test_run_of_an_unpacked_image_loads_only_the_run(stored: Path, tmp_path: Pat
     out = run_cli("-q", "unpack", "busybox", root=stored)
     assert out.returncode == 0, out.stderr
     modules = modules_of(tmp_path, "--root", stored, "run", "--rm", "busybox", "/bin/true")
-    assert loaded(modules, REMOTE | MOVED | {"imgpipe.api", "imgpipe.unpacking.apply"}) == set()
+    unused = {"imgpipe.api", "imgpipe.unpacking.apply", "imgpipe.diff", "imgpipe.lazy"}
+    assert loaded(modules, REMOTE | MOVED | unused) == set()
     assert "imgpipe.task.runner" in modules  # it did run through the task stage
