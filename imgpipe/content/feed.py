@@ -200,16 +200,12 @@ class IngestFeed:
 class IngestFollower(io.RawIOBase):
     """``feed`` as a stream (the one reader of the feed): :meth:`IngestFeed.read_into`
     from 0 on, and the stored blob (``stored()``) if no writer published there and the
-    blob was stored all the same. ``announce()`` is called once, on the first bytes
-    handed out before the commit verified them. Closing it closes the feed."""
+    blob was stored all the same. Closing it closes the feed."""
 
-    def __init__(
-        self, feed: IngestFeed, stored: Callable[[], BinaryIO], announce: Callable[[], None]
-    ) -> None:
+    def __init__(self, feed: IngestFeed, stored: Callable[[], BinaryIO]) -> None:
         super().__init__()
         self._feed = feed
         self._stored = stored
-        self._announce: Callable[[], None] | None = announce
         self._pos = 0
         self._blob: BinaryIO | None = None
 
@@ -227,9 +223,6 @@ class IngestFollower(io.RawIOBase):
             self._blob = self._stored()
             return self.readinto(view)
         self._pos += n
-        if self._announce is not None and self._feed.early:
-            announce, self._announce = self._announce, None
-            announce()
         return n
 
     def close(self) -> None:

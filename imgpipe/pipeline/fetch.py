@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
-from typing import BinaryIO, Final, cast
+from typing import BinaryIO, cast
 
 from imgpipe.content.feed import IngestFeed, IngestFollower, feeding
 from imgpipe.content.verify import BlobReader
@@ -48,13 +48,9 @@ from .scheduler import (
     run_concurrently,
 )
 
-__all__ = ["EVENT_BLOB_FOLLOWED", "BlobFetch", "FetchBlobs", "FetchDocuments", "store_blob"]
+__all__ = ["BlobFetch", "FetchBlobs", "FetchDocuments", "store_blob"]
 
 _Job = Callable[[threading.Event], object]
-
-#: Sent once per blob :meth:`BlobFetch.open_blob` follows, when the reader was first
-#: handed bytes the commit had not verified yet (read while it downloads).
-EVENT_BLOB_FOLLOWED: Final = "blob.followed"
 
 
 class _Progress:
@@ -400,13 +396,7 @@ class BlobFetch(Background[Digest]):
             if feed is None or feed.closed:
                 return content.open_blob(desc)
             self._following.add(desc.digest)
-
-        def announce() -> None:
-            self._ctx.emit(
-                Event(EVENT_BLOB_FOLLOWED, desc.digest, desc.media_type, desc.size, "following")
-            )
-
-        return cast(BinaryIO, IngestFollower(feed, lambda: content.open_blob(desc), announce))
+        return cast(BinaryIO, IngestFollower(feed, lambda: content.open_blob(desc)))
 
     def followed(self, digest: Digest) -> int:
         """How many bytes of the blob :meth:`open_blob` handed out before its commit
