@@ -14,7 +14,8 @@ commit" is an observation, not a race; nothing is timed. What is checked:
 * a download cut off mid-layer: the same, and the next pull resumes the kept ingest
   (the follower reads the bytes already there at once) and succeeds;
 * on a throttled link the follower's count of bytes handed out before the commit covers
-  what the apply wrote while the blob was held.
+  what the apply wrote while the blob was held;
+* an encrypted layer, and a layer decoded by an external processor, follow too.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ from imgpipe.pipeline import Pipeline
 from imgpipe.snapshot_admin import snapshots_list
 from imgpipe.store import Store
 from imgpipe.unpacking import Unpack, mount, umount
-from tests.test_unpack import needs_root
+from tests.test_ocicrypt_skopeo import Skopeo
+from tests.test_unpack import make_rsa_key, needs_root
 from tests.test_unpack_fetch import DEADLINE, PullThread, assert_as_it_was, blob_path, diff_ids
 from tests.treecompare import assert_same, matches_expected, snapshot
 
@@ -335,3 +337,112 @@ def test_on_a_throttled_link_the_apply_reads_the_blob_before_its_commit(
             random_image.manifest_digest
         ]
         assert list(store.content.verify()) == []
+
+
+@pytest.fixture(scope="module")
+def encrypted(
+    registry: Registry, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[LayoutImage, Path]:
+    """The random image with every layer encrypted by skopeo (containers/ocicrypt), in
+    the registry; the directory of its private key (``key.pem``)."""
+    work = tmp_path_factory.mktemp("overlap-enc")
+    keys = make_rsa_key(tmp_path_factory.mktemp("overlap-keys"))
+    make_random_image(work / "plain", "v1", RANDOM_LAYERS, seed=17)
+    Skopeo(work / "home").copy(
+        work / "plain", work / "layout", "--encryption-key", f"jwe:{keys / 'key.pub'}", tag="v1"
+    )
+    registry.push_layout(work / "layout", "v1", "overlap/encrypted", "v1")
+    return read_layout(work / "layout", "v1"), keys
+
+
+def test_an_encrypted_layer_is_decrypted_and_applied_while_it_downloads(
+    registry: Registry,
+    encrypted: tuple[LayoutImage, Path],
+    fault_proxy: ProxyFactory,
+    tmp_path: Path,
+) -> None:
+    img, keys = encrypted
+    i = 1
+    digest, size = img.layers[i]
+    proxy = fault_proxy(registry)
+    proxy.stall(blob_path(digest), after=size // 2)
+    root = tmp_path / "root"
+    pull = PullThread(
+        proxy.ref("overlap/encrypted", "v1"), root, "native", decrypt_keys=[str(keys / "key.pem")]
+    )
+    try:
+        # the decryptor reads 1 MiB of ciphertext at a time and holds one chunk back
+        # until the HMAC at the end: 4 MiB held leave it plaintext to hand on
+        wait_applied(root, f"data-{i}.bin", thread_running(pull))
+        assert digest not in stored(root)
+    finally:
+        proxy.release()
+    pull.join()
+    assert pull.error is None, pull.error
+    assert pull.result is not None and pull.result.layers[i].followed > 0
+    with Store(root) as store:
+        assert [str(x.target.digest) for x in imgpipe.images(store=store)] == [img.manifest_digest]
+        assert len(committed(store)) == len(RANDOM_LAYERS)
+
+
+@pytest.fixture(scope="module")
+def gzip_random(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> LayoutImage:
+    """The random image with gzip layers (skopeo --dest-compress), in the registry."""
+    work = tmp_path_factory.mktemp("overlap-gzip")
+    make_random_image(work / "plain", "v1", RANDOM_LAYERS, seed=19)
+    Skopeo(work / "home").copy(
+        work / "plain", work / "layout", "--dest-compress", "--dest-compress-format", "gzip",
+        tag="v1",
+    )  # fmt: skip
+    registry.push_layout(work / "layout", "v1", "overlap/random-gzip", "v1")
+    return read_layout(work / "layout", "v1")
+
+
+def test_an_external_processor_decodes_a_layer_while_it_downloads(
+    registry: Registry, gzip_random: LayoutImage, fault_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """unpigz configured as the gzip decoder (containerd's stream processor contract):
+    its stdin is fed from the follower by a thread, like any upstream stream."""
+    env, marker = unpigz_configured(tmp_path / "cfg", gzip_random.manifest["layers"][0])
+    i = 1
+    digest, size = gzip_random.layers[i]
+    proxy = fault_proxy(registry)
+    proxy.stall(blob_path(digest), after=size // 2)
+    root = tmp_path / "root"
+    proc = subprocess.Popen(
+        [IMGPIPE, "--root", root, "-q", "pull", "--unpack", "--snapshotter", "native",
+         proxy.ref("overlap/random-gzip", "v1")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )  # fmt: skip
+    try:
+        wait_applied(root, f"data-{i}.bin", proc_running(proc))
+        assert digest not in stored(root)
+        assert marker.exists()
+    finally:
+        proxy.release()
+    _, err = proc.communicate(timeout=DEADLINE)
+    assert proc.returncode == 0, err
+    with Store(root) as store:
+        assert [str(x.target.digest) for x in imgpipe.images(store=store)] == [
+            gzip_random.manifest_digest
+        ]
+        assert len(committed(store)) == len(RANDOM_LAYERS)
+
+
+def unpigz_configured(cfg: Path, layer: dict[str, Any]) -> tuple[dict[str, str], Path]:
+    """The environment of a command whose config.toml (in ``cfg``) makes ``unpigz`` the
+    decoder of ``layer``'s gzip media type, through a wrapper that leaves a marker file
+    when it runs; that marker."""
+    cfg.mkdir()
+    gzip_type = layer["mediaType"]
+    wrapper, marker = cfg / "unpigz.sh", cfg / "ran"
+    (cfg / "config.toml").write_text(
+        f'[[processors]]\nid = "pigz"\naccepts = ["{gzip_type}"]\n'
+        f'returns = "{gzip_type.removesuffix("+gzip")}"\npath = "{wrapper}"\n'
+    )
+    wrapper.write_text(f'#!/bin/sh\ntouch "{marker}"\nexec unpigz -d -c\n')
+    wrapper.chmod(0o755)
+    return {**os.environ, "IMGPIPE_CONFIG": str(cfg)}, marker
