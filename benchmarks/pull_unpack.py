@@ -18,7 +18,8 @@ job (process start-up included) into an empty directory on DIR's file system:
 * ``sequential``: the pipeline as issue 5 found it, ``Pipeline.pull().insert_after(
   "record", Unpack())``: every blob downloaded, the image recorded, then the layers;
 * ``overlap``: :func:`imgpipe.unpacking.pull_unpack` called from Python (FetchUnpack:
-  layer *k* applied as soon as blob *k* is stored while later blobs download).
+  layer *k* applied while blob *k* downloads, read from its ingest as it is written,
+  committed once the blob is stored).
 
 The cases alternate within each run (order flipped every run); medians with min and max
 of wall and CPU time (user+sys of the job's processes, from ``wait4``), peak RSS, the

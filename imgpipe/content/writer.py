@@ -3,12 +3,24 @@
 How a blob gets in: a ``Writer`` appends to ``ingest/<key>/data`` while hashing, then
 ``commit`` fsyncs, checks size and digest (``verify.check_hashed``), and renames ``data``
 to ``blobs/<alg>/<hex>``. The rename is the only way anything appears in ``blobs/``, so
-readers never see partial or unverified data. An interrupted write leaves its ingest
+its readers never see partial or unverified data. An interrupted write leaves its ingest
 behind; the next writer of the same ref re-hashes ``data`` and continues at its end.
 
 The fsync at commit waits only for the tail of the data: every
 :data:`WRITEBACK_BYTES` written, the kernel is asked to start writing them out
 (``sync_file_range``, no waiting), so a large blob goes to the disk while it downloads.
+
+Reading an ingest while it is written (how ``pull --unpack`` applies a layer as it
+downloads, :mod:`.feed`): a writer opened inside ``feeding(feed)`` publishes into that
+:class:`~.feed.IngestFeed` every offset it reaches (after ``os.write`` returned, so any
+descriptor on ``data`` sees those bytes, from the page cache; not yet fsynced) and, once
+``commit`` checked size and digest, that the blob is verified; a writer that lets go
+otherwise (closed for a resume, discarded, cut back by ``truncate``) publishes that
+instead. The writer itself is unchanged by it: what it writes, hashes and renames, and
+when, is the same with or without a feed, so a follower can delay nothing and verify
+nothing on the writer's behalf. The safety argument is the feed's (see there): a
+follower gets EOF only after the verified commit, and the bytes before it are
+provisional.
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ from imgpipe.formats.digest import Digest, Digester
 from imgpipe.formats.errors import FailedPrecondition, IntegrityError, SizeMismatch
 
 from .closing import Closing
+from .feed import IngestFeed, current_feed
 from .layout import BLOB_MODE, DATA_MODE, Layout, check_digest, check_size
 from .locks import IngestLock
 from .meta import fmt_time, read_meta, set_meta, write_meta
@@ -73,6 +86,7 @@ class Writer(Closing):
         self._total = total
         self._committed_new = False
         self._written_back = offset  # where the last write-back start ended
+        self._feed: IngestFeed | None = None
 
     @classmethod
     def _open(
@@ -135,7 +149,7 @@ class Writer(Closing):
         except BaseException:
             os.close(fd)
             raise
-        return cls(
+        w = cls(
             layout,
             ref,
             lock=lock,
@@ -145,6 +159,10 @@ class Writer(Closing):
             expected=eff_expected,
             total=eff_total,
         )
+        feed = current_feed()
+        if feed is not None and feed._bind(fd, directory / "data", offset):
+            w._feed = feed
+        return w
 
     # -- state ----------------------------------------------------------------------------
 
@@ -236,6 +254,8 @@ class Writer(Closing):
                 self._raise_refused(e)
             raise
         self._offset += len(view)
+        if self._feed is not None:
+            self._feed._advance(self._offset)
         if self._offset - self._written_back >= WRITEBACK_BYTES:
             start_writeback(fd, self._written_back, self._offset - self._written_back)
             self._written_back = self._offset
@@ -259,6 +279,8 @@ class Writer(Closing):
         os.lseek(fd, 0, os.SEEK_SET)
         self._digester = Digester(self._digester.algorithm)
         self._offset = self._written_back = 0
+        if self._feed is not None:
+            self._feed._advance(0)
 
     def commit(self, size: int, expected: Digest) -> Digest:
         """Make the ingest the blob ``expected``; returns ``expected``.
@@ -280,6 +302,8 @@ class Writer(Closing):
             expected = check_digest(expected)
             check_size(size, "size")  # a caller bug, not bad content: keep the ingest
             self._commit(fd, directory, size, expected)
+            if self._feed is not None:
+                self._feed._verify()  # the bytes checked out (stored by us or another)
             return expected
         except OSError as e:
             self._raise_refused(e)
@@ -361,6 +385,8 @@ class Writer(Closing):
                 os.close(fd)
         finally:
             self._lock.release()
+            if self._feed is not None:
+                self._feed._release()
 
 
 _SYNC_FILE_RANGE_WRITE: Final = 2  # linux/fs.h: start write-out, do not wait

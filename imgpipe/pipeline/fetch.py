@@ -11,8 +11,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
+from imgpipe.content.feed import IngestFeed, IngestFollower, feeding
 from imgpipe.content.verify import BlobReader
 from imgpipe.events import Event, EventKind
 from imgpipe.formats.descriptor import Descriptor
@@ -317,6 +318,12 @@ class BlobFetch(Background[Digest]):
     thread. Waiting for an image config checks it (``check_plan_configs``), so
     ``pull --unpack``, which waits for the configs first, refuses a bad one before a
     layer is applied.
+
+    It is also a BlobReader (:meth:`open_blob`): a blob still downloading is read from
+    its ingest as it arrives (an :class:`~imgpipe.content.feed.IngestFeed` per blob,
+    which the transfer's writer publishes into), EOF only once its commit verified it; a
+    transfer's failure is raised by the reads of its blob, and any failure, or
+    :meth:`stop_following`, stops every read waiting for bytes.
     """
 
     def __init__(
@@ -334,14 +341,85 @@ class BlobFetch(Background[Digest]):
         self._origin = origin
         self._plan = plan
         self._unchecked = _config_digests(plan) if plan is not None else set()
+        self._feeds = {d.digest: IngestFeed() for d in self._descs}
+        self._following: set[Digest] = set()
+        self._feeds_lock = threading.Lock()
+        self._failing = False
         announce_waiting(ctx.emit, self._descs[workers:])
 
         def job(d: Descriptor) -> tuple[Digest, _Job]:
-            return d.digest, lambda cancel: store_blob(
-                ctx, source, d, origin=origin, protect=False, cancel=cancel
-            )
+            return d.digest, lambda cancel: self._transfer(source, d, cancel)
 
         super().__init__([job(d) for d in self._descs], workers, "fetch", cancel=ctx.cancel)
+        for d in self._descs:  # never submitted (cancelled meanwhile): nothing will end them
+            if d.digest not in self._futures:
+                self._feeds[d.digest].end(Cancelled("the blob fetch was cancelled"))
+
+    def _transfer(self, source: BlobReader, d: Descriptor, cancel: threading.Event) -> bool:
+        """One job: :func:`store_blob`, its writer publishing into the blob's feed."""
+        feed = self._feeds[d.digest]
+        try:
+            with feeding(feed):
+                written = store_blob(
+                    self._ctx, source, d, origin=self._origin, protect=False, cancel=cancel
+                )
+        except BaseException as e:
+            if not isinstance(e, Cancelled):
+                self._failing = True  # before any reader wakes: they see why
+                for other in self._feeds.values():
+                    if other is not feed:
+                        other.stop(Cancelled(f"the transfer of {d.digest} failed"))
+            feed.end(e)
+            raise
+        feed.end(None)
+        with self._feeds_lock:
+            if d.digest not in self._following:
+                feed.close()  # stored: a later open_blob reads the blob
+        return written
+
+    @property
+    def failing(self) -> bool:
+        """True once a transfer failed (set before its readers are woken, so a read that
+        raised because of it can tell; :attr:`error` follows once the job is done)."""
+        return self._failing or self.error is not None
+
+    def fetches(self, digest: Digest) -> bool:
+        """Whether ``digest`` is one of the blobs this fetch moves."""
+        return digest in self._feeds
+
+    def open_blob(self, desc: Descriptor) -> BinaryIO:
+        """The blob's bytes, unverified (a BlobReader: read it through ``open_verified``):
+        from its ingest while this fetch still moves it, else the stored blob."""
+        content = self._ctx.store.content
+        feed = self._feeds.get(desc.digest)
+        with self._feeds_lock:
+            if feed is None or feed.closed:
+                return content.open_blob(desc)
+            self._following.add(desc.digest)
+        return cast(BinaryIO, IngestFollower(feed, lambda: content.open_blob(desc)))
+
+    def followed(self, digest: Digest) -> int:
+        """How many bytes of the blob :meth:`open_blob` handed out before its commit
+        verified them (0 if it was not followed)."""
+        feed = self._feeds.get(digest)
+        return feed.early if feed is not None else 0
+
+    def stop_following(self) -> None:
+        """Every read of :meth:`open_blob` waiting for bytes, and every later one,
+        raises Cancelled (the reader is being closed: it must not wait for a download)."""
+        for feed in self._feeds.values():
+            feed.stop(Cancelled("the blob fetch's readers were stopped"))
+
+    def cancel(self) -> None:
+        super().cancel()
+        self.stop_following()  # jobs that never start would never end their feeds
+
+    def close(self, *, interrupted: bool = False) -> None:
+        try:
+            super().close(interrupted=interrupted)
+        finally:
+            for feed in self._feeds.values():
+                feed.close()
 
     def wait(self, key: Digest) -> None:
         """Block until the blob ``key`` is stored (see :class:`Background`); an image

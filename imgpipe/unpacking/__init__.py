@@ -32,8 +32,9 @@ benchmark image. Layers are applied one after the other: containerd's parallel m
 built and measured here and lost on two cores (0.81 s sequential, 0.88 s with two
 threads, 1.16 s with four), because the per-entry work is Python under the GIL; it also
 cannot copy up a lower directory's metadata or a hardlink target from parents that are
-not there yet. ``pull --unpack`` (:class:`FetchUnpack`) applies each layer as soon as
-its blob is stored, while later blobs still download, as containerd's unpacker does.
+not there yet. ``pull --unpack`` (:class:`FetchUnpack`) applies each layer while its
+blob downloads, reading the ingest as it is written, and commits it once the blob is
+verified and stored (see there for why that is safe).
 
 Concurrency. Two unpacks of one image at once (threads or processes) serialise per chain
 ID on a file lock (``<snapshotter root>/unpack-locks/<2 hex>``, 256 buckets so the lock

@@ -74,7 +74,7 @@ class Aborted(Exception):
 
 class _Checked(PassThrough):
     """Calls ``check()`` at each read: an apply running while blobs download stops at
-    its next MiB when a download fails."""
+    its next MiB when a download fails (a followed blob's reads stop at once anyway)."""
 
     def __init__(self, raw: BinaryIO, check: Callable[[], None]) -> None:
         super().__init__(raw)
@@ -91,8 +91,10 @@ class _Checked(PassThrough):
 class Applier:
     """Decode one layer blob and apply it into a snapshot (shared by all modes).
 
-    With ``fetch`` (pull --unpack) each layer first waits for its blob, and every read
-    raises :class:`Aborted` once any download of the run has failed.
+    With ``fetch`` (pull --unpack) the target's layers read their blobs through it
+    (:meth:`BlobFetch.open_blob`: from the ingest while the blob downloads, else the
+    stored blob); every read raises :class:`Aborted` once any download of the run has
+    failed, and :meth:`wait_blob` says when a layer's blob is stored.
     """
 
     store: Store
@@ -100,33 +102,64 @@ class Applier:
     keys: Sequence[DecryptKey]
     fetch: BlobFetch | None = None
 
+    @property
+    def fetch_failed(self) -> bool:
+        """True once a download of the overlapped fetch failed (or it was cancelled)."""
+        f = self.fetch
+        return f is not None and (f.failing or f.cancel_event.is_set())
+
     def _abort_if_failed(self) -> None:
-        if self.fetch is not None and self.fetch.error is not None:
+        if self.fetch is not None and self.fetch.failing:
             raise Aborted
 
     def wait_blob(self, i: int) -> None:
+        """With a fetch: block until layer ``i``'s blob is stored (verified), raising
+        the fetch's first failure."""
         if self.fetch is not None:
             self.fetch.wait(self.target.layers[i].descriptor.digest)
+
+    def followed(self, i: int) -> int:
+        """Bytes of layer ``i``'s blob read before its commit verified them."""
+        digest = self.target.layers[i].descriptor.digest
+        return self.fetch.followed(digest) if self.fetch is not None else 0
 
     def apply(self, i: int, root: Path, options: ApplyOptions) -> ApplyResult:
         layer = self.target.layers[i]
         desc = layer.descriptor
         where = layer_name(i, len(self.target.layers), desc)
-        if not self.store.content.exists(desc.digest):
+        moving = self.fetch is not None and self.fetch.fetches(desc.digest)
+        if not moving and not self.store.content.exists(desc.digest):
             raise NotFound(f"{where}: blob not in the store (pull the image again)")
         try:
             raw = layer.open_uncompressed(keys=self.keys)
             if self.fetch is not None:
                 raw = cast(BinaryIO, _Checked(raw, self._abort_if_failed))
             with ReadAhead(raw, depth=_PREFETCH_DEPTH, name="unpack-decode") as s:
-                return apply_layer(
-                    root,
-                    cast(BinaryIO, s),
-                    options=options,
-                    expected_diff_id=self.target.diff_ids[i],
-                )
-        except ImgpipeError as e:
-            raise in_layer(e, where) from e
+                try:
+                    return apply_layer(
+                        root,
+                        cast(BinaryIO, s),
+                        options=options,
+                        expected_diff_id=self.target.diff_ids[i],
+                    )
+                except BaseException:
+                    if self.fetch is not None:
+                        # the decode thread may wait in a followed blob for bytes still
+                        # to come: wake it, so closing the stream does not wait for them
+                        self.fetch.stop_following()
+                    raise
+        except Exception as e:
+            if moving and self.fetch is not None and not self.fetch_failed:
+                # What it failed on may be unverified bytes of a download still under
+                # way (a flipped byte breaks a gzip stream long before the digest is
+                # checked): if that download turns out bad, it is the cause.
+                with contextlib.suppress(Exception):
+                    self.fetch.wait(desc.digest)
+            if self.fetch_failed:
+                raise Aborted from e  # the download's failure is the cause
+            if isinstance(e, ImgpipeError):
+                raise in_layer(e, where) from e
+            raise
 
     def apply_into(self, sn: Snapshotter, key: str, mounts: list[Mount], i: int) -> None:
         upper = sn.upperdir(key)
@@ -183,14 +216,13 @@ def _commit(sn: Snapshotter, lease: Lease | None, chain: Digest, key: str, **kw:
 def _apply_all(
     sn: Snapshotter, lease: Lease | None, applier: Applier, emit: Observer
 ) -> list[LayerUnpack]:
-    """Apply the layers in order. With a fetch (pull --unpack), layer ``i`` first waits
-    for its blob: before anything is prepared, so a failed download leaves no active
-    snapshot behind, and for reused layers too, so a layer is only reported once its
-    blob is in."""
+    """Apply the layers in order. With a fetch (pull --unpack), layer ``i`` is applied
+    while its blob may still download, and waits for the blob to be stored (verified)
+    after the apply and before its snapshot is committed; a reused layer waits for its
+    blob before it is reported. A failure of either removes the active snapshot."""
     t = applier.target
     out: list[LayerUnpack] = []
     for i in range(len(t.layers)):
-        applier.wait_blob(i)
         t0 = time.monotonic()
         chain = t.chains[i]
         parent = str(t.chains[i - 1]) if i else ""
@@ -204,13 +236,16 @@ def _apply_all(
                 if not reused:
                     key, mounts = _prepare_unique(sn, lease, chain, parent)
                     try:
-                        applier.apply_into(sn, key, mounts, i)
+                        applier.apply_into(sn, key, mounts, i)  # DiffID checked
+                        applier.wait_blob(i)  # and the blob verified, then the commit
                         _commit(sn, lease, chain, key)
                     except BaseException as e:
                         remove_quietly(sn, key)
-                        if isinstance(e, ImgpipeError):
+                        if isinstance(e, ImgpipeError) and not applier.fetch_failed:
                             _layer_event(t, i, EVENT_LAYER_FAILED, str(e), emit)
                         raise
+        if reused:
+            applier.wait_blob(i)
         _prove_diff_id(applier.store, t, i)
         _layer_event(t, i, EVENT_LAYER_UNPACKED, "reused" if reused else "unpacked", emit)
         out.append(
@@ -220,6 +255,7 @@ def _apply_all(
                 t.chains[i],
                 reused,
                 time.monotonic() - t0,
+                followed=applier.followed(i),
             )
         )
     return out
@@ -250,8 +286,10 @@ def unpack_target(
     emit: Observer,
     fetch: BlobFetch | None = None,
 ) -> UnpackResult:
-    """Unpack ``target`` into ``sn``; with ``fetch`` (pull --unpack), each layer waits
-    for its blob and every apply stops (:class:`Aborted`) as soon as any download fails."""
+    """Unpack ``target`` into ``sn``; with ``fetch`` (pull --unpack), whose blobs
+    ``target``'s layers read, each layer follows its download and is committed once its
+    blob is stored, and every apply stops (:class:`Aborted`) as soon as any download
+    fails."""
     if not target.layers:
         raise InvalidArgument(f"image {target.image} has no layers to unpack")
     check_layer_keys(target.layers, keys)

@@ -25,13 +25,16 @@ EVENT_LAYER_FAILED: Final = "layer.failed"
 @dataclass(frozen=True)
 class LayerUnpack:
     """One layer of an unpack: its blob digest, DiffID and chain ID, whether an existing
-    committed snapshot was reused, and the seconds spent (decode + apply + commit)."""
+    committed snapshot was reused, and the seconds spent (decode + apply + commit).
+    ``followed``: bytes of the blob ``pull --unpack`` applied from its ingest before the
+    download's commit had verified them (0 when it read the stored blob)."""
 
     digest: Digest
     diff_id: Digest
     chain_id: Digest
     reused: bool
     seconds: float
+    followed: int = 0
 
 
 @dataclass(frozen=True)

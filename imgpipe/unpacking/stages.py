@@ -108,14 +108,33 @@ class FetchUnpack(_Options):
     """The stage of ``pull --unpack``, in place of ``fetch-blobs``: fetch the plan's
     blobs and unpack its layers at the same time -> :class:`Unpacked`.
 
-    As containerd's unpacker: the blobs download on worker threads (``max_concurrent``
-    at once, configs first, then layers in order) while this thread applies layer *k*
-    as soon as blob *k* is stored, strictly in order (*k* is prepared on the committed
-    *k-1*), DiffIDs checked. A failed download stops the apply at its next read (its
-    active snapshot is removed, no layer whose blob failed is committed); a failed apply
+    As containerd's unpacker would if it could: the blobs download on worker threads
+    (``max_concurrent`` at once, configs first, then layers in order) while this thread
+    applies the layers strictly in order (*k* is prepared on the committed *k-1*), each
+    one *while its blob downloads*: the layer's stream reads the blob's ingest file as
+    the download writes it (:meth:`~imgpipe.pipeline.BlobFetch.open_blob`, an
+    :class:`~imgpipe.content.feed.IngestFeed`), blocking for bytes not yet written, and
+    reads the stored blob once it is stored. So applying layer *k* costs no time after
+    its last byte arrives but the tail of the decode.
+
+    Why applying unverified bytes is safe: they only ever go into layer *k*'s *active*
+    snapshot, which is nothing until committed, and the applier's rules (nothing written
+    outside the snapshot, bounded decompression) hold for any input, verified or not (a
+    verified blob can be just as hostile). Layer *k*'s snapshot is committed only once
+    (1) the whole decoded stream hashed to its DiffID, (2) the compressed stream reached
+    its verified end (the follower gives EOF only after the download's commit checked
+    size and digest; the verified read over it checks the digest once more), and (3) the
+    fetch says blob *k* is stored. Decryption and external processors follow too: they
+    only read a stream, and the end of the stream is gated the same way.
+
+    Failures: a failed download (dropped, truncated, corrupt: the writer lets go
+    unverified) is raised by the reads of its blob at once, and any failure stops every
+    read waiting for bytes; the apply stops, its active snapshot is removed, no layer
+    whose blob failed is committed, and the fetch's first error is raised. A failed apply
     cancels the downloads (queued ones never start, running ones stop at their next
-    read; Ctrl-C does the same). Either way the first error is raised after the workers
-    are joined, so the pipeline's lease keeps every blob this run committed.
+    read; Ctrl-C does the same, and first wakes a decode waiting for bytes). Either way
+    the first error is raised after the workers are joined, so the pipeline's lease keeps
+    every blob this run committed; a download cut short keeps its ingest for a resume.
 
     The stage returns only when every blob is stored *and* the unpack succeeded, so
     :class:`RecordUnpacked` after it names the image only then: a failed ``pull
@@ -136,17 +155,20 @@ class FetchUnpack(_Options):
         if not item.name:
             raise InvalidArgument("unpack: the plan names no image")
         sn, keys, reg = self._open(ctx)
-        images = item.images(ctx.store.content, registry=reg)
-        configs = [img.manifest.config.digest for img in images]
+        configs = [img.manifest.config.digest for img in item.images(ctx.store.content)]
         with self._fetch.start(item, ctx, first=configs) as fetch:
             for c in configs:
                 fetch.wait(c)
+            # the model reads its blobs through the fetch: a layer follows its download
+            images = item.images(fetch, registry=reg)
             target = choose(item.name, ctx.store, images, as_platform(self.platform))
             try:
                 result = unpack_target(
                     ctx.store, sn, ctx.lease, target, keys, emit=ctx.emit, fetch=fetch
                 )
             except Aborted:
+                fetch.cancel()
+                fetch.close()  # joined: the failure that stopped the apply is recorded
                 fetch.check()  # the download's error, not the interrupted apply's
                 raise AssertionError("apply aborted without a fetch error") from None
             fetch.finish()

@@ -60,8 +60,8 @@ def pull_unpack(
 ) -> tuple[ImageRecord, UnpackResult]:
     """``imgpipe pull --unpack``: :func:`imgpipe.pull` and :func:`unpack` of the
     platform pulled (``platform``, default this host's) at once, in one pipeline run
-    under one lease: layer *k* is applied as soon as its blob is stored, while later
-    blobs still download (see :class:`FetchUnpack`).
+    under one lease: layer *k* is applied while its blob downloads and committed once
+    the blob is stored and verified (see :class:`FetchUnpack`).
 
     The image is recorded only when every blob is stored and the unpack succeeded; on
     any failure (a download, a missing key, a bad layer, Ctrl-C) nothing is recorded and
