@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from imgpipe.content import ContentStore
-from imgpipe.content.feed import IngestFeed, IngestFollower, feeding
+from imgpipe.content.feed import IngestFeed, IngestFollower
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.digest import Digest
 from imgpipe.formats.errors import DigestMismatch, FailedPrecondition
@@ -77,8 +77,7 @@ def test_a_reader_follows_the_writer_and_ends_only_after_the_commit(
 
     t = threading.Thread(target=reader, daemon=True)
     t.start()
-    with feeding(feed):
-        w = content.writer(REF, expected=DIGEST, total=len(DATA))
+    w = content.writer(REF, expected=DIGEST, total=len(DATA), feed=feed)
     received = b""
     for i in range(0, len(DATA), CHUNK):
         w.write(DATA[i : i + CHUNK])
@@ -100,8 +99,7 @@ def test_a_reader_follows_the_writer_and_ends_only_after_the_commit(
 
 def test_a_reader_behind_the_rename_reads_the_same_file(content: ContentStore) -> None:
     feed = IngestFeed()
-    with feeding(feed):
-        w = content.writer(REF, expected=DIGEST, total=len(DATA))
+    w = content.writer(REF, expected=DIGEST, total=len(DATA), feed=feed)
     w.write(DATA)
     w.commit(len(DATA), DIGEST)  # renamed into blobs/ before the reader read a byte
     assert read_all(feed) == DATA
@@ -115,8 +113,7 @@ def test_a_resumed_ingest_is_readable_at_once(content: ContentStore) -> None:
     with content.writer(REF, expected=DIGEST, total=len(DATA)) as first:
         first.write(DATA[:half])  # then closed: kept for a resume
     feed = IngestFeed()
-    with feeding(feed):
-        w = content.writer(REF, expected=DIGEST, total=len(DATA))
+    w = content.writer(REF, expected=DIGEST, total=len(DATA), feed=feed)
     assert w.offset == half
     buf = memoryview(bytearray(len(DATA)))
     n = feed.read_into(0, buf)  # no write yet: the bytes already there
@@ -131,8 +128,7 @@ def test_a_resumed_ingest_is_readable_at_once(content: ContentStore) -> None:
 def test_a_digest_mismatch_is_raised_and_never_a_clean_end(content: ContentStore) -> None:
     bad = Digest.parse("sha256:" + hashlib.sha256(b"other").hexdigest())
     feed = IngestFeed()
-    with feeding(feed):
-        w = content.writer(REF, expected=bad, total=len(DATA))
+    w = content.writer(REF, expected=bad, total=len(DATA), feed=feed)
     w.write(DATA)
     assert read_all(feed) == DATA  # handed out, unverified
     with pytest.raises(DigestMismatch) as failed:
@@ -150,8 +146,7 @@ def test_a_writer_closed_for_a_resume_raises_the_producers_error(
     content: ContentStore,
 ) -> None:
     feed = IngestFeed()
-    with feeding(feed):
-        w = content.writer(REF, expected=DIGEST, total=len(DATA))
+    w = content.writer(REF, expected=DIGEST, total=len(DATA), feed=feed)
     w.write(DATA[:CHUNK])
     w.close()  # a dropped download: the ingest stays for a resume
     outcome: list[BaseException] = []
@@ -172,8 +167,7 @@ def test_a_writer_closed_for_a_resume_raises_the_producers_error(
 
 def test_a_cut_back_ingest_stops_the_reader(content: ContentStore) -> None:
     feed = IngestFeed()
-    with feeding(feed):
-        w = content.writer(REF, expected=DIGEST, total=len(DATA))
+    w = content.writer(REF, expected=DIGEST, total=len(DATA), feed=feed)
     w.write(DATA[:CHUNK])
     assert feed.read_into(0, memoryview(bytearray(CHUNK))) == CHUNK
     w.truncate()  # the bytes the reader had are gone
@@ -198,8 +192,7 @@ def test_no_writer_and_a_stored_blob_reads_the_store(content: ContentStore) -> N
 
 def test_stop_wakes_a_waiting_reader_and_every_later_one(content: ContentStore) -> None:
     feed = IngestFeed()
-    with feeding(feed):
-        w = content.writer(REF, expected=DIGEST, total=len(DATA))
+    w = content.writer(REF, expected=DIGEST, total=len(DATA), feed=feed)
     outcome: list[BaseException] = []
 
     def reader() -> None:
@@ -222,9 +215,8 @@ def test_stop_wakes_a_waiting_reader_and_every_later_one(content: ContentStore) 
 
 def test_only_the_first_writer_binds(content: ContentStore) -> None:
     feed = IngestFeed()
-    with feeding(feed):
-        w = content.writer(REF, expected=DIGEST, total=len(DATA))
-        other = content.writer("another-ref", total=3)
+    w = content.writer(REF, expected=DIGEST, total=len(DATA), feed=feed)
+    other = content.writer("another-ref", total=3, feed=feed)  # bound already: ignored
     other.write(b"abc")
     w.write(DATA[:10])
     assert feed.read_into(0, memoryview(bytearray(CHUNK))) == 10

@@ -1,12 +1,12 @@
 """An ingest read while it is written: what ``pull --unpack`` follows a download with.
 
-A :class:`~.writer.Writer` opened inside :func:`feeding` binds to the
-:class:`IngestFeed` given and publishes into it: the offset it has written up to, then
-either that its commit verified size and digest, or that it let go without that. The
-download's producer (the fetch job around ``ContentStore.ingest_blob``) ends the feed
-with its outcome. A reader on another thread calls :meth:`IngestFeed.read_into`, which
-reads ``data`` through a descriptor of the feed's own, opened by the writer when it bound
-(checked to be the writer's file), up to the published offset, and blocks for more.
+A :class:`~.writer.Writer` opened with ``feed=`` (``ContentStore.writer``, ``ingest_blob``)
+binds to that :class:`IngestFeed` and publishes into it: the offset it has written up to,
+then either that its commit verified size and digest, or that it let go without that. The
+download's producer (the fetch job around ``ContentStore.ingest_blob``) ends the feed with
+its outcome. A reader on another thread calls :meth:`IngestFeed.read_into`, which reads
+``data`` through a descriptor of the feed's own, opened by the writer when it bound (checked
+to be the writer's file), up to the published offset, and blocks for more.
 
 Why following is safe (the argument ``FetchUnpack`` relies on):
 
@@ -33,29 +33,27 @@ succeeds, :meth:`IngestFeed.read_into` says so and the reader reads the stored b
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import threading
-from collections.abc import Callable, Iterator
-from contextvars import ContextVar
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 from imgpipe.formats.errors import FailedPrecondition
 
-__all__ = ["IngestFeed", "IngestFollower", "current_feed", "feeding"]
+__all__ = ["IngestFeed", "IngestFollower"]
 
 
 class IngestFeed:
     """One ingest as a reader on another thread sees it while a writer fills it (see the
     module docstring). Thread-safe; one :class:`threading.Condition` carries every change.
 
-    Three parties: the :class:`Writer` bound to it (the first opened inside
-    :func:`feeding`) publishes offsets, the verified commit and its release; the producer
-    (whoever runs the download) calls :meth:`end` with its outcome; readers call
-    :meth:`read_into`, and :meth:`stop` to call them off. :meth:`close` closes the
-    reading descriptor (the feed's owner calls it when no reader needs it any more).
+    Three parties: the :class:`Writer` bound to it (the first opened with it) publishes
+    offsets, the verified commit and its release; the producer (whoever runs the download)
+    calls :meth:`end` with its outcome; readers call :meth:`read_into`, and :meth:`stop`
+    to call them off. :meth:`close` closes the reading descriptor (the feed's owner calls
+    it when no reader needs it any more).
     """
 
     def __init__(self) -> None:
@@ -233,22 +231,3 @@ class IngestFollower(io.RawIOBase):
                     self._blob.close()
             finally:
                 super().close()
-
-
-_FEED: ContextVar[IngestFeed | None] = ContextVar("imgpipe_ingest_feed", default=None)
-
-
-@contextlib.contextmanager
-def feeding(feed: IngestFeed) -> Iterator[None]:
-    """Within the block, the first :class:`~.writer.Writer` this thread (context) opens
-    binds to ``feed`` (``ContentStore.ingest_blob`` opens exactly one)."""
-    token = _FEED.set(feed)
-    try:
-        yield
-    finally:
-        _FEED.reset(token)
-
-
-def current_feed() -> IngestFeed | None:
-    """The feed a writer opened now binds to (:func:`feeding`), if any."""
-    return _FEED.get()

@@ -44,6 +44,7 @@ from .space import ensure_space, refused
 from .verify import BlobReader, VerifyingReader, digest_stream, open_verified
 
 if TYPE_CHECKING:
+    from .feed import IngestFeed
     from .writer import Writer
 
 __all__ = ["ContentStore", "Info", "IngestStatus", "VerifyProblem"]
@@ -244,6 +245,7 @@ class ContentStore:
         expected: Digest | None = None,
         total: int | None = None,
         timeout: float = DEFAULT_LOCK_TIMEOUT,
+        feed: IngestFeed | None = None,
     ) -> Writer:
         """A writer for the ingest named ``ref``, created or resumed, holding its lock.
 
@@ -257,7 +259,8 @@ class ContentStore:
         If another writer holds the ref (in this or another process), polls with bounded
         exponential back-off for up to ``timeout`` seconds, then raises Conflict;
         ``timeout=0`` does not wait. Raises InvalidArgument for a bad ref, total or
-        timeout. Use the writer as a context manager.
+        timeout. Use the writer as a context manager. With ``feed``, the writer
+        publishes its progress there for a reader on another thread (:mod:`.feed`).
         """
         check_ref(ref)
         if expected is not None:
@@ -269,7 +272,9 @@ class ContentStore:
         if expected is not None and self.exists(expected):
             raise AlreadyExists(f"content {expected}: already exists")
         try:
-            return self._open_writer(ref, expected=expected, total=total, timeout=timeout)
+            return self._open_writer(
+                ref, expected=expected, total=total, timeout=timeout, feed=feed
+            )
         except OSError as e:
             what = f"blob {expected}" if expected is not None else f"ingest {ref!r}"
             needed = -1 if total is None else total
@@ -278,7 +283,13 @@ class ContentStore:
             raise
 
     def _open_writer(
-        self, ref: str, *, expected: Digest | None, total: int | None, timeout: float
+        self,
+        ref: str,
+        *,
+        expected: Digest | None,
+        total: int | None,
+        timeout: float,
+        feed: IngestFeed | None,
     ) -> Writer:
         lock = lock_ingest(self._layout, ref, timeout=timeout, create=True)
         try:
@@ -290,7 +301,7 @@ class ContentStore:
                 raise AlreadyExists(f"content {expected}: already exists")
             from .writer import Writer  # noqa: PLC0415 (reading the store does not load it)
 
-            return Writer._open(self._layout, ref, lock, expected=expected, total=total)
+            return Writer._open(self._layout, ref, lock, expected=expected, total=total, feed=feed)
         except BaseException:
             lock.release()
             raise
@@ -369,6 +380,7 @@ class ContentStore:
         *,
         ref: str | None = None,
         timeout: float = DEFAULT_LOCK_TIMEOUT,
+        feed: IngestFeed | None = None,
     ) -> bool:
         """Copy the blob ``desc`` from ``source`` into the store, verified on the way.
 
@@ -383,19 +395,19 @@ class ContentStore:
 
         A stream that is shorter or longer than ``desc.size``, or whose bytes hash to
         another digest, raises SizeMismatch or DigestMismatch (from the verifying reader,
-        before its last chunk is written) and the ingest is discarded. Any other error
-        (the stream failing mid-way, a cancel, Ctrl-C) keeps the ingest for a later
-        resume, unless not a byte was written. Raises Conflict as ``writer`` does after
-        waiting ``timeout`` seconds; NoSpace before reading the source if the rest of the
-        blob cannot fit (``space.ensure_space``), and a StorageError if the disk refuses a
-        write (the ingest kept).
+        before its last chunk is written) and the ingest is discarded. Any other error (the
+        stream failing mid-way, a cancel, Ctrl-C) keeps the ingest for a later resume,
+        unless not a byte was written. ``feed``: as for :meth:`writer`. Raises Conflict as
+        ``writer`` does after waiting ``timeout`` seconds; NoSpace before reading the source
+        if the rest of the blob cannot fit (``space.ensure_space``), and a StorageError if
+        the disk refuses a write (the ingest kept).
         """
         ref = ref if ref is not None else f"import-{desc.digest}"
         # Refused before anything is created or read when the rest cannot fit.
         what = f"blob {desc.digest} ({desc.size} bytes)"
         ensure_space(self._layout.ingest, self._missing_bytes(desc, ref), what)
         try:
-            w = self.writer(ref, expected=desc.digest, total=desc.size, timeout=timeout)
+            w = self.writer(ref, expected=desc.digest, total=desc.size, timeout=timeout, feed=feed)
         except AlreadyExists:
             return False
         with w:

@@ -11,7 +11,7 @@ The fsync at commit waits only for the tail of the data: every
 (``sync_file_range``, no waiting), so a large blob goes to the disk while it downloads.
 
 Reading an ingest while it is written (how ``pull --unpack`` applies a layer as it
-downloads, :mod:`.feed`): a writer opened inside ``feeding(feed)`` publishes into that
+downloads, :mod:`.feed`): a writer opened with ``feed=`` publishes into that
 :class:`~.feed.IngestFeed` every offset it reaches (after ``os.write`` returned, so any
 descriptor on ``data`` sees those bytes, from the page cache; not yet fsynced) and, once
 ``commit`` checked size and digest, that the blob is verified; a writer that lets go
@@ -37,7 +37,7 @@ from imgpipe.formats.digest import Digest, Digester
 from imgpipe.formats.errors import FailedPrecondition, IntegrityError, SizeMismatch
 
 from .closing import Closing
-from .feed import IngestFeed, current_feed
+from .feed import IngestFeed
 from .layout import BLOB_MODE, DATA_MODE, Layout, check_digest, check_size
 from .locks import IngestLock
 from .meta import fmt_time, read_meta, set_meta, write_meta
@@ -97,6 +97,7 @@ class Writer(Closing):
         *,
         expected: Digest | None,
         total: int | None,
+        feed: IngestFeed | None = None,
     ) -> Writer:
         """Create or resume the ingest in ``lock.directory`` (whose lock we hold)."""
         directory = lock.directory
@@ -159,7 +160,6 @@ class Writer(Closing):
             expected=eff_expected,
             total=eff_total,
         )
-        feed = current_feed()
         if feed is not None and feed._bind(fd, directory / "data", offset):
             w._feed = feed
         return w

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import BinaryIO, cast
 
-from imgpipe.content.feed import IngestFeed, IngestFollower, feeding
+from imgpipe.content.feed import IngestFeed, IngestFollower
 from imgpipe.content.verify import BlobReader
 from imgpipe.events import Event, EventKind
 from imgpipe.formats.descriptor import Descriptor
@@ -74,13 +74,15 @@ def store_blob(
     origin: TransportRef | None = None,
     protect: bool = True,
     cancel: threading.Event | None = None,
+    feed: IngestFeed | None = None,
 ) -> bool:
     """Copy one blob from ``source`` into the store, verified. True if it was written.
 
     ``origin`` names the source in messages. ``protect=False`` when the caller has
     already leased ``desc`` (worker threads do not touch the database). ``cancel``
     (default: the run's, ``ctx.cancel``): once set, the transfer stops at its next read,
-    and what it wrote stays in its ingest for a resume.
+    and what it wrote stays in its ingest for a resume. ``feed``: the ingest's
+    writer publishes its progress there (``pull --unpack`` follows the download).
     """
     content = ctx.store.content
     if cancel is None:
@@ -100,7 +102,7 @@ def store_blob(
     # processes importing one blob share one ingest.
     what = f"{_kind(desc)} {desc.digest}" + (f" from {origin}" if origin else "")
     try:
-        written = content.ingest_blob(_Progress(source, ctx, cancel), desc)
+        written = content.ingest_blob(_Progress(source, ctx, cancel), desc, feed=feed)
     except DigestMismatch as e:
         raise DigestMismatch(
             f"{what}: content hashes to {e.actual}", expected=e.expected, actual=e.actual
@@ -359,10 +361,9 @@ class BlobFetch(Background[Digest]):
         """One job: :func:`store_blob`, its writer publishing into the blob's feed."""
         feed = self._feeds[d.digest]
         try:
-            with feeding(feed):
-                written = store_blob(
-                    self._ctx, source, d, origin=self._origin, protect=False, cancel=cancel
-                )
+            written = store_blob(
+                self._ctx, source, d, origin=self._origin, protect=False, cancel=cancel, feed=feed
+            )
         except BaseException as e:
             if not isinstance(e, Cancelled):
                 self._failing = True  # before any reader wakes: they see why

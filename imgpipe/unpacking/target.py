@@ -4,8 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from imgpipe.errors import NotFound, Unsupported
 from imgpipe.formats.chainid import chain_ids
@@ -35,8 +34,7 @@ def as_platform(platform: str | Platform | None) -> Platform | None:
     return Platform.parse(platform) if isinstance(platform, str) else platform
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
     """One manifest of an image, resolved down to what unpack needs."""
 
     image: str
