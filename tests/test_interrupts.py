@@ -52,10 +52,11 @@ def _events(proc: subprocess.Popen[str]) -> Iterator[dict[str, Any]]:
 
 
 def _interrupt_when_partial(
-    proc: subprocess.Popen[str], sig: int, layers: set[str]
+    proc: subprocess.Popen[str], sig: int, layers: set[str], moving_layer: str = ""
 ) -> tuple[set[str], float]:
-    """Read ``proc``'s JSON events until one layer is done and another one has bytes in,
-    then send ``sig``. (The layers done, the seconds from the signal to the exit.)"""
+    """Read ``proc``'s JSON events until one layer is done and another one (``moving_layer``
+    if given) has bytes in, then send ``sig``. (The layers done, the seconds from the
+    signal to the exit.)"""
     done: set[str] = set()
     moving: set[str] = set()
     for event in _events(proc):
@@ -66,7 +67,7 @@ def _interrupt_when_partial(
             done.add(digest)
         elif event["event"] == "blob.progress" and event.get("offset", 0) > 0:
             moving.add(digest)
-        if done and moving - done:
+        if done and (moving_layer in moving if moving_layer else moving - done):
             break
     else:
         raise AssertionError("the pull ended before it could be interrupted")
@@ -77,13 +78,13 @@ def _interrupt_when_partial(
 
 
 def _run_and_interrupt(
-    argv: list[str | Path], sig: int, layers: set[str]
+    argv: list[str | Path], sig: int, layers: set[str], moving_layer: str = ""
 ) -> tuple[set[str], float, int, str]:
     """Start ``argv``, interrupt it as :func:`_interrupt_when_partial` does: (layers done,
     seconds from the signal to the exit, exit code, stderr)."""
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         try:
-            done, latency = _interrupt_when_partial(proc, sig, layers)
+            done, latency = _interrupt_when_partial(proc, sig, layers, moving_layer)
         finally:
             proc.kill()  # a no-op once it exited; a hung one must not outlive the test
             proc.wait()
@@ -344,8 +345,8 @@ def test_sigint_with_a_stalled_download_exits_without_waiting_for_it(
     ref = proxy.ref("interrupts/slow", "v1")
     layers = {d["digest"]: d["size"] for d in slow_image["layers"]}
     blobs = {**layers, slow_image["config"]["digest"]: slow_image["config"]["size"]}
-    done, latency, code, err = _run_and_interrupt(
-        [IMGPIPE, "--root", root, "pull", "--json", ref], signal.SIGINT, set(layers)
+    done, latency, code, err = _run_and_interrupt(  # once the stalled layer has bytes in
+        [IMGPIPE, "--root", root, "pull", "--json", ref], signal.SIGINT, set(layers), big["digest"]
     )
     print(f"\nstalled: exit {latency:.3f} s after SIGINT")
     assert code == 130, err
