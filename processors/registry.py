@@ -80,9 +80,9 @@ def _group_may_be_declared(group: str) -> bool:
             return True
     needle = group.encode()
     for entry in sys.path:
-        path = os.fspath(entry) or "."
-        if path.lower().endswith(".egg"):
-            return True
+        if not isinstance(entry, str) or entry.lower().endswith(".egg"):
+            return True  # bytes or a path object on sys.path, an egg: not ours to judge
+        path = entry or "."
         try:
             names = os.listdir(path)
         except NotADirectoryError:

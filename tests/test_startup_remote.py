@@ -156,6 +156,8 @@ def test_what_the_look_cannot_judge_goes_to_importlib_metadata(
     egg.mkdir()
     monkeypatch.setattr(sys, "path", [str(egg)])
     assert processor_registry._group_may_be_declared(GROUP)
+    monkeypatch.setattr(sys, "path", [os.fsencode(tmp_path)])
+    assert processor_registry._group_may_be_declared(GROUP)
 
     class Finder:
         @staticmethod
