@@ -48,15 +48,25 @@ import posixpath
 import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, BinaryIO, Final, Literal
+from typing import Any, BinaryIO, Final
 
-import imgpipe.formats.estargz.annotations as _ann
-from imgpipe.formats.errors import InvalidArgument, ResourceLimit
+from imgpipe.formats.errors import ResourceLimit
 from imgpipe.formats.estargz.toc import MAX_ENTRIES
 
-from .base import CHUNK_SIZE, ZSTD_LEVEL, ChunkReader
+from .base import CHUNK_SIZE, ChunkReader
 from .estargz_members import Members, gzip_compressor, max_in_flight, zstd_compressor
+from .estargz_params import (
+    ANNOTATIONS,
+    DEFAULT_CHUNK_SIZE,
+    ESTARGZ_GZIP_LEVEL,
+    FORMATS,
+    MANIFEST_CHECKSUM_ANNOTATION,
+    MANIFEST_POSITION_ANNOTATION,
+    MAX_TOC_SIZE,
+    TOC_DIGEST_ANNOTATION,
+    UNCOMPRESSED_SIZE_ANNOTATION,
+    EstargzParams,
+)
 from .estargz_tar import TarEntry, TarReader, clean_name
 from .estargz_toc import (
     LANDMARK_CONTENTS,
@@ -85,63 +95,8 @@ __all__ = [
     "EstargzParams",
 ]
 
-Format = Literal["estargz", "zstdchunked"]
-FORMATS: Final = ("estargz", "zstdchunked")
-#: ctr-remote's and estargz.Build's default chunk size (``4 << 20``).
-DEFAULT_CHUNK_SIZE: Final = 4 << 20
-#: ctr-remote's default gzip level for eStargz (``gzip.BestCompression``).
-ESTARGZ_GZIP_LEVEL: Final = 9
-#: containers/storage 1.43 refuses a TOC over 50 MiB ("manifest too big"); so do we.
-MAX_TOC_SIZE: Final = 50 << 20
-
-# the reader's names (imgpipe.formats.estargz), under the names the conversion uses
-TOC_DIGEST_ANNOTATION: Final = _ann.ANNOTATION_TOC_DIGEST
-UNCOMPRESSED_SIZE_ANNOTATION: Final = _ann.ANNOTATION_UNCOMPRESSED_SIZE
-MANIFEST_CHECKSUM_ANNOTATION: Final = _ann.ANNOTATION_ZSTD_CHECKSUM
-MANIFEST_POSITION_ANNOTATION: Final = _ann.ANNOTATION_ZSTD_POSITION
-#: Every layer annotation these formats define (c/storage 1.44+ spellings too): false on
-#: a layer re-encoded any other way.
-ANNOTATIONS: Final = (
-    TOC_DIGEST_ANNOTATION,
-    UNCOMPRESSED_SIZE_ANNOTATION,
-    MANIFEST_CHECKSUM_ANNOTATION,
-    MANIFEST_POSITION_ANNOTATION,
-    _ann.ANNOTATION_ZSTD_CHECKSUM_NEW,
-    _ann.ANNOTATION_ZSTD_POSITION_NEW,
-)
-
 _EOA: Final = b"\0" * 1024
 _SKIPPED: Final = frozenset({TOC_NAME, PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK})
-
-
-@dataclass(frozen=True, slots=True)
-class EstargzParams:
-    """How to write the layer. ``gzip_level`` applies to eStargz, ``zstd_level`` to
-    zstd:chunked. ``prioritized``: paths to put first (eStargz only), in access order.
-    ``workers``: compression threads (0 = one per CPU); the output does not depend on it.
-    ``spool_dir``: where the reordering spool lives (None: the system's temp dir)."""
-
-    format: Format = "estargz"
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-    gzip_level: int = ESTARGZ_GZIP_LEVEL
-    zstd_level: int = ZSTD_LEVEL
-    prioritized: tuple[str, ...] = ()
-    workers: int = 0
-    spool_dir: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.format not in FORMATS:
-            raise InvalidArgument(f"seekable format {self.format!r}: want one of {FORMATS}")
-        if isinstance(self.chunk_size, bool) or self.chunk_size < 1:
-            raise InvalidArgument(f"chunk size {self.chunk_size}: must be at least 1 byte")
-        if not 0 <= self.gzip_level <= 9:
-            raise InvalidArgument(f"gzip level {self.gzip_level}: must be 0-9")
-        if not -(1 << 17) <= self.zstd_level <= 22:
-            raise InvalidArgument(f"zstd level {self.zstd_level}: must be at most 22")
-        if self.prioritized and self.format != "estargz":
-            raise InvalidArgument("prioritized files need the eStargz format")
-        if self.workers < 0:
-            raise InvalidArgument(f"workers {self.workers}: must be 0 or more")
 
 
 class EstargzEncoder(ChunkReader):

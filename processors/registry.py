@@ -23,6 +23,8 @@ another through the encoders: ``tar -> tar+zstd -> tar+zstd+encrypted``.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -60,8 +62,54 @@ def builtin_processors() -> list[Processor]:
     return [Decrypt(), Decompress(), GzipCompress(), ZstdCompress(), Encrypt()]
 
 
+def _group_may_be_declared(group: str) -> bool:
+    """Whether an installed distribution may declare entry points in ``group``.
+
+    A look at the files ``importlib.metadata`` would read (``entry_points.txt`` of every
+    ``*.dist-info`` / ``*.egg-info`` in the ``sys.path`` directories; ~1.5 ms), so that
+    it, and the ``email`` package it loads, are imported only when one names the group
+    (~25-35 ms on a converting or unpacking verb otherwise). Errs towards True: a file
+    that mentions the group anywhere, a ``sys.path`` entry that is not a directory (a
+    zip), an egg, an unreadable file, or a meta-path finder of its own that can list
+    distributions all send the caller to ``importlib.metadata``, which decides.
+    """
+    from importlib.machinery import PathFinder  # noqa: PLC0415 (loaded at start-up)
+
+    for finder in sys.meta_path:
+        if finder is not PathFinder and getattr(finder, "find_distributions", None):
+            return True
+    needle = group.encode()
+    for entry in sys.path:
+        if not isinstance(entry, str) or entry.lower().endswith(".egg"):
+            return True  # bytes or a path object on sys.path, an egg: not ours to judge
+        path = entry or "."
+        try:
+            names = os.listdir(path)
+        except NotADirectoryError:
+            return True  # a zip: importlib.metadata reads inside it
+        except OSError:
+            continue  # missing or unreadable: importlib.metadata skips it too
+        for name in names:
+            low = name.lower()
+            if low.endswith(".egg"):
+                return True
+            if not low.endswith((".dist-info", ".egg-info")):
+                continue
+            try:
+                with open(os.path.join(path, name, "entry_points.txt"), "rb") as f:
+                    if needle in f.read():
+                        return True
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError:
+                return True
+    return False
+
+
 def _load_entry_points() -> list[Processor]:
-    # importlib.metadata scans site-packages: paid only when plugins are looked up
+    if not _group_may_be_declared(ENTRY_POINT_GROUP):
+        return []
+    # importlib.metadata scans site-packages: paid only when a plugin may be there
     from importlib.metadata import entry_points  # noqa: PLC0415
 
     found: list[Processor] = []

@@ -25,7 +25,7 @@ from imgpipe.image.keys import in_layer
 from imgpipe.pipeline import Event, EventKind, Observer
 from imgpipe.pipeline.context import Context, Stage
 from imgpipe.pipeline.scheduler import ProgressReader, run_concurrently
-from imgpipe.processors.estargz_write import ANNOTATIONS as SEEKABLE_ANNOTATIONS
+from imgpipe.processors.estargz_params import ANNOTATIONS as SEEKABLE_ANNOTATIONS
 
 from .destinations import PushRejected, RegistryDestination
 from .flow import Ends, Mapped, MappedLayer, Planned, Result

@@ -23,7 +23,7 @@ from imgpipe.formats.platform import Platform
 from imgpipe.formats.reference import TransportRef
 from imgpipe.pipeline import Context, Event, EventKind, Observer, Pipeline, Root
 from imgpipe.processors import ZSTD_THREADS
-from imgpipe.processors.estargz_write import DEFAULT_CHUNK_SIZE
+from imgpipe.processors.estargz_params import DEFAULT_CHUNK_SIZE
 from imgpipe.transports import TransportOptions, open_sink, open_source
 
 from .blobs import CacheEntry, MapLayers

@@ -32,7 +32,7 @@ layer whose content is not what the config says.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, BinaryIO, Final, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal
 
 from imgpipe.decode import ReadAhead
 from imgpipe.formats.descriptor import Descriptor
@@ -49,8 +49,11 @@ from imgpipe.formats.mediatype import (
 )
 from imgpipe.image import Layer
 from imgpipe.processors import ProcessorParams, ProcessorRegistry, open_chain
-from imgpipe.processors.estargz_write import EstargzEncoder, EstargzParams
+from imgpipe.processors.estargz_params import EstargzParams
 from imgpipe.processors.streams import PassThrough
+
+if TYPE_CHECKING:
+    from imgpipe.processors.estargz_write import EstargzEncoder
 
 __all__ = [
     "ENCRYPTED_SUFFIX",
@@ -279,6 +282,9 @@ def open_converted(
                 OCI_LAYER,
             )
             if plan.seekable is not None:
+                # the writer, its tar reader and compressors: only for a seekable target
+                from imgpipe.processors.estargz_write import EstargzEncoder  # noqa: PLC0415
+
                 current = seekable = EstargzEncoder(current, plan.seekable)
                 mt = plan.target_type
             elif plan.compression:

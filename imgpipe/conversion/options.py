@@ -9,7 +9,7 @@ from typing import Any, Final
 from imgpipe.formats.errors import InvalidArgument
 from imgpipe.formats.platform import Platform
 from imgpipe.processors import GZIP_LEVEL, ZSTD_LEVEL, ZSTD_THREADS, ProcessorParams
-from imgpipe.processors.estargz_write import (
+from imgpipe.processors.estargz_params import (
     DEFAULT_CHUNK_SIZE,
     ESTARGZ_GZIP_LEVEL,
     FORMATS,

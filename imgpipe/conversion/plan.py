@@ -30,7 +30,7 @@ from imgpipe.image import BlobImage, BlobIndex, BlobLayer, check_layer_keys, loa
 from imgpipe.image.keys import in_layer
 from imgpipe.pipeline import Event, EventKind
 from imgpipe.pipeline.context import Context, Stage
-from imgpipe.processors.estargz_write import MANIFEST_CHECKSUM_ANNOTATION, TOC_DIGEST_ANNOTATION
+from imgpipe.processors.estargz_params import MANIFEST_CHECKSUM_ANNOTATION, TOC_DIGEST_ANNOTATION
 
 if TYPE_CHECKING:
     from types import TracebackType

@@ -38,13 +38,11 @@ from imgpipe.formats.errors import (
 
 from . import push as _push
 from . import resolve as _resolve
-from .auth import Authorizer
-from .credentials import Credentials
-from .credentials import lookup as lookup_credentials
 from .download import MAX_RESUMES, BlobReader
 from .hosts import Endpoint, RegistryConfig, has_port, load_registry_config
-from .http import HttpClient, NotTLS, connect_failed, read_limited, speaks_tls
+from .http import HttpClient, NotTLS, connect_failed, read_limited
 from .options import TransportOptions
+from .probe import speaks_tls
 from .push import CHUNK_THRESHOLD, UPLOAD_CHUNK_SIZE, UPLOAD_READ_SIZE
 from .resolve import MANIFEST_ACCEPT
 from .responses import MAX_ERROR_BODY
@@ -57,6 +55,9 @@ if TYPE_CHECKING:
     from imgpipe.formats.descriptor import Descriptor
     from imgpipe.formats.digest import Digest
     from imgpipe.formats.reference import Reference
+
+    from .auth import Authorizer
+    from .credentials import Credentials
 
 __all__ = [
     "CHUNK_THRESHOLD",
@@ -79,6 +80,9 @@ class RegistryClient(Closing):
     default it is :func:`imgpipe.remote.credentials.lookup` with ``options.auth_file``.
     ``config`` is the registry configuration; without it, the file
     ``options.registry_config`` names is read (none: no mirrors, CAs or insecure hosts).
+
+    The :attr:`auth` machinery (token flow, credential files and helpers) is made on
+    first use: a registry that never answers 401 costs none of it, not even its import.
     """
 
     def __init__(
@@ -95,12 +99,32 @@ class RegistryClient(Closing):
             config = load_registry_config(path) if path is not None else RegistryConfig()
         self.config = config
         self.http = http or HttpClient(user_agent=self.options.user_agent)
-        self.auth = Authorizer(self.http, credentials or self._lookup_credentials)
+        self._credentials = credentials or self._lookup_credentials
+        self._auth: Authorizer | None = None
         self._schemes: dict[str, str] = {}  # host -> scheme that worked
         self._lock = threading.Lock()
 
+    @property
+    def auth(self) -> Authorizer:
+        """The client's :class:`~imgpipe.remote.auth.Authorizer` (made on first use)."""
+        with self._lock:
+            if self._auth is None:
+                from .auth import Authorizer  # noqa: PLC0415 (only once a registry asks)
+
+                self._auth = Authorizer(self.http, self._credentials)
+            return self._auth
+
+    def auth_header(self, host: str, scopes: Sequence[str], *, ca: str | None) -> str | None:
+        """The ``Authorization`` value for a request to ``host``, None while no registry
+        has asked for one (see :meth:`Authorizer.header`)."""
+        with self._lock:
+            auth = self._auth
+        return None if auth is None else auth.header(host, scopes, ca=ca)
+
     def _lookup_credentials(self, host: str) -> Credentials | None:
-        return lookup_credentials(host, auth_file=self.options.auth_file)
+        from .credentials import lookup  # noqa: PLC0415 (Docker config, helpers: on a 401)
+
+        return lookup(host, auth_file=self.options.auth_file)
 
     def __repr__(self) -> str:
         return f"RegistryClient(config={self.config.path or None!r})"
@@ -124,7 +148,8 @@ class RegistryClient(Closing):
             return (known,)
         if ep.schemes == ("https", "http") and not speaks_tls(ep.host):
             # A plain-HTTP registry on loopback (or marked insecure): found by a bare
-            # handshake, so the HTTPS attempt and its CA bundle (~30 ms a pull) are skipped.
+            # ClientHello (.probe), so the HTTPS attempt and its CA bundle (~30 ms a pull)
+            # are skipped.
             self.remember_scheme(ep.host, "http")
             return ("http",)
         return ep.schemes
@@ -264,9 +289,8 @@ class Repository:
         scopes: Sequence[str],
         once: bool = False,
     ) -> urllib3.BaseHTTPResponse:
-        auth = self.client.auth
         hdrs = dict(headers)
-        value = auth.header(ep.host, scopes, ca=ep.ca)
+        value = self.client.auth_header(ep.host, scopes, ca=ep.ca)
         if value is not None:
             hdrs["Authorization"] = value
         resp = self.client.http.send(method, url, headers=hdrs, body=body, ca=ep.ca, once=once)
@@ -276,6 +300,7 @@ class Repository:
         read_limited(resp, MAX_ERROR_BODY)
         if not challenge:
             raise Unauthorized(f"{self.what()}: HTTP 401 without an authentication challenge")
+        auth = self.client.auth
         if body is not None and not isinstance(body, bytes | bytearray):
             # The stream is spent; authorise now so the caller's retry carries a token.
             auth.challenge(ep.host, challenge, scopes, ca=ep.ca, what=self.what())
