@@ -156,16 +156,18 @@ def load_processors(
     Raises MalformedDocument naming the file and the entry for a wrong shape, an unknown
     key, a missing field or a duplicate id.
     """
-    from imgpipe.processors.external import (  # noqa: PLC0415 (start-up: only when asked)
-        ExternalProcessor,
-        ExternalProcessorConfig,
-    )
-
     where = str(path if path is not None else config_path())
     doc = config if config is not None else load_config(path)
     entries = doc.get("processors", [])
     if not isinstance(entries, list):
         raise MalformedDocument(f"{where}: 'processors' must be an array of tables")
+    if not entries:
+        return []
+    from imgpipe.processors.external import (  # noqa: PLC0415 (start-up: only when asked)
+        ExternalProcessor,
+        ExternalProcessorConfig,
+    )
+
     out: list[ExternalProcessor] = []
     seen: set[str] = set()
     for i, entry in enumerate(entries):

@@ -9,41 +9,46 @@ is :mod:`imgpipe.image.ranged`; the formats are described in docs and the refere
 
 from __future__ import annotations
 
-from .annotations import (
-    ANNOTATION_TOC_DIGEST,
-    ANNOTATION_UNCOMPRESSED_SIZE,
-    ANNOTATION_ZSTD_CHECKSUM,
-    ANNOTATION_ZSTD_CHECKSUM_NEW,
-    ANNOTATION_ZSTD_POSITION,
-    ANNOTATION_ZSTD_POSITION_NEW,
-)
-from .footer import (
-    ESTARGZ_FOOTER_SIZE,
-    LEGACY_FOOTER_SIZE,
-    SKIPPABLE_HEADER_SIZE,
-    ZSTD_FOOTER_FRAME_SIZE,
-    ZSTD_FOOTER_SIZE,
-    ZSTD_MAGIC,
-    ZstdTOCPosition,
-    estargz_footer,
-    parse_estargz_footer,
-    parse_manifest_position,
-    parse_zstd_footer,
-    skippable_header,
-)
-from .parse import parse_toc
-from .toc import (
-    LANDMARK_NO_PREFETCH,
-    LANDMARK_PREFETCH,
-    MAX_ENTRIES,
-    MAX_NAME_LENGTH,
-    MAX_TOC_SIZE,
-    TOC,
-    TOC_NAME,
-    Chunk,
-    Entry,
-    clean_name,
-)
+from typing import TYPE_CHECKING
+
+from imgpipe.formats._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from .annotations import (
+        ANNOTATION_TOC_DIGEST,
+        ANNOTATION_UNCOMPRESSED_SIZE,
+        ANNOTATION_ZSTD_CHECKSUM,
+        ANNOTATION_ZSTD_CHECKSUM_NEW,
+        ANNOTATION_ZSTD_POSITION,
+        ANNOTATION_ZSTD_POSITION_NEW,
+    )
+    from .footer import (
+        ESTARGZ_FOOTER_SIZE,
+        LEGACY_FOOTER_SIZE,
+        SKIPPABLE_HEADER_SIZE,
+        ZSTD_FOOTER_FRAME_SIZE,
+        ZSTD_FOOTER_SIZE,
+        ZSTD_MAGIC,
+        ZstdTOCPosition,
+        estargz_footer,
+        parse_estargz_footer,
+        parse_manifest_position,
+        parse_zstd_footer,
+        skippable_header,
+    )
+    from .parse import parse_toc
+    from .toc import (
+        LANDMARK_NO_PREFETCH,
+        LANDMARK_PREFETCH,
+        MAX_ENTRIES,
+        MAX_NAME_LENGTH,
+        MAX_TOC_SIZE,
+        TOC,
+        TOC_NAME,
+        Chunk,
+        Entry,
+        clean_name,
+    )
 
 __all__ = [
     "ANNOTATION_TOC_DIGEST",
@@ -76,3 +81,51 @@ __all__ = [
     "parse_zstd_footer",
     "skippable_header",
 ]
+
+_WHERE = {
+    **dict.fromkeys(
+        (
+            "ANNOTATION_TOC_DIGEST",
+            "ANNOTATION_UNCOMPRESSED_SIZE",
+            "ANNOTATION_ZSTD_CHECKSUM",
+            "ANNOTATION_ZSTD_CHECKSUM_NEW",
+            "ANNOTATION_ZSTD_POSITION",
+            "ANNOTATION_ZSTD_POSITION_NEW",
+        ),
+        "annotations",
+    ),
+    **dict.fromkeys(
+        (
+            "ESTARGZ_FOOTER_SIZE",
+            "LEGACY_FOOTER_SIZE",
+            "SKIPPABLE_HEADER_SIZE",
+            "ZSTD_FOOTER_FRAME_SIZE",
+            "ZSTD_FOOTER_SIZE",
+            "ZSTD_MAGIC",
+            "ZstdTOCPosition",
+            "estargz_footer",
+            "parse_estargz_footer",
+            "parse_manifest_position",
+            "parse_zstd_footer",
+            "skippable_header",
+        ),
+        "footer",
+    ),
+    "parse_toc": "parse",
+    **dict.fromkeys(
+        (
+            "LANDMARK_NO_PREFETCH",
+            "LANDMARK_PREFETCH",
+            "MAX_ENTRIES",
+            "MAX_NAME_LENGTH",
+            "MAX_TOC_SIZE",
+            "TOC",
+            "TOC_NAME",
+            "Chunk",
+            "Entry",
+            "clean_name",
+        ),
+        "toc",
+    ),
+}
+__getattr__ = lazy_exports(__name__, _WHERE)
