@@ -1,6 +1,6 @@
 """``imgpipe run --rm IMAGE /bin/true`` against ``runc run`` of a prepared bundle.
 
-    .venv/bin/python benchmarks/run.py [--runs 30] [--dir DIR]
+    .venv/bin/python benchmarks/run.py [--runs 30] [--dir DIR] [--baseline IMGPIPE]
 
 As root, with runc installed. Builds the busybox fixture image, pulls it into a fresh
 root under ``--dir`` and runs it once (so it is unpacked: the benchmark measures the run,
@@ -17,6 +17,9 @@ not the unpack). Then alternates, in one run:
   create/start/delete`` (the same interpreter, importing only what driving runc needs:
   json, sqlite3, subprocess, ctypes, as a subreaper), the floor of this design before
   any imgpipe code runs.
+
+``--baseline IMGPIPE`` adds another tree's installed ``imgpipe`` (same root, same
+args) as one more alternating row: before and after in one run.
 
 Byte-code caching: the interpreter is run with ``PYTHONPYCACHEPREFIX`` in the work
 directory and ``PYTHONDONTWRITEBYTECODE`` unset, after a warm-up run, as an installed
@@ -88,7 +91,7 @@ def _run_three(runc: list[str], bundle: Path) -> list[str]:
             '$r start c3 && $r delete --force c3', "-", " ".join(runc), str(bundle)]  # fmt: skip
 
 
-def bench(work: Path, runs: int) -> str:
+def bench(work: Path, runs: int, baseline: Path | None = None) -> str:
     from fixtures.build import build_image
 
     env = dict(os.environ)
@@ -133,6 +136,10 @@ def bench(work: Path, runs: int) -> str:
         "python -c pass (the interpreter)": [sys.executable, "-c", "pass"],
         "imgpipe --version (CLI start-up)": [*imgpipe, "--version"],
     }  # fmt: skip
+    if baseline is not None:  # another tree's imgpipe on the same root, alternating too
+        commands["baseline: imgpipe run --rm busybox /bin/true"] = [
+            str(baseline), "--root", str(root), "run", "--rm", "busybox", "/bin/true",
+        ]  # fmt: skip
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in commands}
     for argv in commands.values():  # warm-up (.pyc, caches)
         _timed(argv, env)
@@ -164,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--dir", type=Path, default=None, help="work directory (default: /tmp)")
+    parser.add_argument(
+        "--baseline", type=Path, help="another imgpipe executable (e.g. an older tree's), timed too"
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0 or shutil.which("runc") is None:
         print("needs root and runc (apt-get install runc)", file=sys.stderr)
@@ -174,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     work = Path(tempfile.mkdtemp(prefix="imgpipe-run-bench-", dir=args.dir))
     try:
-        print(bench(work, args.runs))
+        print(bench(work, args.runs, args.baseline))
     finally:
         for cid in ("floor", "c3", "drv"):
             subprocess.run(
