@@ -396,6 +396,25 @@ def test_snapshot_crud(db: MetadataDB):
         db.delete_snapshot("overlay", "b")
 
 
+def test_snapshot_children_and_highest_id_are_per_snapshotter(db: MetadataDB) -> None:
+    records: SnapshotRecords = db
+    assert records.highest_snapshot_id("overlay") == 0
+    assert records.snapshot_children("overlay", "a") == []
+    for key, parent, sn, backend in [
+        ("a", "", "overlay", "9"),
+        ("c", "a", "overlay", "10"),
+        ("b", "a", "overlay", "2"),
+        ("d", "c", "overlay", "x7"),  # not all digits: never an id to count from
+        ("e", "a", "btrfs", "40"),  # another snapshotter's
+    ]:
+        records.save_snapshot(sn, key, kind="active", parent=parent, backend_id=backend, labels={})
+    assert records.snapshot_children("overlay", "a") == ["b", "c"]  # sorted by key
+    assert records.snapshot_children("overlay", "c") == ["d"]
+    assert records.snapshot_children("overlay", "b") == []
+    assert records.highest_snapshot_id("overlay") == 10
+    assert records.highest_snapshot_id("btrfs") == 40
+
+
 @pytest.mark.parametrize(
     ("sn", "key", "kind"),
     [("overlay", "k", "mounted"), ("", "k", "active"), ("overlay", "", "view")],

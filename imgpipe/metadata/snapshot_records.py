@@ -108,6 +108,23 @@ class SnapshotTable(Database):
             rows = self._read(_SELECT + " WHERE snapshotter = ? ORDER BY key", (snapshotter,))
         return [_snapshot_from_row(r) for r in rows]
 
+    def snapshot_children(self, snapshotter: str, key: str) -> list[str]:
+        """The keys of ``snapshotter``'s records whose parent is ``key``, sorted."""
+        rows = self._read(
+            "SELECT key FROM snapshots WHERE snapshotter = ? AND parent = ? ORDER BY key",
+            (snapshotter, key),
+        )
+        return [r[0] for r in rows]
+
+    def highest_snapshot_id(self, snapshotter: str) -> int:
+        """The largest all-digit ``backend_id`` of ``snapshotter``'s records; 0 if none."""
+        rows = self._read(
+            "SELECT MAX(CAST(backend_id AS INTEGER)) FROM snapshots WHERE snapshotter = ? "
+            "AND backend_id GLOB '[0-9]*' AND backend_id NOT GLOB '*[^0-9]*'",
+            (snapshotter,),
+        )
+        return int(rows[0][0] or 0)
+
     def save_snapshot(
         self,
         snapshotter: str,

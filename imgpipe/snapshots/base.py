@@ -171,10 +171,7 @@ class DirSnapshotter:
         """Rename ``tmp`` to a new id (inside the caller's transaction); returns the id."""
         # No other process allocates meanwhile. Directories count too, so an id whose
         # record is gone but whose directory is still being deleted is never reused.
-        top = highest_id(self._snapshots)
-        for rec in self._db.list_snapshots(self.name):
-            if rec.backend_id.isdigit():
-                top = max(top, int(rec.backend_id))
+        top = max(highest_id(self._snapshots), self._db.highest_snapshot_id(self.name))
         sid = str(top + 1)
         os.rename(tmp, self.dir_of(sid))
         return sid
@@ -296,7 +293,7 @@ class DirSnapshotter:
     def remove(self, key: str) -> None:
         with self._db.transaction():
             rec = self._get(key)
-            children = [r.key for r in self._db.list_snapshots(self.name) if r.parent == key]
+            children = self._db.snapshot_children(self.name, key)
             if children:
                 shown = ", ".join(repr(c) for c in children[:3])
                 more = f" and {len(children) - 3} more" if len(children) > 3 else ""

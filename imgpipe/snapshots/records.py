@@ -63,6 +63,14 @@ class SnapshotRecords(Protocol):
         """Every record of ``snapshotter``, sorted by key."""
         ...
 
+    def snapshot_children(self, snapshotter: str, key: str) -> Sequence[str]:
+        """The keys of the records whose parent is ``key``, sorted."""
+        ...
+
+    def highest_snapshot_id(self, snapshotter: str) -> int:
+        """The largest all-digit ``backend_id`` of ``snapshotter``'s records; 0 if none."""
+        ...
+
     def save_snapshot(
         self, snapshotter: str, key: str, *, kind: str, parent: str, backend_id: str, labels: Labels
     ) -> Record:
