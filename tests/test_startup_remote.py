@@ -12,19 +12,15 @@ from __future__ import annotations
 
 import ast
 import os
-import socket
-import ssl
 import subprocess
 import sys
-import threading
 import zipfile
 from pathlib import Path
 
 import pytest
-from registry_fixtures import Registry, make_tls
+from registry_fixtures import Registry
 
 from imgpipe.processors import registry as processor_registry
-from imgpipe.remote.probe import speaks_tls
 
 REGISTRY_STACK = ("urllib3", "ssl", "http.client", "imgpipe.remote.client")
 AUTH = ("imgpipe.remote.auth", "imgpipe.remote.credentials")
@@ -173,43 +169,3 @@ def test_what_the_look_cannot_judge_goes_to_importlib_metadata(
     assert not processor_registry._group_may_be_declared(GROUP)
     monkeypatch.setattr(sys, "meta_path", [*sys.meta_path, Finder()])
     assert processor_registry._group_may_be_declared(GROUP)
-
-
-# -- the TLS probe: a ClientHello on a plain socket, no SSLContext ----------------------
-
-
-@pytest.mark.parametrize("highest", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2])
-@pytest.mark.parametrize("name", ["127.0.0.1", "localhost"])
-def test_the_probe_hears_an_openssl_server_answer(
-    highest: ssl.TLSVersion, name: str, tmp_path: Path
-) -> None:
-    """An OpenSSL server (Python's ssl) takes the probe's ClientHello as a real one: it
-    answers with its ServerHello (the probe then hangs up), not with an alert."""
-    tls = make_tls(tmp_path / "tls")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(tls.cert, tls.key)
-    ctx.maximum_version = highest
-    errors: list[BaseException] = []
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        port = listener.getsockname()[1]
-
-        def serve() -> None:
-            conn, _ = listener.accept()
-            try:
-                with ctx.wrap_socket(conn, server_side=True):
-                    pass
-            except (ssl.SSLError, OSError) as e:
-                errors.append(e)
-
-        server = threading.Thread(target=serve)
-        server.start()
-        assert speaks_tls(f"{name}:{port}") is True
-        server.join()
-    # the handshake got past the ClientHello: the server saw the probe hang up (reset
-    # or EOF), not a hello it refused (no suitable key share, no shared cipher, ...)
-    assert len(errors) == 1, errors
-    assert isinstance(errors[0], ssl.SSLEOFError | ConnectionError), errors
-
-
-def test_the_probe_says_no_to_plain_http(registry: Registry) -> None:
-    assert speaks_tls(registry.host) is False

@@ -6,7 +6,6 @@ Modules (private implementation, public names re-exported here):
 - :mod:`~imgpipe.remote.hosts`: the ``registries.toml`` format (mirrors, CA, insecure)
   and the plain-HTTP decision; the caller says where the file is;
 - :mod:`~imgpipe.remote.http`: the urllib3 pool, timeouts, retries, safe redirects;
-  :mod:`~imgpipe.remote.probe`: whether a loopback or insecure host speaks TLS;
 - :mod:`~imgpipe.remote.auth`: Bearer token flow and Basic auth;
 - :mod:`~imgpipe.remote.credentials`: credentials from the Docker config and helpers;
 - :mod:`~imgpipe.remote.client`: :class:`RegistryClient`, :class:`Repository` and its

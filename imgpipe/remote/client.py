@@ -40,9 +40,8 @@ from . import push as _push
 from . import resolve as _resolve
 from .download import MAX_RESUMES, BlobReader
 from .hosts import Endpoint, RegistryConfig, has_port, load_registry_config
-from .http import HttpClient, NotTLS, connect_failed, read_limited
+from .http import HttpClient, NotTLS, connect_failed, read_limited, speaks_tls
 from .options import TransportOptions
-from .probe import speaks_tls
 from .push import CHUNK_THRESHOLD, UPLOAD_CHUNK_SIZE, UPLOAD_READ_SIZE
 from .resolve import MANIFEST_ACCEPT
 from .responses import MAX_ERROR_BODY
@@ -148,8 +147,7 @@ class RegistryClient(Closing):
             return (known,)
         if ep.schemes == ("https", "http") and not speaks_tls(ep.host):
             # A plain-HTTP registry on loopback (or marked insecure): found by a bare
-            # ClientHello (.probe), so the HTTPS attempt and its CA bundle (~30 ms a pull)
-            # are skipped.
+            # handshake, so the HTTPS attempt and its CA bundle (~30 ms a pull) are skipped.
             self.remember_scheme(ep.host, "http")
             return ("http",)
         return ep.schemes

@@ -41,8 +41,6 @@ from urllib3.exceptions import (
 
 from imgpipe.formats.errors import ImgpipeError, InvalidArgument, NotFound, Unavailable
 
-from .probe import TLS_PROBE_TIMEOUT, speaks_tls  # re-exported: where they used to be
-
 __all__ = [
     "BACKOFF_INITIAL",
     "BACKOFF_MAX",
@@ -179,6 +177,45 @@ _NOT_TLS_MARKERS: Final = (
     "packet length too long",
     "http request",
 )
+
+
+#: Seconds the TLS probe of a loopback or insecure host may take (it is a handshake on
+#: a local or explicitly trusted address; a slow answer just means "try HTTPS").
+TLS_PROBE_TIMEOUT: Final = 2.0
+
+
+def speaks_tls(host: str, *, timeout: float = TLS_PROBE_TIMEOUT) -> bool:
+    """Whether ``host`` (``name[:port]``, default port 443) answers a TLS ClientHello.
+
+    Used only for hosts that may fall back to plain HTTP (loopback, ``insecure``): it sends
+    a handshake and nothing else — no HTTP request, no credentials — with a context that
+    loads no CA bundle (~0.5 ms against ~17 ms for a verifying one). False only when the
+    peer plainly is not a TLS server; any other outcome (it speaks TLS, it is slow, it
+    refused) says True, and the real, verifying HTTPS request decides as before.
+    """
+    import socket  # noqa: PLC0415
+
+    if host.startswith("["):  # [v6]:port
+        name, _, rest = host[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif host.count(":") == 1:
+        name, _, port = host.partition(":")
+    else:
+        name, port = host, ""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # no trust is placed in this handshake: it is a probe
+    try:
+        with (
+            socket.create_connection((name, int(port or 443)), timeout=timeout) as sock,
+            ctx.wrap_socket(sock, server_hostname=name),
+        ):
+            return True
+    except ssl.SSLError as e:
+        text = str(e).lower()
+        return not any(m in text for m in _NOT_TLS_MARKERS)
+    except (OSError, ValueError):
+        return True
 
 
 def _retry_after(resp: urllib3.BaseHTTPResponse) -> float | None:
