@@ -149,16 +149,7 @@ def test_a_writer_closed_for_a_resume_raises_the_producers_error(
     w = content.writer(REF, expected=DIGEST, total=len(DATA), feed=feed)
     w.write(DATA[:CHUNK])
     w.close()  # a dropped download: the ingest stays for a resume
-    outcome: list[BaseException] = []
-
-    def reader() -> None:
-        try:
-            feed.read_into(CHUNK, memoryview(bytearray(1)))
-        except BaseException as e:
-            outcome.append(e)
-
-    t = threading.Thread(target=reader, daemon=True)
-    t.start()
+    t, outcome = _read_on_a_thread(feed, CHUNK)
     feed.end(ConnectionError("the registry hung up"))
     t.join(DEADLINE)
     assert [type(e) for e in outcome] == [ConnectionError]
@@ -193,16 +184,7 @@ def test_no_writer_and_a_stored_blob_reads_the_store(content: ContentStore) -> N
 def test_stop_wakes_a_waiting_reader_and_every_later_one(content: ContentStore) -> None:
     feed = IngestFeed()
     w = content.writer(REF, expected=DIGEST, total=len(DATA), feed=feed)
-    outcome: list[BaseException] = []
-
-    def reader() -> None:
-        try:
-            feed.read_into(0, memoryview(bytearray(1)))  # nothing written: waits
-        except BaseException as e:
-            outcome.append(e)
-
-    t = threading.Thread(target=reader, daemon=True)
-    t.start()
+    t, outcome = _read_on_a_thread(feed, 0)  # nothing written: it waits
     feed.stop(KeyError("called off"))
     t.join(DEADLINE)
     assert [type(e) for e in outcome] == [KeyError]
@@ -223,6 +205,22 @@ def test_only_the_first_writer_binds(content: ContentStore) -> None:
     other.close()
     w.close()
     feed.close()
+
+
+def _read_on_a_thread(feed: IngestFeed, pos: int) -> tuple[threading.Thread, list[BaseException]]:
+    """A one-byte read of ``feed`` at ``pos`` on its own thread: (the thread, the
+    exception it raised once joined, if any)."""
+    outcome: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            feed.read_into(pos, memoryview(bytearray(1)))
+        except BaseException as e:
+            outcome.append(e)
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    return t, outcome
 
 
 class _Bytes:
