@@ -19,6 +19,7 @@ from importlib import import_module
 from typing import Any, Final, NoReturn
 
 from . import interrupts
+from .entry import STOP_FLAGS, first_word
 from .exitcodes import EXIT_USAGE, exit_code_for
 from .parser import PARSER_DEST, Formatter, Parser, add_global_options, finish, has_option
 
@@ -80,24 +81,11 @@ class _OneVerb:
         return self.sub.add_parser(name, **kwargs)
 
 
-#: Global options that take a value (what to skip when looking for the verb).
-_VALUED_GLOBALS = frozenset({"--root"})
-
-
 def _verb_of(argv: Sequence[str]) -> str | None:
     """The verb a command line runs, when only its parser is needed: None when the
     whole tree is (``--help``/``--version`` before the verb, no verb at all)."""
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in _VALUED_GLOBALS:
-            skip = True
-        elif arg in ("-h", "--help", "--version") or arg == "--":
-            return None
-        elif not arg.startswith("-"):
-            return arg
-    return None
+    word = first_word(argv)
+    return None if word is None or word in STOP_FLAGS else word
 
 
 def build_parser(*, json_errors: bool = False, verb: str | None = None) -> argparse.ArgumentParser:

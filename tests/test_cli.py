@@ -57,6 +57,49 @@ def test_version() -> None:
     assert out.stdout.startswith("imgpipe 0.")
 
 
+@pytest.mark.parametrize(
+    ("argv", "word"),
+    [
+        (["--version"], "--version"),
+        (["--root", "--version", "images"], "images"),  # --root's value, not the flag
+        (["-q", "--json", "pull", "--version"], "pull"),
+        (["--help", "--version"], "--help"),  # argparse acts on the first it meets
+        (["--debug", "--version", "--help"], "--version"),
+        (["--", "--version"], None),
+        ([], None),
+    ],
+)
+def test_first_word_decides_the_command_line(argv: list[str], word: str | None) -> None:
+    from imgpipe.cli.entry import first_word
+
+    assert first_word(argv) == word
+
+
+def test_the_console_script_answers_version_before_any_parser() -> None:
+    """`imgpipe --version` (the installed script: cli/entry.py) prints the version with
+    neither typing nor argparse nor the command's parser loaded."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "sys.argv = ['imgpipe', '--root', 'somewhere', '--version']\n"
+        "from imgpipe.cli.entry import main\n"
+        "code = main()\n"
+        "print(code, sorted(m for m in ('typing', 'argparse', 'imgpipe.cli.main') "
+        "if m in sys.modules), file=sys.stderr)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout == "imgpipe " + imgpipe_version() + "\n"
+    assert out.stderr.strip() == "0 []"
+
+
+def imgpipe_version() -> str:
+    from imgpipe import __version__
+
+    return __version__
+
+
 def test_usage_error_exits_2() -> None:
     out = run_cli("no-such-command")
     assert out.returncode == 2
