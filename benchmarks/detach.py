@@ -35,7 +35,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.append(str(REPO))  # fixtures/; the installed imgpipe comes first
 IMGPIPE = Path(sys.executable).parent / "imgpipe"
 SCRIPT = "trap 'exit 0' TERM; while :; do sleep 0.05; done"
 _CONFIG = """version = 2

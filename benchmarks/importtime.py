@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+sys.path.append(str(HERE.parent))  # fixtures/; the installed imgpipe comes first
 sys.path.insert(0, str(HERE))
 IMGPIPE = Path(sys.executable).parent / "imgpipe"
 #: packages whose own modules are counted as the interpreter's start-up

@@ -48,7 +48,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.append(str(REPO))  # fixtures/; the installed imgpipe comes first
 IMGPIPE = Path(sys.executable).parent / "imgpipe"
 CTR_RUN_MS = 135  # issue 6: containerd's `ctr run --rm` here, for scale
 
@@ -88,7 +88,7 @@ print(" ".join(sorted(m for m in new if m in sys.stdlib_module_names and m[0] !=
 def _stdlib_of(argv: Sequence[str], env: dict[str, str]) -> list[str]:
     """The standard-library packages the imgpipe command ``argv`` loads beyond start-up."""
     out = subprocess.run(
-        [sys.executable, "-c", _STDLIB_PROBE, *argv],
+        [sys.executable, "-P", "-c", _STDLIB_PROBE, *argv],  # -P: not this tree's imgpipe/
         env=env,
         capture_output=True,
         text=True,
