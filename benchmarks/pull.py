@@ -16,7 +16,9 @@ directory), pushes the images into it with skopeo, then alternates, image by ima
   ``http.client``, 3 blobs at once on threads, sha256 while writing, fsync, rename; no
   manifest parsing beyond the layer list, no store, no database), to show what is left
   once imgpipe's own work is gone; "floor, no fsync" the same without the fsync (skopeo
-  does not fsync: the difference is what durability costs on this disk);
+  does not fsync: the difference is what durability costs on this disk); "floor, urllib3
+  + sqlite3" the durable floor through the two libraries imgpipe's design chose (urllib3
+  for HTTP, SQLite for the metadata: imported, used, one committed transaction);
 - baseline (with ``--baseline BIN``): another imgpipe build, e.g. an older commit installed
   in a venv of its own, measured in the same rounds (before/after on a busy machine).
 
@@ -65,14 +67,25 @@ READY_TIMEOUT = 30.0
 #: The floor: fetch a manifest's blobs with the standard library only, 3 at once, each
 #: hashed while written, fsynced, checked and renamed. Run as ``python -c FLOOR HOST
 #: REPO TAG DIR fsync|nofsync`` (plain interpreter start-up, no imgpipe import).
+#: With ``design`` as a 7th argument, the same through what imgpipe's design chose: one
+#: urllib3 PoolManager for the requests and the blob names recorded in SQLite (one
+#: transaction, committed): the floor of any pull built on those two.
 FLOOR = r"""
 import hashlib, http.client, json, os, sys, threading
 host, repo, tag, out, durable = sys.argv[1:5] + [sys.argv[5] == "fsync"]
+design = sys.argv[6:] == ["design"]
 os.makedirs(out + "/blobs/sha256")
 def get(path, accept=None):
     c = http.client.HTTPConnection(host)
     c.request("GET", path, headers={"Accept": accept} if accept else {})
     return c, c.getresponse()
+if design:
+    import sqlite3, urllib3
+    pool = urllib3.PoolManager()
+    def get(path, accept=None):
+        r = pool.request("GET", f"http://{host}{path}", preload_content=False,
+                         headers={"Accept": accept} if accept else {})
+        return r, r
 mt = "application/vnd.oci.image.manifest.v1+json"
 c, r = get(f"/v2/{repo}/manifests/{tag}", mt)
 m = json.loads(r.read()); c.close()
@@ -96,6 +109,12 @@ def worker():
 ts = [threading.Thread(target=worker) for _ in range(3)]
 for t in ts: t.start()
 for t in ts: t.join()
+if design:
+    db = sqlite3.connect(out + "/metadata.db")
+    db.execute("CREATE TABLE blobs (digest TEXT PRIMARY KEY, size INTEGER)")
+    db.executemany("INSERT INTO blobs VALUES (?, ?)",
+                   [(d["digest"], d["size"]) for d in [m["config"]] + m["layers"]])
+    db.commit(); db.close()
 """
 
 
@@ -344,7 +363,7 @@ def main() -> int:
         )
         tools = (
             ("imgpipe", "skopeo")
-            + (() if args.no_floor else ("floor", "floor, no fsync"))
+            + (() if args.no_floor else ("floor", "floor, no fsync", "floor, urllib3 + sqlite3"))
             + (("baseline",) if args.baseline else ())
         )
         rows = []
@@ -368,6 +387,8 @@ def main() -> int:
                     else:
                         durable = "nofsync" if tool.endswith("no fsync") else "fsync"
                         argv = [sys.executable, "-c", FLOOR, host, repo, TAG, str(dst), durable]
+                        if tool.endswith("sqlite3"):
+                            argv.append("design")
                     subprocess.run(["sync"], check=True)
                     results[tool].append(timed(argv, env))
                     check_output(tool, dst, blobs, layers)
