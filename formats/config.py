@@ -11,7 +11,6 @@ the image ID Docker shows.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, NamedTuple
 
@@ -24,6 +23,7 @@ from ._json import (
     opt_object,
     opt_str,
 )
+from ._record import NOT_GIVEN, Record, _set
 from .descriptor import str_map
 from .digest import Digest
 from .errors import InvalidDigest, MalformedDocument
@@ -70,13 +70,29 @@ class ContainerConfig(NamedTuple):
     volumes: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class ImageConfig:
+class ImageConfig(Record):
     """A parsed image config; build it with :func:`parse_config`.
 
     ``digest`` is the sha256 of ``raw`` (the config descriptor's digest, Docker's image
-    ID). ``diff_ids`` are the layers' uncompressed digests, base layer first.
+    ID). ``diff_ids`` are the layers' uncompressed digests, base layer first. A frozen
+    value: equal when every field is, hashed by ``digest``, shown without ``raw``.
     """
+
+    __match_args__ = (  # os_features, keyword-only, is not among them
+        "architecture",
+        "os",
+        "variant",
+        "os_version",
+        "created",
+        "author",
+        "config",
+        "diff_ids",
+        "history",
+        "raw",
+        "digest",
+    )
+    _fields = (*__match_args__, "os_features")
+    _repr_fields = tuple(f for f in _fields if f != "raw")
 
     architecture: str
     os: str
@@ -87,12 +103,74 @@ class ImageConfig:
     config: ContainerConfig
     diff_ids: tuple[Digest, ...]
     history: tuple[History, ...]
-    raw: bytes = field(repr=False)
+    raw: bytes
     digest: Digest
-    os_features: tuple[str, ...] = field(default=(), kw_only=True)
+    os_features: tuple[str, ...]
+
+    def __init__(  # noqa: PLR0917 (the dataclass it was took its fields positionally)
+        self,
+        architecture: str,
+        os: str,
+        variant: str,
+        os_version: str,
+        created: str,
+        author: str,
+        config: ContainerConfig,
+        diff_ids: tuple[Digest, ...],
+        history: tuple[History, ...],
+        raw: bytes,
+        digest: Digest,
+        *,
+        os_features: tuple[str, ...] = (),
+    ) -> None:
+        _set(self, "architecture", architecture)
+        _set(self, "os", os)
+        _set(self, "variant", variant)
+        _set(self, "os_version", os_version)
+        _set(self, "created", created)
+        _set(self, "author", author)
+        _set(self, "config", config)
+        _set(self, "diff_ids", diff_ids)
+        _set(self, "history", history)
+        _set(self, "raw", raw)
+        _set(self, "digest", digest)
+        _set(self, "os_features", os_features)
 
     def __hash__(self) -> int:
         return hash(self.digest)
+
+    def replace(
+        self,
+        *,
+        architecture: str = NOT_GIVEN,
+        os: str = NOT_GIVEN,
+        variant: str = NOT_GIVEN,
+        os_version: str = NOT_GIVEN,
+        created: str = NOT_GIVEN,
+        author: str = NOT_GIVEN,
+        config: ContainerConfig = NOT_GIVEN,
+        diff_ids: tuple[Digest, ...] = NOT_GIVEN,
+        history: tuple[History, ...] = NOT_GIVEN,
+        raw: bytes = NOT_GIVEN,
+        digest: Digest = NOT_GIVEN,
+        os_features: tuple[str, ...] = NOT_GIVEN,
+    ) -> ImageConfig:
+        """A copy with the given fields changed. Nothing re-serialises ``raw`` or checks
+        ``digest``: a changed config is new JSON, parsed with :func:`parse_config`."""
+        return self._replaced(
+            architecture=architecture,
+            os=os,
+            variant=variant,
+            os_version=os_version,
+            created=created,
+            author=author,
+            config=config,
+            diff_ids=diff_ids,
+            history=history,
+            raw=raw,
+            digest=digest,
+            os_features=os_features,
+        )
 
     def platform(self) -> Platform:
         """The platform the image was built for, as written (not normalised)."""

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
+from ._record import NOT_GIVEN, Record, _set
 from .digest import Digest
 from .errors import DigestMismatch, InvalidDigest, MalformedDocument
 from .mediatype import MediaType
@@ -25,30 +25,94 @@ def str_map(obj: Any, what: str) -> dict[str, str]:
     return dict(obj)
 
 
-@dataclass(frozen=True, slots=True)
-class Descriptor:
+class Descriptor(Record):
     """An OCI content descriptor.
 
-    ``annotations`` is a read-only mapping in practice: treat a Descriptor as a value and
-    build a new one with ``dataclasses.replace`` to change it.
+    A frozen value (equality, repr, pickling as a frozen dataclass's; unhashable while
+    ``annotations`` is a dict). ``annotations`` is a read-only mapping in practice: build a
+    changed copy with :meth:`replace`.
     """
+
+    __slots__ = (
+        "annotations",
+        "artifact_type",
+        "data",
+        "digest",
+        "media_type",
+        "platform",
+        "size",
+        "urls",
+    )
+    __match_args__ = (
+        "media_type",
+        "digest",
+        "size",
+        "urls",
+        "annotations",
+        "platform",
+        "artifact_type",
+        "data",
+    )
+    _fields = __match_args__
 
     media_type: MediaType
     digest: Digest
     size: int
-    urls: tuple[str, ...] = ()
-    annotations: Mapping[str, str] = field(default_factory=dict)
-    platform: Platform | None = None
-    artifact_type: str = ""
-    data: bytes | None = None
+    urls: tuple[str, ...]
+    annotations: Mapping[str, str]
+    platform: Platform | None
+    artifact_type: str
+    data: bytes | None
 
-    def __post_init__(self) -> None:
-        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 0:
-            raise MalformedDocument(f"descriptor {self.digest}: invalid size {self.size!r}")
+    def __init__(  # noqa: PLR0917 (the dataclass it was took its fields positionally)
+        self,
+        media_type: MediaType,
+        digest: Digest,
+        size: int,
+        urls: tuple[str, ...] = (),
+        annotations: Mapping[str, str] = NOT_GIVEN,  # a new dict
+        platform: Platform | None = None,
+        artifact_type: str = "",
+        data: bytes | None = None,
+    ) -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise MalformedDocument(f"descriptor {digest}: invalid size {size!r}")
         # callers may pass a plain str; keep the predicates available whatever they pass
-        mt: object = self.media_type
+        mt: object = media_type
         if not isinstance(mt, MediaType):
-            object.__setattr__(self, "media_type", MediaType(str(mt)))
+            media_type = MediaType(str(mt))
+        _set(self, "media_type", media_type)
+        _set(self, "digest", digest)
+        _set(self, "size", size)
+        _set(self, "urls", urls)
+        _set(self, "annotations", {} if annotations is NOT_GIVEN else annotations)
+        _set(self, "platform", platform)
+        _set(self, "artifact_type", artifact_type)
+        _set(self, "data", data)
+
+    def replace(
+        self,
+        *,
+        media_type: MediaType = NOT_GIVEN,
+        digest: Digest = NOT_GIVEN,
+        size: int = NOT_GIVEN,
+        urls: tuple[str, ...] = NOT_GIVEN,
+        annotations: Mapping[str, str] = NOT_GIVEN,
+        platform: Platform | None = NOT_GIVEN,
+        artifact_type: str = NOT_GIVEN,
+        data: bytes | None = NOT_GIVEN,
+    ) -> Descriptor:
+        """A copy with the given fields changed, validated as a new descriptor is."""
+        return self._replaced(
+            media_type=media_type,
+            digest=digest,
+            size=size,
+            urls=urls,
+            annotations=annotations,
+            platform=platform,
+            artifact_type=artifact_type,
+            data=data,
+        )
 
     @classmethod
     def from_json(cls, obj: Any) -> Descriptor:

@@ -26,8 +26,7 @@ Media types of layers, configs and artifacts are not judged: they pass through u
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, ClassVar, Final, Literal
 
 from ._json import (
     MAX_DOCUMENT_SIZE,
@@ -38,6 +37,7 @@ from ._json import (
     opt_list,
     opt_str,
 )
+from ._record import NOT_GIVEN, Record, _set
 from .descriptor import Descriptor, str_map
 from .digest import Digest
 from .errors import InvalidArgument, MalformedDocument, Unsupported
@@ -172,17 +172,47 @@ def _document_bytes(
     return dump_compact(doc)
 
 
-@dataclass(frozen=True)
-class _Document:
+class _Document(Record):
     """What a manifest and an index share: the fields around their descriptors, the
-    bytes they were parsed from and their digest (which is also their hash)."""
+    bytes they were parsed from and their digest (which is also their hash).
+
+    Frozen values: equal when every field is (so when ``raw`` is), hashed by ``digest``,
+    shown without ``annotations`` and ``raw``.
+    """
+
+    # declared as any tuple: Manifest and Index add their own fields
+    _fields: ClassVar[tuple[str, ...]] = (
+        "media_type",
+        "annotations",
+        "subject",
+        "artifact_type",
+        "raw",
+        "digest",
+    )
+    _repr_fields: ClassVar[tuple[str, ...]] = ("media_type", "subject", "artifact_type", "digest")
 
     media_type: MediaType
-    annotations: Mapping[str, str] = field(repr=False)
+    annotations: Mapping[str, str]
     subject: Descriptor | None
     artifact_type: str
-    raw: bytes = field(repr=False)
+    raw: bytes
     digest: Digest
+
+    def __init__(  # noqa: PLR0917 (the dataclass it was took its fields positionally)
+        self,
+        media_type: MediaType,
+        annotations: Mapping[str, str],
+        subject: Descriptor | None,
+        artifact_type: str,
+        raw: bytes,
+        digest: Digest,
+    ) -> None:
+        _set(self, "media_type", media_type)
+        _set(self, "annotations", annotations)
+        _set(self, "subject", subject)
+        _set(self, "artifact_type", artifact_type)
+        _set(self, "raw", raw)
+        _set(self, "digest", digest)
 
     def __hash__(self) -> int:
         return hash(self.digest)
@@ -196,7 +226,6 @@ class _Document:
         return self.media_type.is_docker()
 
 
-@dataclass(frozen=True)
 class Manifest(_Document):
     """An image manifest (OCI or Docker schema 2), with the bytes it came from.
 
@@ -205,10 +234,61 @@ class Manifest(_Document):
     bytes; the hash is the digest's.
     """
 
+    __match_args__ = (
+        "media_type",
+        "annotations",
+        "subject",
+        "artifact_type",
+        "raw",
+        "digest",
+        "config",
+        "layers",
+    )
+    _fields = __match_args__
+    _repr_fields = (*_Document._repr_fields, "config", "layers")
+
     config: Descriptor
     layers: tuple[Descriptor, ...]
 
-    __hash__ = _Document.__hash__  # a frozen dataclass would otherwise hash every field
+    def __init__(  # noqa: PLR0917 (the dataclass it was took its fields positionally)
+        self,
+        media_type: MediaType,
+        annotations: Mapping[str, str],
+        subject: Descriptor | None,
+        artifact_type: str,
+        raw: bytes,
+        digest: Digest,
+        config: Descriptor,
+        layers: tuple[Descriptor, ...],
+    ) -> None:
+        super().__init__(media_type, annotations, subject, artifact_type, raw, digest)
+        _set(self, "config", config)
+        _set(self, "layers", layers)
+
+    def replace(
+        self,
+        *,
+        media_type: MediaType = NOT_GIVEN,
+        annotations: Mapping[str, str] = NOT_GIVEN,
+        subject: Descriptor | None = NOT_GIVEN,
+        artifact_type: str = NOT_GIVEN,
+        raw: bytes = NOT_GIVEN,
+        digest: Digest = NOT_GIVEN,
+        config: Descriptor = NOT_GIVEN,
+        layers: tuple[Descriptor, ...] = NOT_GIVEN,
+    ) -> Manifest:
+        """A copy with the given fields changed. Nothing re-serialises ``raw`` or checks
+        ``digest``: to change what a manifest says, :meth:`build` a new one."""
+        return self._replaced(
+            media_type=media_type,
+            annotations=annotations,
+            subject=subject,
+            artifact_type=artifact_type,
+            raw=raw,
+            digest=digest,
+            config=config,
+            layers=layers,
+        )
 
     @classmethod
     def build(
@@ -238,13 +318,58 @@ class Manifest(_Document):
         return (self.config, *self.layers)
 
 
-@dataclass(frozen=True)
 class Index(_Document):
     """An image index (OCI) or manifest list (Docker schema 2), with its bytes."""
 
+    __match_args__ = (
+        "media_type",
+        "annotations",
+        "subject",
+        "artifact_type",
+        "raw",
+        "digest",
+        "manifests",
+    )
+    _fields = __match_args__
+    _repr_fields = (*_Document._repr_fields, "manifests")
+
     manifests: tuple[Descriptor, ...]
 
-    __hash__ = _Document.__hash__  # a frozen dataclass would otherwise hash every field
+    def __init__(  # noqa: PLR0917 (the dataclass it was took its fields positionally)
+        self,
+        media_type: MediaType,
+        annotations: Mapping[str, str],
+        subject: Descriptor | None,
+        artifact_type: str,
+        raw: bytes,
+        digest: Digest,
+        manifests: tuple[Descriptor, ...],
+    ) -> None:
+        super().__init__(media_type, annotations, subject, artifact_type, raw, digest)
+        _set(self, "manifests", manifests)
+
+    def replace(
+        self,
+        *,
+        media_type: MediaType = NOT_GIVEN,
+        annotations: Mapping[str, str] = NOT_GIVEN,
+        subject: Descriptor | None = NOT_GIVEN,
+        artifact_type: str = NOT_GIVEN,
+        raw: bytes = NOT_GIVEN,
+        digest: Digest = NOT_GIVEN,
+        manifests: tuple[Descriptor, ...] = NOT_GIVEN,
+    ) -> Index:
+        """A copy with the given fields changed; as with :meth:`Manifest.replace`, ``raw``
+        and ``digest`` stay as they are unless given."""
+        return self._replaced(
+            media_type=media_type,
+            annotations=annotations,
+            subject=subject,
+            artifact_type=artifact_type,
+            raw=raw,
+            digest=digest,
+            manifests=manifests,
+        )
 
     @classmethod
     def build(

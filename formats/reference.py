@@ -32,9 +32,9 @@ and ``docker:5000/a`` (a host named docker) are registry references.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
 from typing import Final
 
+from ._record import NOT_GIVEN, Record, _set
 from .digest import Digest
 from .errors import InvalidDigest, InvalidReference
 
@@ -71,32 +71,53 @@ _OCI_NAME_COMPONENT: Final = r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
 _OCI_NAME_RE: Final = rf"{_OCI_NAME_COMPONENT}(?:/{_OCI_NAME_COMPONENT})*"
 
 
-@dataclass(frozen=True, slots=True)
-class Reference:
+class Reference(Record):
     """A normalised registry reference: ``domain/path[:tag][@digest]``.
 
     Construct with :func:`parse_reference`; direct construction validates the parts
-    (InvalidReference) but does not normalise them.
+    (InvalidReference) but does not normalise them. A frozen value: equal and hashed by
+    its four fields.
     """
+
+    __slots__ = ("digest", "domain", "path", "tag")
+    __match_args__ = ("domain", "path", "tag", "digest")
+    _fields = __match_args__
 
     domain: str
     path: str
-    tag: str = ""
-    digest: Digest | None = None
+    tag: str
+    digest: Digest | None
 
-    def __post_init__(self) -> None:
-        if not _DOMAIN_RE.fullmatch(self.domain):
-            raise InvalidReference(f"invalid registry domain {self.domain!r}")
-        if not _PATH_RE.fullmatch(self.path):
-            raise InvalidReference(f"invalid repository path {self.path!r}")
-        if self.tag and not _TAG_RE.fullmatch(self.tag):
-            raise InvalidReference(f"invalid tag {self.tag!r}")
-        if self.digest is not None and not isinstance(self.digest, Digest):
-            raise InvalidReference(f"digest must be a Digest, not {type(self.digest).__name__}")
-        if len(self.name) > NAME_MAX_LENGTH:
+    def __init__(self, domain: str, path: str, tag: str = "", digest: Digest | None = None) -> None:
+        if not _DOMAIN_RE.fullmatch(domain):
+            raise InvalidReference(f"invalid registry domain {domain!r}")
+        if not _PATH_RE.fullmatch(path):
+            raise InvalidReference(f"invalid repository path {path!r}")
+        if tag and not _TAG_RE.fullmatch(tag):
+            raise InvalidReference(f"invalid tag {tag!r}")
+        if digest is not None and not isinstance(digest, Digest):
+            raise InvalidReference(f"digest must be a Digest, not {type(digest).__name__}")
+        name = f"{domain}/{path}"
+        if len(name) > NAME_MAX_LENGTH:
             raise InvalidReference(
-                f"repository name {self.name!r} is longer than {NAME_MAX_LENGTH} characters"
+                f"repository name {name!r} is longer than {NAME_MAX_LENGTH} characters"
             )
+        _set(self, "domain", domain)
+        _set(self, "path", path)
+        _set(self, "tag", tag)
+        _set(self, "digest", digest)
+
+    def replace(
+        self,
+        *,
+        domain: str = NOT_GIVEN,
+        path: str = NOT_GIVEN,
+        tag: str = NOT_GIVEN,
+        digest: Digest | None = NOT_GIVEN,
+    ) -> Reference:
+        """A copy with the given parts changed, validated as a new reference is (not
+        normalised)."""
+        return self._replaced(domain=domain, path=path, tag=tag, digest=digest)
 
     @property
     def name(self) -> str:
@@ -131,11 +152,11 @@ class Reference:
 
     def with_tag(self, tag: str) -> Reference:
         """The same repository with ``tag`` and no digest."""
-        return replace(self, tag=tag, digest=None)
+        return Reference(self.domain, self.path, tag)
 
     def with_digest(self, digest: Digest) -> Reference:
         """The same repository pinned to ``digest`` (the tag is kept, for display)."""
-        return replace(self, digest=digest)
+        return Reference(self.domain, self.path, self.tag, digest)
 
 
 def _split_domain(name: str) -> tuple[str, str]:
@@ -206,34 +227,55 @@ def parse_reference(text: str) -> Reference:
         raise InvalidReference(f"invalid reference {text!r}: {e}") from None
 
 
-@dataclass(frozen=True, slots=True)
-class TransportRef:
+class TransportRef(Record):
     """Where an image lives: a registry, an OCI layout (dir or tar), or a docker-save tar.
 
     ``path`` is the filesystem path for ``oci``, ``oci-archive`` and ``docker-archive``.
     ``tag`` is, for ``oci``/``oci-archive``, the ``org.opencontainers.image.ref.name`` to
     read or write ("" = the only image when reading, no name when writing); for
     ``docker-archive``, the image name inside the tar as given ("" = the only one), with
-    its parsed form in ``reference``. For ``docker``, ``reference`` is the image.
+    its parsed form in ``reference``. For ``docker``, ``reference`` is the image. A frozen
+    value, as :class:`Reference` is.
     """
 
-    transport: str
-    path: str = ""
-    tag: str = ""
-    reference: Reference | None = None
+    __slots__ = ("path", "reference", "tag", "transport")
+    __match_args__ = ("transport", "path", "tag", "reference")
+    _fields = __match_args__
 
-    def __post_init__(self) -> None:
-        if self.transport not in TRANSPORTS:
+    transport: str
+    path: str
+    tag: str
+    reference: Reference | None
+
+    def __init__(
+        self, transport: str, path: str = "", tag: str = "", reference: Reference | None = None
+    ) -> None:
+        if transport not in TRANSPORTS:
             raise InvalidReference(
-                f"unknown transport {self.transport!r} (want one of {', '.join(TRANSPORTS)})"
+                f"unknown transport {transport!r} (want one of {', '.join(TRANSPORTS)})"
             )
-        if self.transport == "docker":
-            if self.reference is None:
+        if transport == "docker":
+            if reference is None:
                 raise InvalidReference("docker transport needs a reference")
-        elif not self.path:
-            raise InvalidReference(f"{self.transport} transport needs a path")
-        elif ":" in self.path:
-            raise InvalidReference(f"{self.transport} path {self.path!r} must not contain ':'")
+        elif not path:
+            raise InvalidReference(f"{transport} transport needs a path")
+        elif ":" in path:
+            raise InvalidReference(f"{transport} path {path!r} must not contain ':'")
+        _set(self, "transport", transport)
+        _set(self, "path", path)
+        _set(self, "tag", tag)
+        _set(self, "reference", reference)
+
+    def replace(
+        self,
+        *,
+        transport: str = NOT_GIVEN,
+        path: str = NOT_GIVEN,
+        tag: str = NOT_GIVEN,
+        reference: Reference | None = NOT_GIVEN,
+    ) -> TransportRef:
+        """A copy with the given fields changed, validated as a new one is."""
+        return self._replaced(transport=transport, path=path, tag=tag, reference=reference)
 
     def __str__(self) -> str:
         if self.transport == "docker":

@@ -27,7 +27,6 @@ import os
 import sys
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
 from typing import Any, BinaryIO, Final
 
 from imgpipe.formats.descriptor import Descriptor
@@ -295,7 +294,7 @@ def open_chain(
     steps: list[Any] = [stream]
     try:
         for p in chain:
-            step_desc = desc if mt == desc.media_type else replace(desc, media_type=mt)
+            step_desc = desc if mt == desc.media_type else desc.replace(media_type=mt)
             current = p.open(current, step_desc, params)
             steps.append(current)
             mt = p.output_type(mt)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from imgpipe.formats.descriptor import Descriptor
@@ -93,7 +93,7 @@ class BlobWork:
         src = plan.source
         emit = self.emit
         if plan.passthrough:
-            out = replace(src, media_type=plan.target_type)
+            out = src.replace(media_type=plan.target_type)
             if found := self._found(plan, out, [self.source.registry_repo()], start):
                 return found
             emit(Event(EventKind.BLOB_START, src.digest, src.media_type, src.size, "copying"))
@@ -213,8 +213,7 @@ class BlobWork:
                 k: v for k, v in annotations.items() if not k.startswith(_ENC_ANNOTATION_PREFIX)
             }
         annotations.update(added)
-        return replace(
-            plan.source,
+        return plan.source.replace(
             media_type=plan.target_type,
             digest=digest,
             size=size,

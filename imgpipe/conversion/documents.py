@@ -14,7 +14,6 @@ import io
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any
 
 from imgpipe.formats.descriptor import Descriptor
@@ -75,7 +74,7 @@ class DocumentWriter:
         for entry, child in node.children:
             out = self.write(child, root=False)
             entries.append(
-                replace(entry, media_type=out.media_type, digest=out.digest, size=out.size)
+                entry.replace(media_type=out.media_type, digest=out.digest, size=out.size)
             )
         idx = node.index
         media_type = OCI_INDEX if node.oci else idx.media_type
@@ -106,7 +105,7 @@ class DocumentWriter:
         if not config_rewritten(node):
             # the source config was copied: the lookup asserts it was written
             assert ("config", str(m.config.digest), node.config_type.base) in self.results
-        config = replace(m.config, media_type=node.config_type)
+        config = m.config.replace(media_type=node.config_type)
         layers: list[Descriptor] = []
         done: list[Result] = []
         for i, plan in enumerate(node.layers):
@@ -169,7 +168,7 @@ class DocumentWriter:
             diff_ids[i] = diff_id
         obj["rootfs"]["diff_ids"] = diff_ids
         raw = _json_bytes(obj)
-        out = replace(config, digest=Digest.from_bytes(raw), size=len(raw))
+        out = config.replace(digest=Digest.from_bytes(raw), size=len(raw))
         if not self.dest.has_blob(out):  # a re-run finds it (and the store protects it)
             self.dest.copy_blob(out, io.BytesIO(raw))  # a blob, not a manifest
         return out, True

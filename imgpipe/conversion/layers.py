@@ -31,7 +31,7 @@ layer whose content is not what the config says.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal
 
 from imgpipe.decode import ReadAhead
@@ -273,7 +273,7 @@ def open_converted(
             current = open_chain(current, desc, chain, params)
             mt = current.media_type
         if plan.recompress:
-            step_desc = desc if mt == desc.media_type else replace(desc, media_type=mt)
+            step_desc = desc if mt == desc.media_type else desc.replace(media_type=mt)
             current = open_chain(current, step_desc, registry.decoder_chain(mt), params)
             tee = _DiffIDTee(current, plan.diff_id, what)
             # fetch + verify + decompress + DiffID (one pass: the tee) on a thread of its own
@@ -289,7 +289,7 @@ def open_converted(
                 mt = plan.target_type
             elif plan.compression:
                 goal = _layer_type("oci", False, plan.compression)
-                step_desc = replace(desc, media_type=mt)
+                step_desc = desc.replace(media_type=mt)
                 current = open_chain(current, step_desc, registry.encoder_chain(mt, goal), params)
                 mt = current.media_type
                 # the encoder on a thread of its own too: decode | encode | [encrypt,]
@@ -299,7 +299,7 @@ def open_converted(
             goal = MediaType(MediaType(mt).base + ENCRYPTED_SUFFIX)
             # The source descriptor itself when encryption reads the source blob: the
             # encryptor then records its (verified) digest instead of hashing again.
-            step_desc = desc if current is source else replace(desc, media_type=mt)
+            step_desc = desc if current is source else desc.replace(media_type=mt)
             current = encrypted = open_chain(
                 current, step_desc, registry.encoder_chain(mt, goal), params
             )

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, BinaryIO, Final
 
 from imgpipe.content.verify import digest_stream, open_verified
@@ -177,7 +177,7 @@ class DockerArchiveSource(MemberSource):
         # The name to import under, as `docker load` does: the tag asked for, else the
         # image's first RepoTag.
         name = self.ref or (image.repo_tags[0] if image.repo_tags else "")
-        return replace(desc, annotations={ANNOTATION_IMAGE_NAME: name}) if name else desc
+        return desc.replace(annotations={ANNOTATION_IMAGE_NAME: name}) if name else desc
 
     def _synthesise(self, image: ArchiveImage) -> Manifest:
         """The manifest for ``image``, with every digest tied to something the archive

@@ -8,7 +8,6 @@ entry, as skopeo and containerd use it.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar
 
@@ -151,7 +150,7 @@ def merge_entry(
         annotations[ANNOTATION_REF_NAME] = tag
     if image_name:
         annotations[ANNOTATION_IMAGE_NAME] = image_name
-    new = dataclasses.replace(root, annotations=annotations)
+    new = root.replace(annotations=annotations)
 
     def superseded(d: Descriptor) -> bool:
         name = d.annotations.get(ANNOTATION_REF_NAME, "")
