@@ -18,7 +18,13 @@ frozen dataclass would:
 - assigning or deleting an attribute raises :class:`FrozenError`, an AttributeError as
   dataclasses' FrozenInstanceError is;
 - pickle and ``copy`` through ``__getstate__``/``__setstate__`` (the fields in order; loading
-  does not validate again, as with a dataclass).
+  does not validate again, as with a dataclass);
+- ``_asdict()``: the fields by name (shallow, as a NamedTuple's).
+
+:class:`FrozenValue` is the same for imgpipe's own values, written with less: its fields
+are read from the class's annotations (checked against ``__slots__``), ``_uncompared``
+leaves fields out of equality and hashing (a source handle), ``_unshown`` out of the
+repr, and ``replace(**changes)`` is generic (not typed field by field).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from collections.abc import Callable
 from operator import attrgetter
 from typing import Any, ClassVar, Final, Self
 
-__all__ = ["NOT_GIVEN", "FrozenError", "Record"]
+__all__ = ["NOT_GIVEN", "FrozenError", "FrozenValue", "Record"]
 
 _set: Final = object.__setattr__
 
@@ -49,6 +55,18 @@ class _NotGiven:
 NOT_GIVEN: Final[Any] = _NotGiven()
 
 
+def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """``record -> its values of names, as a tuple``: attrgetter, which returns the bare
+    value for one name (wrapped then; a staticmethod, so the class attribute does not
+    bind)."""
+    if len(names) >= 2:
+        return attrgetter(*names)
+    if names:
+        (name,) = names
+        return staticmethod(lambda record: (getattr(record, name),))
+    return staticmethod(lambda record: ())
+
+
 class Record:
     """Base of the frozen value types of ``formats`` (see the module docstring)."""
 
@@ -58,24 +76,29 @@ class Record:
     _fields: ClassVar[tuple[str, ...]] = ()
     #: The fields ``repr`` shows (raw bytes and annotations are left out of documents').
     _repr_fields: ClassVar[tuple[str, ...]] = ()
-    #: ``_values(record)`` is the tuple of the fields (set for each class from ``_fields``).
-    _values: ClassVar[attrgetter[tuple[Any, ...]]]
+    #: Fields left out of equality and hashing (a source handle), and out of the repr.
+    _uncompared: ClassVar[frozenset[str]] = frozenset()
+    _unshown: ClassVar[frozenset[str]] = frozenset()
+    #: ``_values(record)`` is the tuple of the fields, ``_key(record)`` of the compared
+    #: ones (set for each class from ``_fields``).
+    _values: ClassVar[Callable[[Any], tuple[Any, ...]]]
+    _key: ClassVar[Callable[[Any], tuple[Any, ...]]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "_repr_fields" not in cls.__dict__:
-            cls._repr_fields = cls._fields
-        # A record has two fields or more: attrgetter of one name returns the value itself.
-        cls._values = attrgetter(*cls._fields)
+            cls._repr_fields = tuple(f for f in cls._fields if f not in cls._unshown)
+        cls._values = _getter(cls._fields)
+        cls._key = _getter(tuple(f for f in cls._fields if f not in cls._uncompared))
 
     def __eq__(self, other: object) -> bool:
         if other.__class__ is self.__class__:
-            values = self._values
-            return values(self) == values(other)
+            key = type(self)._key
+            return key(self) == key(other)
         return NotImplemented
 
     def __hash__(self) -> int:
-        return hash(self._values(self))
+        return hash(type(self)._key(self))
 
     def __repr__(self) -> str:
         fields = ", ".join([f"{name}={getattr(self, name)!r}" for name in self._repr_fields])
@@ -88,18 +111,59 @@ class Record:
         raise FrozenError(f"cannot delete field {name!r} of a {self.__class__.__name__}")
 
     def __getstate__(self) -> tuple[Any, ...]:
-        return self._values(self)
+        return type(self)._values(self)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         for name, value in zip(self._fields, state, strict=True):
             _set(self, name, value)
 
+    def _asdict(self) -> dict[str, Any]:
+        """The fields by name (shallow, as a NamedTuple's ``_asdict``)."""
+        return dict(zip(self._fields, type(self)._values(self), strict=True))
+
     def _replaced(self, **changes: Any) -> Self:
         """A new record of this class with ``changes`` (NOT_GIVEN ones ignored) applied,
         built through the constructor, so it is validated as any new one is."""
-        kwargs = dict(zip(self._fields, self._values(self), strict=True))
+        kwargs = dict(zip(self._fields, type(self)._values(self), strict=True))
         for name, value in changes.items():
             if value is not NOT_GIVEN:
                 kwargs[name] = value
         make: Callable[..., Self] = self.__class__
         return make(**kwargs)
+
+
+class FrozenValue(Record):
+    """A :class:`Record` whose fields are its annotations, in order, base classes first
+    (as a dataclass orders them; ClassVars aside; never evaluated), which must be the
+    names in its ``__slots__``. Its ``__init__`` stores them with :meth:`_set`."""
+
+    __slots__ = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        if "_fields" not in cls.__dict__:
+            fields: list[str] = []
+            slots: set[str] = set()
+            for klass in reversed(cls.__mro__):
+                if klass.__module__ == __name__ or klass is object:  # the bases here
+                    continue
+                own = klass.__dict__.get("__slots__", ())
+                slots.update((own,) if isinstance(own, str) else own)
+                annotations = klass.__dict__.get("__annotations__", {})  # noqa: RUF063 (no inspect)
+                for name, ann in annotations.items():
+                    if name not in fields and not str(ann).startswith(("ClassVar", "typing.")):
+                        fields.append(name)
+            if set(fields) != slots:
+                raise TypeError(f"{cls.__qualname__}: __slots__ and the annotated fields differ")
+            cls._fields = tuple(fields)
+        super().__init_subclass__(**kwargs)
+
+    def _set(self, **values: Any) -> None:
+        for name, value in values.items():
+            _set(self, name, value)
+
+    def replace(self, **changes: Any) -> Self:
+        """A copy with ``changes`` (field names), built through ``__init__`` (validated)."""
+        unknown = set(changes) - set(self._fields)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no field(s) {', '.join(sorted(unknown))}")
+        return self._replaced(**changes)
