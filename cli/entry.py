@@ -45,7 +45,7 @@ def first_word(argv: Sequence[str]) -> str | None:
 def main() -> int:
     argv = sys.argv[1:]
     if first_word(argv) == "--version":
-        from imgpipe._version import __version__
+        from imgpipe import __version__
 
         print(f"imgpipe {__version__}")
         return 0
