@@ -31,7 +31,6 @@ download must be before ``gc`` removes it: ``$IMGPIPE_LEASE_EXPIRY``, else::
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -105,7 +104,7 @@ def with_defaults(options: TransportOptions | None) -> TransportOptions:
 
     opts = options if options is not None else TransportOptions()
     if opts.registry_config is None and (default := default_registry_config()) is not None:
-        opts = replace(opts, registry_config=default)
+        opts = opts.replace(registry_config=default)
     return opts
 
 

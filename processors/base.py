@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Final, Literal, Protocol, runtime_checkable
 
+from imgpipe._value import FrozenValue
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.errors import (
     ImgpipeError,
@@ -97,31 +97,54 @@ class ProcessorFailed(ImgpipeError):
         self.stderr = stderr
 
 
-@dataclass(frozen=True, slots=True)
-class ProcessorParams:
+class ProcessorParams(FrozenValue):
     """What processors may need besides the bytes: keys, levels, bounds.
 
     ``decrypt_keys`` are ocicrypt private keys (``DecryptKey``), ``recipients`` ocicrypt
     public keys (``Recipient``); both are opaque here, so this module does not import the
-    cryptography. Levels apply to encoders only; ``limits`` to decoders that expand.
+    cryptography. Levels apply to encoders only; ``limits`` to decoders that expand
+    (default: a fresh :class:`Limits`). (A hand-written value class, not a dataclass:
+    every unpack and conversion defines it.)
     """
 
-    decrypt_keys: Sequence[Any] = ()
-    recipients: Sequence[Any] = ()
-    gzip_level: int = GZIP_LEVEL
-    zstd_level: int = ZSTD_LEVEL
-    zstd_threads: int = ZSTD_THREADS
-    limits: Limits = field(default_factory=Limits)
+    __slots__ = (
+        "decrypt_keys",
+        "gzip_level",
+        "limits",
+        "recipients",
+        "zstd_level",
+        "zstd_threads",
+    )
+    decrypt_keys: Sequence[Any]
+    recipients: Sequence[Any]
+    gzip_level: int
+    zstd_level: int
+    zstd_threads: int
+    limits: Limits
 
-    def __post_init__(self) -> None:
-        if not 0 <= self.gzip_level <= 9:
-            raise InvalidArgument(f"gzip level {self.gzip_level}: must be 0-9")
-        if not -(1 << 17) <= self.zstd_level <= 22:
-            raise InvalidArgument(f"zstd level {self.zstd_level}: must be at most 22")
-        if self.zstd_threads < -1:
-            raise InvalidArgument(f"zstd threads {self.zstd_threads}: must be -1, 0 or more")
-        object.__setattr__(self, "decrypt_keys", tuple(self.decrypt_keys))
-        object.__setattr__(self, "recipients", tuple(self.recipients))
+    def __init__(  # noqa: PLR0917 (positional, as the dataclass's was)
+        self,
+        decrypt_keys: Sequence[Any] = (),
+        recipients: Sequence[Any] = (),
+        gzip_level: int = GZIP_LEVEL,
+        zstd_level: int = ZSTD_LEVEL,
+        zstd_threads: int = ZSTD_THREADS,
+        limits: Limits | None = None,
+    ) -> None:
+        if not 0 <= gzip_level <= 9:
+            raise InvalidArgument(f"gzip level {gzip_level}: must be 0-9")
+        if not -(1 << 17) <= zstd_level <= 22:
+            raise InvalidArgument(f"zstd level {zstd_level}: must be at most 22")
+        if zstd_threads < -1:
+            raise InvalidArgument(f"zstd threads {zstd_threads}: must be -1, 0 or more")
+        self._set(
+            decrypt_keys=tuple(decrypt_keys),
+            recipients=tuple(recipients),
+            gzip_level=gzip_level,
+            zstd_level=zstd_level,
+            zstd_threads=zstd_threads,
+            limits=Limits() if limits is None else limits,
+        )
 
 
 @runtime_checkable

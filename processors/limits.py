@@ -17,9 +17,9 @@ produced.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Final
 
+from imgpipe._value import FrozenValue
 from imgpipe.formats.errors import InvalidArgument, ResourceLimit
 
 from .streams import PassThrough, Readable
@@ -48,19 +48,30 @@ MAX_RATIO: Final = 1000
 RATIO_FLOOR: Final = 1 << 30
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Decompression bounds; see the module docstring. Zero disables a bound."""
+class Limits(FrozenValue):
+    """Decompression bounds; see the module docstring. Zero disables a bound. (A
+    hand-written value class, not a dataclass: every unpack and conversion defines it.)"""
 
-    max_decompressed_size: int = MAX_DECOMPRESSED_SIZE
-    max_ratio: int = MAX_RATIO
-    ratio_floor: int = RATIO_FLOOR
+    __slots__ = ("max_decompressed_size", "max_ratio", "ratio_floor")
+    max_decompressed_size: int
+    max_ratio: int
+    ratio_floor: int
 
-    def __post_init__(self) -> None:
-        for name in ("max_decompressed_size", "max_ratio", "ratio_floor"):
-            value = getattr(self, name)
+    def __init__(
+        self,
+        max_decompressed_size: int = MAX_DECOMPRESSED_SIZE,
+        max_ratio: int = MAX_RATIO,
+        ratio_floor: int = RATIO_FLOOR,
+    ) -> None:
+        values = {
+            "max_decompressed_size": max_decompressed_size,
+            "max_ratio": max_ratio,
+            "ratio_floor": ratio_floor,
+        }
+        for name, value in values.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise InvalidArgument(f"limits: {name} must be a non-negative integer")
+        self._set(**values)
 
     def check(self, produced: int, consumed: int, *, what: str) -> None:
         """Raise ResourceLimit if ``produced`` output bytes from ``consumed`` input bytes

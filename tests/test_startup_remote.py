@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from registry_fixtures import Registry
+from test_start_up_imports import FORMATS_DATACLASSES, NEEDS_FORMATS, start_up_of
 
 from imgpipe.processors import registry as processor_registry
 
@@ -115,6 +116,87 @@ def test_a_challenge_loads_the_authorizer(
     ref = registry_token.ref("startup/busybox", "v1")
     loaded = loaded_by(["--root", str(tmp_path / "root"), "-q", "pull", ref], tmp_path)
     assert set(AUTH) <= loaded
+
+
+# -- no dataclass on the registry verbs' paths -----------------------------------------
+
+#: What ``convert`` still defines besides the formats: the conversion's own records and
+#: options, and the processors' eStargz parameters (not converted yet; LayerKind and
+#: LayerPlan live in imgpipe/conversion/layers.py). Pinned so that nothing is added.
+CONVERT_DATACLASSES = {
+    "imgpipe.processors.estargz_params.EstargzParams",
+    "imgpipe.conversion.layers.LayerKind",
+    "imgpipe.conversion.layers.LayerPlan",
+    "imgpipe.conversion.report.BlobInfo",
+    "imgpipe.conversion.report.LayerReport",
+    "imgpipe.conversion.report.ManifestReport",
+    "imgpipe.conversion.report.ConvertReport",
+    "imgpipe.conversion.flow.Request",
+    "imgpipe.conversion.flow.Ends",
+    "imgpipe.conversion.flow.Planned",
+    "imgpipe.conversion.flow.Result",
+    "imgpipe.conversion.flow.Mapped",
+    "imgpipe.conversion.options.ConvertOptions",
+    "imgpipe.conversion.plan.ManifestNode",
+    "imgpipe.conversion.plan.IndexNode",
+    "imgpipe.conversion.blobs.CacheEntry",
+}
+
+
+@pytest.mark.parametrize("unpack", [False, True], ids=["pull", "pull-unpack"])
+def test_pull_from_a_registry_defines_no_dataclass_but_the_formats(
+    open_busybox: str, unpack: bool, tmp_path: Path
+) -> None:
+    """Transport options, registry config and endpoints, the plan, the resolved root,
+    snapshot records, the unpack's options, results and stages: none a dataclass."""
+    argv = [
+        "--root",
+        tmp_path / "root",
+        "-q",
+        "pull",
+        *(["--unpack"] if unpack else []),
+        open_busybox,
+    ]
+    _, dataclasses = start_up_of(tmp_path, *argv)
+    assert dataclasses - FORMATS_DATACLASSES == set()
+
+
+@NEEDS_FORMATS
+@pytest.mark.parametrize("unpack", [False, True], ids=["pull", "pull-unpack"])
+def test_pull_from_a_registry_imports_no_dataclasses(
+    open_busybox: str, unpack: bool, tmp_path: Path
+) -> None:
+    argv = [
+        "--root",
+        tmp_path / "root",
+        "-q",
+        "pull",
+        *(["--unpack"] if unpack else []),
+        open_busybox,
+    ]
+    modules, _ = start_up_of(tmp_path, *argv)
+    assert "dataclasses" not in modules
+
+
+def test_convert_between_registries_defines_no_new_dataclass(
+    open_busybox: str, registry: Registry, tmp_path: Path
+) -> None:
+    """``convert --zstd docker://A docker://B``: the connection options and registry
+    config are not dataclasses any more; the conversion's own still are (see
+    CONVERT_DATACLASSES), and nothing else may join them."""
+    dst = registry.ref("startup/busybox", "zstd")
+    argv = ["--root", tmp_path / "root", "-q", "convert", "--zstd"]
+    _, dataclasses = start_up_of(tmp_path, *argv, f"docker://{open_busybox}", f"docker://{dst}")
+    assert dataclasses - FORMATS_DATACLASSES <= CONVERT_DATACLASSES
+    assert (
+        not {
+            "imgpipe.remote.options.TransportOptions",
+            "imgpipe.remote.hosts.RegistryConfig",
+            "imgpipe.processors.base.ProcessorParams",
+            "imgpipe.metadata.gc.GCResult",
+        }
+        & dataclasses
+    )
 
 
 # -- the look before importlib.metadata -------------------------------------------------

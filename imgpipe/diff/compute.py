@@ -42,8 +42,7 @@ import os
 import stat
 import tarfile
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import IO, Any, BinaryIO, Final, cast
+from typing import IO, Any, BinaryIO, Final, NamedTuple, cast
 
 from imgpipe.formats.digest import Digest, Digester
 from imgpipe.formats.errors import FailedPrecondition, Unsupported
@@ -67,8 +66,7 @@ _WH_PREFIX: Final = ".wh."
 _WH_OPAQUE: Final = ".wh..wh..opq"
 
 
-@dataclass(frozen=True)
-class DiffResult:
+class DiffResult(NamedTuple):
     """The written layer: DiffID and size of the uncompressed tar, and its entry count."""
 
     diff_id: Digest

@@ -4,10 +4,11 @@ whiteout modes, the bounds on hostile input, :class:`ApplyOptions`, :class:`Appl
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
+from imgpipe._value import FrozenValue
 from imgpipe.formats.digest import Digest
 
 __all__ = [
@@ -54,8 +55,7 @@ def _is_root() -> bool:
     return os.geteuid() == 0
 
 
-@dataclass(frozen=True)
-class ApplyOptions:
+class ApplyOptions(FrozenValue):
     """How :func:`~imgpipe.diff.apply.apply_layer` writes a layer.
 
     ``whiteouts`` picks the on-disk whiteout format (:mod:`imgpipe.diff.whiteouts`).
@@ -63,27 +63,54 @@ class ApplyOptions:
     overlay modes, to copy up parent directory metadata and hardlink targets.
     ``same_owner`` applies the tar's uid/gid (``lchown``; needs root). ``devices``
     creates character and block devices (needs CAP_MKNOD); without it they are skipped
-    with a warning. FIFOs are always created.
+    with a warning. Both default (None) to whether this process runs as root. FIFOs are
+    always created. ``use_openat2``: None uses openat2 when the kernel has it; False
+    forces the userspace walk (tests run both); True is a request, ignored without
+    kernel support. (A hand-written value class, not a dataclass: every unpack defines
+    it.)
     """
 
-    whiteouts: str = WHITEOUT_DELETE
-    lowers: tuple[Path, ...] = ()
-    same_owner: bool = field(default_factory=_is_root)
-    devices: bool = field(default_factory=_is_root)
-    max_entries: int = MAX_ENTRIES
-    max_path: int = MAX_PATH
-    #: None: use openat2 when the kernel has it. False forces the userspace walk (tests
-    #: run both); True is a request, ignored without kernel support.
-    use_openat2: bool | None = None
+    __slots__ = (
+        "devices",
+        "lowers",
+        "max_entries",
+        "max_path",
+        "same_owner",
+        "use_openat2",
+        "whiteouts",
+    )
+    whiteouts: str
+    lowers: tuple[Path, ...]
+    same_owner: bool
+    devices: bool
+    max_entries: int
+    max_path: int
+    use_openat2: bool | None
 
-    def __post_init__(self) -> None:
-        if self.whiteouts not in _WHITEOUT_MODES:
-            raise ValueError(f"whiteouts must be one of {_WHITEOUT_MODES}, not {self.whiteouts!r}")
-        object.__setattr__(self, "lowers", tuple(Path(p) for p in self.lowers))
+    def __init__(  # noqa: PLR0917 (positional, as the dataclass's was)
+        self,
+        whiteouts: str = WHITEOUT_DELETE,
+        lowers: Iterable[str | Path] = (),
+        same_owner: bool | None = None,
+        devices: bool | None = None,
+        max_entries: int = MAX_ENTRIES,
+        max_path: int = MAX_PATH,
+        use_openat2: bool | None = None,
+    ) -> None:
+        if whiteouts not in _WHITEOUT_MODES:
+            raise ValueError(f"whiteouts must be one of {_WHITEOUT_MODES}, not {whiteouts!r}")
+        self._set(
+            whiteouts=whiteouts,
+            lowers=tuple(Path(p) for p in lowers),
+            same_owner=_is_root() if same_owner is None else same_owner,
+            devices=_is_root() if devices is None else devices,
+            max_entries=max_entries,
+            max_path=max_path,
+            use_openat2=use_openat2,
+        )
 
 
-@dataclass(frozen=True)
-class ApplyResult:
+class ApplyResult(NamedTuple):
     """What :func:`~imgpipe.diff.apply.apply_layer` did: the DiffID and size of the
     uncompressed tar stream, the number of tar entries processed, and warnings (skipped
     devices, refused xattrs, entries that resolved to the root), at most

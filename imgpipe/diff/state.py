@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from imgpipe.fs import DIR_NOFOLLOW, RootResolver
 
@@ -37,9 +37,9 @@ def _cache_size() -> int:
     return max(64, min(_CACHE_SIZE, soft // 8))
 
 
-@dataclass(slots=True)
-class DirTimes:
-    """A directory's times from the tar, set again at the end (children change them)."""
+class DirTimes(NamedTuple):
+    """A directory's times from the tar, set again at the end (children change them).
+    (A NamedTuple, not a dataclass: every unpack defines it; nothing changes one.)"""
 
     components: list[str]
     ino: int

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 from imgpipe.content.verify import CHUNK_SIZE
@@ -113,7 +112,7 @@ class BlobLayer(_Blob):
 
         p: ProcessorParams = params if params is not None else ProcessorParams()
         if keys:
-            p = replace(p, decrypt_keys=(*p.decrypt_keys, *keys))
+            p = p.replace(decrypt_keys=(*p.decrypt_keys, *keys))
         chain = _registry(self._registry).decoder_chain(self._desc.media_type)
         # the chain is found before the blob is opened: a miss leaks nothing
         return open_chain(self.open_compressed(), self._desc, chain, p)  # type: ignore[return-value]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from imgpipe._value import FrozenValue
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.digest import Digest
 from imgpipe.formats.errors import InvalidArgument
@@ -21,25 +21,60 @@ if TYPE_CHECKING:
 __all__ = ["ImagePlan"]
 
 
-@dataclass(frozen=True)
-class ImagePlan:
+class ImagePlan(FrozenValue):
     """An image's structure: the root, its parsed documents, and the blobs they reach.
 
     ``manifests`` are the manifests selected (by platform, or all); ``blobs`` are their
-    configs and layers, each once, in manifest order.
+    configs and layers, each once, in manifest order; ``document_descriptors`` the
+    documents' descriptors in parent-before-child order (root first); ``name`` the local
+    name (normalised), when known. ``source`` is where the blobs can be read from (the
+    open transport, or the store) and ``origin`` where that is (for messages, and the
+    distribution-source labels of a registry): neither is compared, ``source`` is not
+    shown. (A hand-written value class, not a dataclass: start-up time.)
     """
 
+    __slots__ = (
+        "blobs",
+        "document_descriptors",
+        "documents",
+        "manifests",
+        "name",
+        "origin",
+        "root",
+        "source",
+    )
+    _uncompared = frozenset({"source", "origin"})
+    _unshown = frozenset({"source"})
     root: Descriptor
     documents: Mapping[Digest, Manifest | Index]
     manifests: tuple[Descriptor, ...]
     blobs: tuple[Descriptor, ...]
-    # document descriptors in parent-before-child order (root first)
-    document_descriptors: tuple[Descriptor, ...] = field(default=())
-    name: str = ""  # the local name (normalised), when known
-    #: where the blobs can be read from (the open transport, or the store), and where
-    #: that is (for messages, and the distribution-source labels of a registry)
-    source: BlobReader | None = field(default=None, compare=False, repr=False)
-    origin: TransportRef | None = field(default=None, compare=False)
+    document_descriptors: tuple[Descriptor, ...]
+    name: str
+    source: BlobReader | None
+    origin: TransportRef | None
+
+    def __init__(  # noqa: PLR0917 (positional, as the dataclass's was)
+        self,
+        root: Descriptor,
+        documents: Mapping[Digest, Manifest | Index],
+        manifests: tuple[Descriptor, ...],
+        blobs: tuple[Descriptor, ...],
+        document_descriptors: tuple[Descriptor, ...] = (),
+        name: str = "",
+        source: BlobReader | None = None,
+        origin: TransportRef | None = None,
+    ) -> None:
+        self._set(
+            root=root,
+            documents=documents,
+            manifests=manifests,
+            blobs=blobs,
+            document_descriptors=document_descriptors,
+            name=name,
+            source=source,
+            origin=origin,
+        )
 
     def total_size(self) -> int:
         """Bytes of every document and blob in the plan."""

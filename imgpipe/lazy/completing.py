@@ -22,7 +22,7 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -125,7 +125,7 @@ def spawn_completion(
             "source": source,
             "name": name,
             "lock_fd": fd,
-            "options": asdict(options) if options is not None else None,
+            "options": options._asdict() if options is not None else None,
         }
         with open(lock.with_suffix(".log"), "ab") as log:
             proc = subprocess.Popen(

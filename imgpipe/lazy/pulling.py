@@ -20,7 +20,7 @@ image fetches what it lacks from there (:func:`missing_layers`, :func:`complete_
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from imgpipe.events import Event, EventKind
@@ -163,7 +163,7 @@ class FetchLazy(Stage[ImagePlan, "_Fetched"]):
             if plan.fallback is not None:
                 fallback = f"{plan.fallback} ({plan.detail})" if plan.detail else plan.fallback
         if fallback is not None:
-            only = replace(item, manifests=(image.descriptor,), blobs=tuple(descs))
+            only = item.replace(manifests=(image.descriptor,), blobs=tuple(descs))
             kw = {} if self.max_concurrent is None else {"max_concurrent": self.max_concurrent}
             FetchBlobs(**kw).run(only, ctx)
             reports = tuple(

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Final
 
+from imgpipe._value import FrozenValue
 from imgpipe.formats.errors import InvalidArgument, NotFound
 
 from .connection import Database
@@ -22,14 +22,24 @@ from .schema import check_snapshotter, dump_labels, load_labels
 SNAPSHOT_KINDS: Final = frozenset({"active", "view", "committed"})
 
 
-@dataclass(frozen=True)
-class SnapshotRecord:
+class SnapshotRecord(FrozenValue):
     """A snapshot as the metadata knows it; ``backend_id`` is the snapshotter's own name.
 
     ``kind`` is ``active``, ``view`` or ``committed``; ``parent`` is the key of the parent
-    snapshot in the same snapshotter, or ``""``.
+    snapshot in the same snapshotter, or ``""``. (A hand-written value class, not a
+    dataclass: every pull and run defines it.)
     """
 
+    __slots__ = (
+        "backend_id",
+        "created_at",
+        "key",
+        "kind",
+        "labels",
+        "parent",
+        "snapshotter",
+        "updated_at",
+    )
     snapshotter: str
     key: str
     kind: str
@@ -39,14 +49,34 @@ class SnapshotRecord:
     created_at: float
     updated_at: float
 
-    def __post_init__(self) -> None:
-        if self.kind not in SNAPSHOT_KINDS:
+    def __init__(  # noqa: PLR0917 (positional, as the dataclass's was)
+        self,
+        snapshotter: str,
+        key: str,
+        kind: str,
+        parent: str,
+        backend_id: str,
+        labels: Mapping[str, str],
+        created_at: float,
+        updated_at: float,
+    ) -> None:
+        if kind not in SNAPSHOT_KINDS:
             raise InvalidArgument(
-                f"snapshot {self.key!r}: kind {self.kind!r} is not one of {sorted(SNAPSHOT_KINDS)}"
+                f"snapshot {key!r}: kind {kind!r} is not one of {sorted(SNAPSHOT_KINDS)}"
             )
-        check_snapshotter(self.snapshotter)
-        if not self.key:
+        check_snapshotter(snapshotter)
+        if not key:
             raise InvalidArgument("snapshot key must not be empty")
+        self._set(
+            snapshotter=snapshotter,
+            key=key,
+            kind=kind,
+            parent=parent,
+            backend_id=backend_id,
+            labels=labels,
+            created_at=created_at,
+            updated_at=updated_at,
+        )
 
 
 def _snapshot_from_row(row: Any) -> SnapshotRecord:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
 from typing import BinaryIO, cast
 
 from imgpipe.content.feed import IngestFeed, IngestFollower
@@ -214,7 +213,7 @@ class FetchDocuments(Stage[Resolved, ImagePlan]):
             plan = walk_image(
                 item.root, read, platform=self.platform, all_platforms=self.all_platforms
             )
-        return replace(plan, name=item.name, source=source, origin=item.ref)
+        return plan.replace(name=item.name, source=source, origin=item.ref)
 
 
 class FetchBlobs(Stage[ImagePlan, ImagePlan]):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.manifest import Index, Manifest
 from imgpipe.image import ImagePlan, read_document, walk_image
@@ -34,4 +32,4 @@ class LoadImage(Stage[str, ImagePlan]):
             return read_document(content, desc)
 
         plan = walk_image(rec.target, read, all_platforms=True)
-        return replace(plan, name=rec.name, source=content)
+        return plan.replace(name=rec.name, source=content)

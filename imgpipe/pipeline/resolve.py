@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
+from imgpipe._value import FrozenValue
 from imgpipe.config import with_defaults
 from imgpipe.events import Event, EventKind
 from imgpipe.formats.descriptor import Descriptor
@@ -17,18 +16,28 @@ from .names import normalize_name, suggested_name
 __all__ = ["Resolve", "Resolved"]
 
 
-@dataclass(frozen=True, slots=True)
-class Resolved:
+class Resolved(FrozenValue):
     """A source, the root descriptor it names, and the local name to record it under.
 
     ``source`` is the open transport (closed when the run ends): the next stage reads
-    the image from it.
+    the image from it (neither compared nor shown).
     """
 
+    __slots__ = ("name", "ref", "root", "source")
+    _uncompared = _unshown = frozenset({"source"})
     ref: TransportRef
     root: Descriptor
-    name: str = ""
-    source: ImageSource | None = field(default=None, compare=False, repr=False)
+    name: str
+    source: ImageSource | None
+
+    def __init__(
+        self,
+        ref: TransportRef,
+        root: Descriptor,
+        name: str = "",
+        source: ImageSource | None = None,
+    ) -> None:
+        self._set(ref=ref, root=root, name=name, source=source)
 
 
 class Resolve(Stage[TransportRef, Resolved]):

@@ -32,7 +32,6 @@ from imgpipe.events import Event, EventKind, Observer
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.digest import Digest
 from imgpipe.formats.errors import FailedPrecondition, NotFound
-from imgpipe.metadata.gc import collect
 from imgpipe.processors.streams import PassThrough
 from imgpipe.store import Store
 
@@ -369,4 +368,6 @@ def _join(pool: ThreadPoolExecutor, futures: Sequence[Future[Any]], interrupted:
 def rollback(store: Store, created: Iterable[Digest]) -> None:
     """Remove blobs a failed run committed, unless something else (an image, a live
     lease) holds them by now. Call it after the run's lease is released."""
+    from imgpipe.metadata.gc import collect  # noqa: PLC0415 (only a failed run collects)
+
     collect(store.db, store.content, only=set(created))

@@ -48,10 +48,10 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
+from imgpipe._value import FrozenValue
 from imgpipe.formats.errors import InvalidArgument, MalformedDocument, NotFound
 
 __all__ = [
@@ -119,8 +119,7 @@ def schemes_for(host: str, *, plain_http: bool = False, insecure: bool = False) 
     return ("https",)
 
 
-@dataclass(frozen=True, slots=True)
-class HostConfig:
+class HostConfig(NamedTuple):
     """One ``[registry."HOST"]`` table."""
 
     host: str
@@ -129,8 +128,7 @@ class HostConfig:
     insecure: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
+class Endpoint(NamedTuple):
     """One place to send requests: ``scheme://host`` plus what applies there.
 
     ``schemes`` are tried in order (see :func:`schemes_for`); ``namespace`` is the
@@ -147,12 +145,15 @@ class Endpoint:
         return bool(self.namespace)
 
 
-@dataclass(frozen=True)
-class RegistryConfig:
+class RegistryConfig(FrozenValue):
     """The parsed registry config: host -> :class:`HostConfig`."""
 
-    hosts: Mapping[str, HostConfig] = field(default_factory=dict)
-    path: str = ""
+    __slots__ = ("hosts", "path")
+    hosts: Mapping[str, HostConfig]
+    path: str
+
+    def __init__(self, hosts: Mapping[str, HostConfig] | None = None, path: str = "") -> None:
+        self._set(hosts={} if hosts is None else hosts, path=path)
 
     def host(self, host: str) -> HostConfig:
         """The config for ``host`` (an empty one if the file does not mention it)."""

@@ -6,9 +6,9 @@ options without importing urllib3 (start-up time).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Final
 
+from imgpipe._value import FrozenValue
 from imgpipe.formats.errors import InvalidArgument
 
 __all__ = ["DEFAULT_MAX_CONCURRENT", "DEFAULT_USER_AGENT", "TransportOptions"]
@@ -20,8 +20,7 @@ DEFAULT_MAX_CONCURRENT: Final = 3
 DEFAULT_USER_AGENT: Final = "imgpipe/0.1"
 
 
-@dataclass(frozen=True, slots=True)
-class TransportOptions:
+class TransportOptions(FrozenValue):
     """How transports reach registries. Local transports (oci:, archives) ignore it.
 
     ``plain_http``
@@ -43,21 +42,45 @@ class TransportOptions:
         the User-Agent header.
     """
 
-    plain_http: bool = False
-    tls_ca: str | None = None
-    registry_config: str | None = None
-    auth_file: str | None = None
-    max_concurrent: int = DEFAULT_MAX_CONCURRENT
-    user_agent: str = DEFAULT_USER_AGENT
+    __slots__ = (
+        "auth_file",
+        "max_concurrent",
+        "plain_http",
+        "registry_config",
+        "tls_ca",
+        "user_agent",
+    )
+    plain_http: bool
+    tls_ca: str | None
+    registry_config: str | None
+    auth_file: str | None
+    max_concurrent: int
+    user_agent: str
 
-    def __post_init__(self) -> None:
+    def __init__(  # noqa: PLR0917 (positional, as the dataclass's was)
+        self,
+        plain_http: bool = False,
+        tls_ca: str | None = None,
+        registry_config: str | None = None,
+        auth_file: str | None = None,
+        max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+        user_agent: str = DEFAULT_USER_AGENT,
+    ) -> None:
         if (
-            isinstance(self.max_concurrent, bool)
-            or not isinstance(self.max_concurrent, int)
-            or self.max_concurrent < 1
+            isinstance(max_concurrent, bool)
+            or not isinstance(max_concurrent, int)
+            or max_concurrent < 1
         ):
             raise InvalidArgument(
-                f"max_concurrent must be an integer of at least 1, not {self.max_concurrent!r}"
+                f"max_concurrent must be an integer of at least 1, not {max_concurrent!r}"
             )
-        if not self.user_agent or any(c in self.user_agent for c in "\r\n"):
+        if not user_agent or any(c in user_agent for c in "\r\n"):
             raise InvalidArgument("user_agent must be a non-empty single line")
+        self._set(
+            plain_http=plain_http,
+            tls_ca=tls_ca,
+            registry_config=registry_config,
+            auth_file=auth_file,
+            max_concurrent=max_concurrent,
+            user_agent=user_agent,
+        )

@@ -28,7 +28,7 @@ import contextlib
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -214,7 +214,7 @@ class LazyRootfs:
             "name": rec.name,
             "manifest": str(self.pulled.image.descriptor.digest),
             "background": self.lazy.background,
-            "options": asdict(self.options) if self.options is not None else None,
+            "options": self.options._asdict() if self.options is not None else None,
         }
         (base / _RUN_FILE).write_text(json.dumps(settings))
         ref, options = self.pulled.ref, self.options

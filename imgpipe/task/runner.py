@@ -19,7 +19,6 @@ interrupts the preparation (cleanup included).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,7 +88,7 @@ def run(
     """
     base = settings or ContainerSettings()
     if args:
-        base = replace(base, args=tuple(args))
+        base = base.replace(args=tuple(args))
     from .stage import RunContainer  # noqa: PLC0415 (ps and rm import the package)
 
     code: int = _run_pipeline(
@@ -149,7 +148,7 @@ def run_detached(
     it); ``settings.terminal`` gives it a pty whose output is logged."""
     base = settings or ContainerSettings()
     if args:
-        base = replace(base, args=tuple(args))
+        base = base.replace(args=tuple(args))
     from .stage import DetachContainer  # noqa: PLC0415
 
     container_id: str = _run_pipeline(

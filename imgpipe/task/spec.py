@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Final, Literal, NamedTuple
 
+from imgpipe._value import FrozenValue
 from imgpipe.errors import InvalidArgument
 
 from .user import ResolvedUser
@@ -195,44 +195,92 @@ def resolve_args(
     return out
 
 
-@dataclass(frozen=True)
-class ContainerSettings:
+class ContainerSettings(FrozenValue):
     """What the command line says about one container (the image config aside).
 
     ``args`` replaces the image's Cmd; ``entrypoint`` (None = the image's) as
     :func:`resolve_args`; ``env`` entries ``K=V`` in order, later wins; ``user`` and
     ``workdir`` override the image's when not empty; ``memory`` in bytes, ``cpus`` as a
-    fraction of CPUs, ``pids_limit`` a process count (None = no limit).
+    fraction of CPUs, ``pids_limit`` a process count (None = no limit). (A hand-written
+    value class, not a dataclass: every run defines it.)
     """
 
-    args: tuple[str, ...] = ()
-    entrypoint: tuple[str, ...] | None = None
-    env: tuple[str, ...] = ()
-    user: str = ""
-    workdir: str = ""
-    volumes: tuple[Volume, ...] = ()
-    read_only: bool = False
-    net: NetMode = "private"
-    terminal: bool = False
-    hostname: str = ""
-    memory: int | None = None
-    cpus: float | None = None
-    pids_limit: int | None = None
-    extra_mounts: tuple[Mapping[str, Any], ...] = field(default=())
+    __slots__ = (
+        "args",
+        "cpus",
+        "entrypoint",
+        "env",
+        "extra_mounts",
+        "hostname",
+        "memory",
+        "net",
+        "pids_limit",
+        "read_only",
+        "terminal",
+        "user",
+        "volumes",
+        "workdir",
+    )
+    args: tuple[str, ...]
+    entrypoint: tuple[str, ...] | None
+    env: tuple[str, ...]
+    user: str
+    workdir: str
+    volumes: tuple[Volume, ...]
+    read_only: bool
+    net: NetMode
+    terminal: bool
+    hostname: str
+    memory: int | None
+    cpus: float | None
+    pids_limit: int | None
+    extra_mounts: tuple[Mapping[str, Any], ...]
 
-    def __post_init__(self) -> None:
-        if self.net not in ("private", "none", "host"):
-            raise InvalidArgument(f"invalid network mode {self.net!r}: want host or none")
-        if self.memory is not None and self.memory <= 0:
-            raise InvalidArgument(f"invalid memory limit {self.memory}: must be positive")
-        if self.cpus is not None and not 0 < self.cpus <= 4096:
-            raise InvalidArgument(f"invalid --cpus {self.cpus}: must be above 0")
-        if self.pids_limit is not None and (self.pids_limit == 0 or self.pids_limit < -1):
+    def __init__(  # noqa: PLR0917 (positional, as the dataclass's was)
+        self,
+        args: tuple[str, ...] = (),
+        entrypoint: tuple[str, ...] | None = None,
+        env: tuple[str, ...] = (),
+        user: str = "",
+        workdir: str = "",
+        volumes: tuple[Volume, ...] = (),
+        read_only: bool = False,
+        net: NetMode = "private",
+        terminal: bool = False,
+        hostname: str = "",
+        memory: int | None = None,
+        cpus: float | None = None,
+        pids_limit: int | None = None,
+        extra_mounts: tuple[Mapping[str, Any], ...] = (),
+    ) -> None:
+        if net not in ("private", "none", "host"):
+            raise InvalidArgument(f"invalid network mode {net!r}: want host or none")
+        if memory is not None and memory <= 0:
+            raise InvalidArgument(f"invalid memory limit {memory}: must be positive")
+        if cpus is not None and not 0 < cpus <= 4096:
+            raise InvalidArgument(f"invalid --cpus {cpus}: must be above 0")
+        if pids_limit is not None and (pids_limit == 0 or pids_limit < -1):
             raise InvalidArgument(
-                f"invalid pids limit {self.pids_limit} (a positive count, or -1 for unlimited)"
+                f"invalid pids limit {pids_limit} (a positive count, or -1 for unlimited)"
             )
-        if self.workdir and not self.workdir.startswith("/"):
-            raise InvalidArgument(f"working directory {self.workdir!r} must be absolute")
+        if workdir and not workdir.startswith("/"):
+            raise InvalidArgument(f"working directory {workdir!r} must be absolute")
+        self._set(
+            args=args,
+            entrypoint=entrypoint,
+            env=env,
+            user=user,
+            workdir=workdir,
+            volumes=volumes,
+            read_only=read_only,
+            net=net,
+            terminal=terminal,
+            hostname=hostname,
+            memory=memory,
+            cpus=cpus,
+            pids_limit=pids_limit,
+            extra_mounts=extra_mounts,
+        )
 
 
 def default_spec(container_id: str) -> dict[str, Any]:

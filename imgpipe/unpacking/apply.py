@@ -10,10 +10,10 @@ import secrets
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, cast
 
+from imgpipe._value import Value
 from imgpipe.decode import ReadAhead
 from imgpipe.diff import WHITEOUT_DELETE, WHITEOUT_OVERLAY, ApplyOptions, ApplyResult, apply_layer
 from imgpipe.errors import AlreadyExists, ImgpipeError, InvalidArgument, NotFound
@@ -87,20 +87,30 @@ class _Checked(PassThrough):
         self._check()
 
 
-@dataclass
-class Applier:
+class Applier(Value):
     """Decode one layer blob and apply it into a snapshot (shared by all modes).
 
     With ``fetch`` (pull --unpack) the target's layers read their blobs through it
     (:meth:`BlobFetch.open_blob`: from the ingest while the blob downloads, else the
     stored blob); every read raises :class:`Aborted` once any download of the run has
-    failed, and :meth:`wait_blob` says when a layer's blob is stored.
+    failed, and :meth:`wait_blob` says when a layer's blob is stored. (A plain class, not
+    a dataclass: every unpack defines it.)
     """
 
+    __slots__ = ("fetch", "keys", "store", "target")
     store: Store
     target: Target
     keys: Sequence[DecryptKey]
-    fetch: BlobFetch | None = None
+    fetch: BlobFetch | None
+
+    def __init__(
+        self,
+        store: Store,
+        target: Target,
+        keys: Sequence[DecryptKey],
+        fetch: BlobFetch | None = None,
+    ) -> None:
+        self.store, self.target, self.keys, self.fetch = store, target, keys, fetch
 
     @property
     def fetch_failed(self) -> bool:

@@ -13,10 +13,10 @@ So ``Pipeline.pull().insert_after("record", Unpack())`` pulls then unpacks, and
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+from imgpipe._value import FrozenValue, Value
 from imgpipe.decode import default_registry
 from imgpipe.errors import InvalidArgument
 from imgpipe.formats.platform import Platform
@@ -57,17 +57,29 @@ class FindImage:
         return rec
 
 
-@dataclass(kw_only=True)
-class _Options:
+# Hand-written classes, not dataclasses: every pull --unpack defines them (~1.5 ms each).
+class _Options(Value):
     """What both unpack stages take. ``snapshotter``: a name (None: the root's default)
     or one the caller opened and keeps using; ``decrypt_keys``: ``FILE[:PASSWORD]`` specs
     or loaded keys; ``registry``: the decoders (default: configured, entry points,
     built-ins)."""
 
-    snapshotter: str | Snapshotter | None = DEFAULT_SNAPSHOTTER
-    platform: str | Platform | None = None
-    decrypt_keys: Sequence[str | DecryptKey] = ()
-    registry: ProcessorRegistry | None = None
+    __slots__ = ("decrypt_keys", "platform", "registry", "snapshotter")
+    snapshotter: str | Snapshotter | None
+    platform: str | Platform | None
+    decrypt_keys: Sequence[str | DecryptKey]
+    registry: ProcessorRegistry | None
+
+    def __init__(
+        self,
+        *,
+        snapshotter: str | Snapshotter | None = DEFAULT_SNAPSHOTTER,
+        platform: str | Platform | None = None,
+        decrypt_keys: Sequence[str | DecryptKey] = (),
+        registry: ProcessorRegistry | None = None,
+    ) -> None:
+        self.snapshotter, self.platform = snapshotter, platform
+        self.decrypt_keys, self.registry = decrypt_keys, registry
 
     def _open(self, ctx: Context) -> tuple[Snapshotter, list[DecryptKey], ProcessorRegistry]:
         """What can fail without reading a layer, opened before any layer moves."""
@@ -78,7 +90,6 @@ class _Options:
         return sn, load_keys(self.decrypt_keys), reg
 
 
-@dataclass(kw_only=True)
 class Unpack(_Options):
     """A stored image -> :class:`UnpackResult`: the manifest for ``platform`` (default:
     this host's) applied into snapshots, reusing those already committed.
@@ -86,6 +97,7 @@ class Unpack(_Options):
     Runs under the pipeline's lease.
     """
 
+    __slots__ = ()
     name = "unpack"
 
     def run(self, item: ImageRecord, ctx: Context) -> UnpackResult:
@@ -94,8 +106,7 @@ class Unpack(_Options):
         return unpack_target(ctx.store, sn, ctx.lease, target, keys, emit=ctx.emit)
 
 
-@dataclass(frozen=True)
-class Unpacked:
+class Unpacked(NamedTuple):
     """What :class:`FetchUnpack` hands on: the plan it fetched (for the record) and the
     unpack of its manifest."""
 
@@ -103,7 +114,6 @@ class Unpacked:
     result: UnpackResult
 
 
-@dataclass(kw_only=True)
 class FetchUnpack(_Options):
     """The stage of ``pull --unpack``, in place of ``fetch-blobs``: fetch the plan's
     blobs and unpack its layers at the same time -> :class:`Unpacked`.
@@ -144,12 +154,26 @@ class FetchUnpack(_Options):
     them, ``gc`` after the expiry removes them.
     """
 
+    __slots__ = ("_fetch", "max_concurrent")
+    _unshown = frozenset({"_fetch"})
     name = "fetch-unpack"
-    max_concurrent: int = DEFAULT_MAX_CONCURRENT
-    _fetch: FetchBlobs = field(init=False, repr=False)
+    max_concurrent: int
+    _fetch: FetchBlobs
 
-    def __post_init__(self) -> None:
-        self._fetch = FetchBlobs(max_concurrent=self.max_concurrent)
+    def __init__(
+        self,
+        *,
+        snapshotter: str | Snapshotter | None = DEFAULT_SNAPSHOTTER,
+        platform: str | Platform | None = None,
+        decrypt_keys: Sequence[str | DecryptKey] = (),
+        registry: ProcessorRegistry | None = None,
+        max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+    ) -> None:
+        super().__init__(
+            snapshotter=snapshotter, platform=platform, decrypt_keys=decrypt_keys, registry=registry
+        )
+        self.max_concurrent = max_concurrent
+        self._fetch = FetchBlobs(max_concurrent=max_concurrent)
 
     def run(self, item: ImagePlan, ctx: Context) -> Unpacked:
         if not item.name:
@@ -188,8 +212,7 @@ class RecordUnpacked:
         return self._record.run(item.plan, ctx), item.result
 
 
-@dataclass(frozen=True, kw_only=True)
-class PrepareRootfs:
+class PrepareRootfs(FrozenValue):
     """After :class:`Unpack` into ``snapshotter``: the active snapshot (``read_only``:
     a view) ``key`` on the image's top layer -> the mounts that show it.
 
@@ -199,11 +222,27 @@ class PrepareRootfs:
     does. AlreadyExists if ``key`` is taken.
     """
 
+    __slots__ = ("key", "labels", "read_only", "snapshotter")
     name = "prepare-rootfs"
     snapshotter: Snapshotter
     key: str
-    read_only: bool = False
-    labels: dict[str, str] = field(default_factory=dict)
+    read_only: bool
+    labels: dict[str, str]
+
+    def __init__(
+        self,
+        *,
+        snapshotter: Snapshotter,
+        key: str,
+        read_only: bool = False,
+        labels: dict[str, str] | None = None,
+    ) -> None:
+        self._set(
+            snapshotter=snapshotter,
+            key=key,
+            read_only=read_only,
+            labels={} if labels is None else labels,
+        )
 
     def run(self, item: UnpackResult, ctx: Context) -> list[Mount]:
         if ctx.lease is not None:
