@@ -21,10 +21,11 @@ frozen dataclass would:
   does not validate again, as with a dataclass);
 - ``_asdict()``: the fields by name (shallow, as a NamedTuple's).
 
-:class:`FrozenValue` is the same for imgpipe's own values, written with less: its fields
-are read from the class's annotations (checked against ``__slots__``), ``_uncompared``
-leaves fields out of equality and hashing (a source handle), ``_unshown`` out of the
-repr, and ``replace(**changes)`` is generic (not typed field by field).
+:class:`FrozenValue` is the same for imgpipe's own values, written with less (and
+:class:`Value` its mutable, unhashable kind): the fields are read from the class's
+annotations (checked against ``__slots__``), ``_uncompared`` leaves fields out of
+equality and hashing (a source handle), ``_unshown`` out of the repr, and
+``replace(**changes)`` is generic (not typed field by field).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from collections.abc import Callable
 from operator import attrgetter
 from typing import Any, ClassVar, Final, Self
 
-__all__ = ["NOT_GIVEN", "FrozenError", "FrozenValue", "Record"]
+__all__ = ["NOT_GIVEN", "FrozenError", "FrozenValue", "Record", "Value"]
 
 _set: Final = object.__setattr__
 
@@ -132,10 +133,11 @@ class Record:
         return make(**kwargs)
 
 
-class FrozenValue(Record):
-    """A :class:`Record` whose fields are its annotations, in order, base classes first
-    (as a dataclass orders them; ClassVars aside; never evaluated), which must be the
-    names in its ``__slots__``. Its ``__init__`` stores them with :meth:`_set`."""
+class _Annotated(Record):
+    """What :class:`FrozenValue` and :class:`Value` share: the fields are the class's
+    annotations, in order, base classes first (as a dataclass orders them; ClassVars
+    aside; never evaluated), which must be the names in its ``__slots__``; ``__init__``
+    stores them with :meth:`_set`; ``replace(**changes)`` is generic."""
 
     __slots__ = ()
 
@@ -167,3 +169,20 @@ class FrozenValue(Record):
         if unknown:
             raise TypeError(f"{type(self).__name__} has no field(s) {', '.join(sorted(unknown))}")
         return self._replaced(**changes)
+
+
+class FrozenValue(_Annotated):
+    """An immutable value of imgpipe's own (see :class:`_Annotated`): hashable, assigning
+    a field raises :class:`FrozenError`."""
+
+    __slots__ = ()
+
+
+class Value(_Annotated):
+    """A mutable value (see :class:`_Annotated`): equality and repr over its fields,
+    assignable, unhashable, as a dataclass without ``frozen``."""
+
+    __slots__ = ()
+    __hash__ = None  # type: ignore[assignment]
+    __setattr__ = object.__setattr__
+    __delattr__ = object.__delattr__

@@ -27,7 +27,7 @@ import io
 from collections.abc import Mapping, Sequence
 from typing import Any, BinaryIO, Final, Literal, Protocol, runtime_checkable
 
-from imgpipe._value import FrozenValue
+from imgpipe.formats._record import FrozenValue
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.errors import (
     ImgpipeError,

@@ -27,7 +27,7 @@ FOLDERS = {
 }
 
 # The leaves and the roles, bottom up.
-_LEAVES = {"formats", "processors", "fs", "errors", "events", "_value"}
+_LEAVES = {"formats", "processors", "fs", "errors", "events"}
 _ROLES = {"content", "metadata", "snapshots", "diff", "store"}
 _ENDS = {"remote", "transports", "config"}
 #: everything the stages stand on
@@ -51,9 +51,7 @@ _VERBS = {
 #: part -> the parts it may import (besides itself)
 ALLOWED: dict[str, set[str]] = {
     "formats": set(),
-    # FrozenValue/Value: value classes without dataclasses (start-up time), for any part
-    "_value": set(),
-    "processors": {"formats", "_value"},
+    "processors": {"formats"},
     # small shared leaves
     "fs": {"formats"},
     "errors": {"formats"},
@@ -61,17 +59,17 @@ ALLOWED: dict[str, set[str]] = {
     "_version": set(),  # one constant, read by pyproject and the namespace
     # roles: they never import one another
     "content": {"formats", "fs"},
-    "metadata": {"formats", "_value"},  # gc is handed the content store
+    "metadata": {"formats"},  # gc is handed the content store
     "snapshots": {"formats", "fs"},  # records through snapshots.records, not metadata
-    "diff": {"formats", "processors", "fs", "_value"},
+    "diff": {"formats", "processors", "fs"},
     "store": {"formats", "content", "metadata"},
     # ends: where images live; the registry client gets its configuration passed in
-    "remote": {"formats", "processors", "content", "_value"},
+    "remote": {"formats", "processors", "content"},
     "transports": {"formats", "processors", "content", "remote"},
     # the user's configuration files: processors (config.toml), registries.toml
     "config": {"formats", "errors", "processors", "remote"},
     # the model, and the configured decoders
-    "image": {"formats", "processors", "content", "transports", "_value"},
+    "image": {"formats", "processors", "content", "transports"},
     "decode": {"formats", "processors", "config"},
     # the spine
     "pipeline": _BELOW_STAGES,

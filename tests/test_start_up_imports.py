@@ -38,23 +38,6 @@ MOVED = {
     "secrets",
 }
 
-#: The dataclasses of imgpipe.formats (Descriptor, Reference, the documents, ImageConfig):
-#: every start-up path defines them until they are plain classes too (branch dc-formats).
-FORMATS_DATACLASSES = {
-    "imgpipe.formats.descriptor.Descriptor",
-    "imgpipe.formats.reference.Reference",
-    "imgpipe.formats.reference.TransportRef",
-    "imgpipe.formats.manifest._Document",
-    "imgpipe.formats.manifest.Manifest",
-    "imgpipe.formats.manifest.Index",
-    "imgpipe.formats.config.ImageConfig",
-}
-#: Why no start-up path may import dataclasses at all: inspect, ast, dis, tokenize come
-#: with it (12-19 ms), and each class costs 1.2-1.8 ms to define. Waits for dc-formats.
-NEEDS_FORMATS = pytest.mark.xfail(
-    strict=True, reason="imgpipe.formats still defines dataclasses (branch dc-formats)"
-)
-
 # The modules, then the dataclasses defined (``module.qualname`` of every class in an
 # imgpipe module's namespace that has dataclass fields), without importing dataclasses.
 _DUMP = (
@@ -166,16 +149,13 @@ LOCAL_VERBS = [["images"], ["inspect", "busybox"], ["ps", "-a"]]
 
 
 @pytest.mark.parametrize("argv", LOCAL_VERBS)
-def test_local_verbs_define_no_dataclass_but_the_formats(
-    argv: list[str], stored: Path, tmp_path: Path
-) -> None:
+def test_local_verbs_define_no_dataclass(argv: list[str], stored: Path, tmp_path: Path) -> None:
     """Records, details, plans, snapshot records: NamedTuples or hand-written value
-    classes (imgpipe._value), none a dataclass."""
+    classes (imgpipe.formats._record), none a dataclass."""
     _, dataclasses = start_up_of(tmp_path, "--root", stored, *argv)
-    assert dataclasses - FORMATS_DATACLASSES == set()
+    assert dataclasses == set()
 
 
-@NEEDS_FORMATS
 @pytest.mark.parametrize("argv", [["images"], ["inspect", "busybox"]])
 def test_local_verbs_import_no_dataclasses(argv: list[str], stored: Path, tmp_path: Path) -> None:
     modules, _ = start_up_of(tmp_path, "--root", stored, *argv)
@@ -200,16 +180,13 @@ def _unpacked(stored: Path) -> Path:
 
 
 @pytest.mark.root
-def test_run_of_an_unpacked_image_defines_no_dataclass_but_the_formats(
-    stored: Path, tmp_path: Path
-) -> None:
+def test_run_of_an_unpacked_image_defines_no_dataclass(stored: Path, tmp_path: Path) -> None:
     """``run --rm``: ContainerSettings, SnapshotRecord, the stages: no dataclass."""
     root = _unpacked(stored)
     _, dataclasses = start_up_of(tmp_path, "--root", root, "run", "--rm", "busybox", "/bin/true")
-    assert dataclasses - FORMATS_DATACLASSES == set()
+    assert dataclasses == set()
 
 
-@NEEDS_FORMATS
 @pytest.mark.root
 def test_run_of_an_unpacked_image_imports_no_dataclasses(stored: Path, tmp_path: Path) -> None:
     root = _unpacked(stored)

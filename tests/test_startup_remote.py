@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from registry_fixtures import Registry
-from test_start_up_imports import FORMATS_DATACLASSES, NEEDS_FORMATS, start_up_of
+from test_start_up_imports import start_up_of
 
 from imgpipe.processors import registry as processor_registry
 
@@ -144,7 +144,7 @@ CONVERT_DATACLASSES = {
 
 
 @pytest.mark.parametrize("unpack", [False, True], ids=["pull", "pull-unpack"])
-def test_pull_from_a_registry_defines_no_dataclass_but_the_formats(
+def test_pull_from_a_registry_defines_no_dataclass(
     open_busybox: str, unpack: bool, tmp_path: Path
 ) -> None:
     """Transport options, registry config and endpoints, the plan, the resolved root,
@@ -158,10 +158,9 @@ def test_pull_from_a_registry_defines_no_dataclass_but_the_formats(
         open_busybox,
     ]
     _, dataclasses = start_up_of(tmp_path, *argv)
-    assert dataclasses - FORMATS_DATACLASSES == set()
+    assert dataclasses == set()
 
 
-@NEEDS_FORMATS
 @pytest.mark.parametrize("unpack", [False, True], ids=["pull", "pull-unpack"])
 def test_pull_from_a_registry_imports_no_dataclasses(
     open_busybox: str, unpack: bool, tmp_path: Path
@@ -187,7 +186,7 @@ def test_convert_between_registries_defines_no_new_dataclass(
     dst = registry.ref("startup/busybox", "zstd")
     argv = ["--root", tmp_path / "root", "-q", "convert", "--zstd"]
     _, dataclasses = start_up_of(tmp_path, *argv, f"docker://{open_busybox}", f"docker://{dst}")
-    assert dataclasses - FORMATS_DATACLASSES <= CONVERT_DATACLASSES
+    assert dataclasses <= CONVERT_DATACLASSES
     assert (
         not {
             "imgpipe.remote.options.TransportOptions",

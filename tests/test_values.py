@@ -1,4 +1,4 @@
-"""The hand-written value classes (imgpipe._value): what the dataclasses they replace gave."""
+"""The hand-written value classes (imgpipe.formats._record): what the dataclasses gave."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 
-from imgpipe._value import FrozenValue, Value
+from imgpipe.formats._record import FrozenValue, Value
 
 
 class Point(FrozenValue):

@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Final
 
-from imgpipe._value import FrozenValue
+from imgpipe.formats._record import FrozenValue
 from imgpipe.formats.errors import InvalidArgument, NotFound
 
 from .connection import Database

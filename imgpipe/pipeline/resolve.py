@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from imgpipe._value import FrozenValue
 from imgpipe.config import with_defaults
 from imgpipe.events import Event, EventKind
+from imgpipe.formats._record import FrozenValue
 from imgpipe.formats.descriptor import Descriptor
 from imgpipe.formats.errors import InvalidArgument
 from imgpipe.formats.reference import TransportRef

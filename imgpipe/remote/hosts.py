@@ -51,7 +51,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
-from imgpipe._value import FrozenValue
+from imgpipe.formats._record import FrozenValue
 from imgpipe.formats.errors import InvalidArgument, MalformedDocument, NotFound
 
 __all__ = [

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from imgpipe._value import FrozenValue
+from imgpipe.formats._record import FrozenValue
 from imgpipe.formats.errors import InvalidArgument
 
 __all__ = ["DEFAULT_MAX_CONCURRENT", "DEFAULT_USER_AGENT", "TransportOptions"]

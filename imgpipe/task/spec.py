@@ -27,8 +27,8 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, Literal, NamedTuple
 
-from imgpipe._value import FrozenValue
 from imgpipe.errors import InvalidArgument
+from imgpipe.formats._record import FrozenValue
 
 from .user import ResolvedUser
 

@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, cast
 
-from imgpipe._value import Value
 from imgpipe.decode import ReadAhead
 from imgpipe.diff import WHITEOUT_DELETE, WHITEOUT_OVERLAY, ApplyOptions, ApplyResult, apply_layer
 from imgpipe.errors import AlreadyExists, ImgpipeError, InvalidArgument, NotFound
+from imgpipe.formats._record import Value
 from imgpipe.formats.digest import Digest
 from imgpipe.image import check_layer_keys
 from imgpipe.image.keys import in_layer, layer_name

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from imgpipe._value import FrozenValue, Value
 from imgpipe.decode import default_registry
 from imgpipe.errors import InvalidArgument
+from imgpipe.formats._record import FrozenValue, Value
 from imgpipe.formats.platform import Platform
 from imgpipe.image import ImagePlan
 from imgpipe.metadata import ImageRecord
