@@ -184,5 +184,9 @@ class Value(_Annotated):
 
     __slots__ = ()
     __hash__ = None  # type: ignore[assignment]
-    __setattr__ = object.__setattr__
-    __delattr__ = object.__delattr__
+
+    def __setattr__(self, name: str, value: object) -> None:
+        _set(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        object.__delattr__(self, name)
