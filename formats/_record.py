@@ -152,7 +152,8 @@ class _Annotated(Record):
                 slots.update((own,) if isinstance(own, str) else own)
                 annotations = klass.__dict__.get("__annotations__", {})  # noqa: RUF063 (no inspect)
                 for name, ann in annotations.items():
-                    if name not in fields and not str(ann).startswith(("ClassVar", "typing.")):
+                    classvar = str(ann).startswith(("ClassVar", "typing.ClassVar"))
+                    if name not in fields and not classvar:
                         fields.append(name)
             if set(fields) != slots:
                 raise TypeError(f"{cls.__qualname__}: __slots__ and the annotated fields differ")

@@ -105,3 +105,19 @@ def test_slots_and_fields_must_agree() -> None:
             __slots__ = ("a",)
             a: int
             b: int
+
+
+def test_a_field_typed_through_the_typing_module_is_a_field() -> None:
+    """Only ClassVars are left out of the fields, not every ``typing.`` annotation."""
+    import typing
+
+    class Loose(FrozenValue):
+        __slots__ = ("anything",)
+        anything: typing.Any
+        limit: typing.ClassVar[int] = 3
+
+        def __init__(self, anything: typing.Any) -> None:
+            self._set(anything=anything)
+
+    assert Loose._fields == ("anything",)
+    assert Loose(1) == Loose(1)
