@@ -1,6 +1,6 @@
 """Convert between registries: imgpipe vs skopeo, gzip -> zstd, encrypt, decrypt, copy.
 
-    .venv/bin/python benchmarks/convert.py [--runs 5] [--dir DIR] [--jobs N]
+    .venv-bench/bin/python benchmarks/convert.py [--runs 5] [--dir DIR] [--jobs N]
         [--image multi|text] [--only zstd --only copy ...] [--floor]
 
 Starts Debian's ``docker-registry`` on 127.0.0.1 (plain HTTP, storage in the work

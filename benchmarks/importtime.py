@@ -1,7 +1,7 @@
 """What each verb imports before it works: ``python -X importtime`` totals per verb.
 
-    .venv/bin/python benchmarks/importtime.py [--runs 5] [--dir DIR] [--top 5] [--no-registry]
-                                              [--only run,images]
+    .venv-bench/bin/python benchmarks/importtime.py [--runs 5] [--dir DIR] [--top 5] [--no-registry]
+                                                    [--only run,images]
 
 Each verb is the installed ``imgpipe`` entry point run as a whole process, once plain
 (wall time) and once under ``python -X importtime`` (the import tree), alternating verb

@@ -1,8 +1,8 @@
 """Pull from a local registry into an empty store: imgpipe vs skopeo (and a floor).
 
-    .venv/bin/python benchmarks/pull.py [--runs 5] [--images multi,random] [--dir DIR]
-                                        [--max-concurrent N] [--no-floor] [--serve IMAGE]
-                                        [--baseline OTHER/bin/imgpipe]
+    .venv-bench/bin/python benchmarks/pull.py [--runs 5] [--images multi,random] [--dir DIR]
+                                              [--max-concurrent N] [--no-floor] [--serve IMAGE]
+                                              [--baseline OTHER/bin/imgpipe]
 
 Starts Debian's ``docker-registry`` on 127.0.0.1 (plain HTTP, storage in the work
 directory), pushes the images into it with skopeo, then alternates, image by image:

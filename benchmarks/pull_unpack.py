@@ -1,7 +1,7 @@
 """``pull --unpack`` from a local registry against its peer, ``skopeo copy`` + ``tar -xzf``.
 
-    .venv/bin/python benchmarks/pull_unpack.py [--runs 5] [--dir DIR] [--snapshotters LIST]
-                                               [--modes cli,peer,sequential,overlap]
+    .venv-bench/bin/python benchmarks/pull_unpack.py [--runs 5] [--dir DIR] [--snapshotters LIST]
+                                                     [--modes cli,peer,sequential,overlap]
 
 The image is benchmarks/unpack.py's (four gzip layers, 58 MB of blobs, 135 MB / 12,780
 entries uncompressed: issue 13's "debian-multi"), pushed with skopeo into Debian's

@@ -1,6 +1,6 @@
 """``imgpipe run --rm IMAGE /bin/true`` against ``runc run`` of a prepared bundle.
 
-    .venv/bin/python benchmarks/run.py [--runs 30] [--dir DIR] [--baseline IMGPIPE]
+    .venv-bench/bin/python benchmarks/run.py [--runs 30] [--dir DIR] [--baseline IMGPIPE]
 
 As root, with runc installed. Builds the busybox fixture image, pulls it into a fresh
 root under ``--dir`` and runs it once (so it is unpacked: the benchmark measures the run,
