@@ -10,8 +10,7 @@ the image ID Docker shows.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from types import MappingProxyType
+from collections.abc import Iterator, Mapping
 from typing import Any, Final, NamedTuple
 
 from ._json import (
@@ -32,8 +31,29 @@ from .platform import Platform
 __all__ = ["ContainerConfig", "History", "ImageConfig", "parse_config"]
 
 
-#: The labels of a ContainerConfig made without any (read-only: the one default is shared).
-_NO_LABELS: Final[Mapping[str, str]] = MappingProxyType({})
+class _NoLabels(Mapping[str, str]):
+    """The labels of a ContainerConfig made without any: empty and read-only, as the one
+    default is shared, and picklable (a mappingproxy is not), back to the same object."""
+
+    __slots__ = ()
+
+    def __getitem__(self, key: str) -> str:
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+    def __repr__(self) -> str:
+        return "{}"
+
+    def __reduce__(self) -> str:
+        return "_NO_LABELS"  # pickle: this module's global of that name
+
+
+_NO_LABELS: Final[Mapping[str, str]] = _NoLabels()
 
 
 # NamedTuples, not frozen dataclasses: the same equality, hash, repr and immutability, and

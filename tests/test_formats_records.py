@@ -314,3 +314,18 @@ def test_importing_the_records_does_not_load_dataclasses() -> None:
         stdin=subprocess.DEVNULL,
     )
     assert out.stdout.strip() == "False", out.stderr
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_a_config_without_a_container_config_pickles(protocol: int) -> None:
+    """A config with no "config" object gets the shared empty labels: read-only, and
+    picklable (a mappingproxy was not: such a config could not go to a worker process)."""
+    raw = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
+    config = parse_config(raw)
+    labels = ContainerConfig().labels
+    assert labels == {} and not labels
+    with pytest.raises(TypeError):
+        labels["a"] = "b"  # type: ignore[index]
+    back = pickle.loads(pickle.dumps(config, protocol))
+    assert back == config
+    assert back.config is not None and back.config.labels is labels
